@@ -1,0 +1,41 @@
+# make install: create .venv and install the project with its test tools (fast when nothing changed)
+# make test:    install, then lint, type check and the whole test suite
+# make up:      run the main job on the bundled default topology
+# make bench:   install the benchmark extras and run every benchmark in bench/ (quick mode)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint typecheck up bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check aaflow_stream tests bench operators
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q
+
+up: install
+	$(VENV)/bin/aaflow-stream up topology/default.yaml
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@set -e; for script in bench/transport.py; do \
+		echo "== $$script"; $(PY) $$script --quick; done
+
+clean:
+	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Links between actors: ZeroMQ sockets carrying Arrow frames under credit flow control."""

@@ -1,0 +1,211 @@
+"""The sending end of an actor: one PUSH data socket and one DEALER control socket per link.
+
+Each downstream replica gets its own link (a PUSH with several peers would round-robin regardless
+of credit and hold a fast replica to the slow one's pace). ``send`` spends a credit on the link
+that holds the most, and waits when no link has any: that wait is the backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+
+import msgspec
+import pyarrow as pa
+import zmq
+import zmq.asyncio
+
+from .. import frames
+from ..errors import LinkClosed, LinkTimeout
+from ..flow import CreditViolation, SenderCredits, pick_link
+from ..protocol import Credit, EosAck, Hello, LinkStats, encode, link_control_decoder
+from . import sockets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    data_endpoint: str
+    control_endpoint: str
+    peer: str
+
+
+@dataclass
+class _Link:
+    spec: LinkSpec
+    data: zmq.asyncio.Socket
+    control: zmq.asyncio.Socket
+    credits: SenderCredits = field(default_factory=SenderCredits)
+    fingerprint: str | None = None
+    peer_name: str = ""
+    batches_sent: int = 0
+    rows_sent: int = 0
+    eos_acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class OutPort:
+    """Credit-controlled fan-out to the replicas of the next stage."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        sender: str,
+        links: list[LinkSpec],
+        *,
+        window: int,
+        encoding: str = "auto",
+    ) -> None:
+        if not links:
+            raise ValueError("an OutPort needs at least one link")
+        self._sender = sender
+        self._encoding = encoding
+        self._links = [
+            _Link(
+                spec=spec,
+                data=sockets.data_socket(ctx, zmq.PUSH, window, connect=spec.data_endpoint),
+                control=sockets.control_socket(
+                    ctx, zmq.DEALER, identity=sender, connect=spec.control_endpoint
+                ),
+            )
+            for spec in links
+        ]
+        self._credit_arrived = asyncio.Event()
+        self._next = 0
+        self._seq = 0
+        self._schema: pa.Schema | None = None
+        self._schema_fp = ""
+        self._schema_encoding = frames.BUFFERS
+        self._blocked_s = 0.0
+        self._closed = False
+
+    async def open(self) -> None:
+        """Say hello on every link; each receiver answers with its initial window."""
+        for link in self._links:
+            await link.control.send(encode(Hello(sender=self._sender)))
+
+    @property
+    def blocked_s(self) -> float:
+        """Seconds ``send`` spent waiting because no link had credit."""
+        return self._blocked_s
+
+    async def serve(self) -> None:
+        """Apply credits and acks as they arrive. Runs in the owner's task group until cancelled."""
+        poller = zmq.asyncio.Poller()
+        by_socket = {}
+        for link in self._links:
+            poller.register(link.control, zmq.POLLIN)
+            by_socket[link.control] = link
+        while True:
+            for sock, _ in await poller.poll():
+                link = by_socket[sock]
+                raw = await sock.recv()
+                try:
+                    msg = link_control_decoder.decode(raw)
+                except msgspec.DecodeError as exc:
+                    log.warning("%s: undecodable control message from %s: %s",
+                                self._sender, link.spec.peer, exc)
+                    continue
+                match msg:
+                    case Credit(receiver=receiver, batches=n):
+                        self._on_credit(link, receiver, n)
+                    case EosAck():
+                        link.eos_acked.set()
+                    case Hello():
+                        log.warning("%s: unexpected Hello from %s", self._sender, link.spec.peer)
+
+    def _on_credit(self, link: _Link, receiver: str, n: int) -> None:
+        try:
+            if not link.credits.opened:
+                link.peer_name = receiver
+                link.credits.open(n)
+            else:
+                link.credits.give_back(n)
+        except CreditViolation as exc:
+            log.warning("%s: credit protocol violation by %s: %s", self._sender, receiver, exc)
+            return
+        self._credit_arrived.set()
+
+    async def _acquire(self) -> _Link:
+        while True:
+            index = pick_link([link.credits for link in self._links], self._next)
+            if index is not None:
+                self._next = (index + 1) % len(self._links)
+                return self._links[index]
+            if self._closed:
+                raise LinkClosed(f"{self._sender}: out port closed")
+            self._credit_arrived.clear()
+            started = time.perf_counter()
+            await self._credit_arrived.wait()
+            self._blocked_s += time.perf_counter() - started
+
+    def _check_schema(self, schema: pa.Schema) -> None:
+        if self._schema is schema:
+            return
+        if self._schema is None or not self._schema.equals(schema, check_metadata=True):
+            self._schema_fp = frames.schema_fingerprint(schema)
+            self._schema_encoding = (
+                frames.best_encoding(schema) if self._encoding == "auto" else self._encoding
+            )
+        self._schema = schema
+
+    async def send(self, batch: pa.RecordBatch) -> None:
+        """Send one batch on the link with the most credit; waits while none has credit."""
+        if self._closed:
+            raise LinkClosed(f"{self._sender}: out port closed")
+        self._check_schema(batch.schema)
+        link = await self._acquire()
+        if link.fingerprint != self._schema_fp:
+            await link.data.send_multipart(frames.schema_message(batch.schema, self._sender))
+            link.fingerprint = self._schema_fp
+        link.credits.spend()
+        self._seq += 1
+        msg = frames.batch_message(
+            batch, self._sender, self._seq, self._schema_fp, self._schema_encoding
+        )
+        await link.data.send_multipart(msg, copy=False)
+        link.batches_sent += 1
+        link.rows_sent += batch.num_rows
+
+    async def send_eos(self, timeout: float) -> None:
+        """End the stream on every link and wait until each receiver confirms it."""
+        self._seq += 1
+        for link in self._links:
+            await asyncio.wait_for(
+                link.data.send_multipart(frames.eos_message(self._sender, self._seq)), timeout
+            )
+        for link in self._links:
+            try:
+                await asyncio.wait_for(link.eos_acked.wait(), timeout)
+            except TimeoutError as exc:
+                raise LinkTimeout(
+                    f"{self._sender}: {link.spec.peer} did not confirm end of stream in {timeout}s"
+                ) from exc
+
+    def stats(self) -> list[LinkStats]:
+        return [
+            LinkStats(
+                peer=link.spec.peer,
+                credits=link.credits.credits,
+                in_flight=link.credits.in_flight,
+                max_in_flight=link.credits.max_in_flight,
+                batches_sent=link.batches_sent,
+                rows_sent=link.rows_sent,
+            )
+            for link in self._links
+        ]
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Idempotent. Stop ``serve`` first (cancel its task); a waiting ``send`` raises LinkClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._credit_arrived.set()
+        for link in self._links:
+            sockets.close(link.data, linger_ms)
+            sockets.close(link.control, linger_ms)
+
+

@@ -1,0 +1,1 @@
+"""Embedders: text batches to float32 matrices and Arrow embedding columns."""

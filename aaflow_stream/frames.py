@@ -1,0 +1,208 @@
+"""Arrow RecordBatch ↔ ZeroMQ frames: the one module that knows the data wire layout.
+
+A data message is a ZeroMQ multipart message: frame 0 is a msgpack header (``protocol``), the
+rest carry Arrow memory. Two payload encodings exist:
+
+``buffers`` (default)
+    one frame per Arrow buffer, sent straight from the batch's memory with ``copy=False``;
+    the header lists every array node (length, null count, offset) depth first. Neither side
+    copies: the sender hands ZeroMQ the column buffers, the receiver rebuilds the arrays over
+    the received frames with ``Array.from_buffers``.
+``ipc``
+    one frame holding an encapsulated Arrow IPC message (``RecordBatch.serialize``): one gather
+    copy on send, readable by any Arrow IPC reader. Used for types ``buffers`` does not cover
+    (dictionaries, structs, unions, views).
+
+The schema travels once per link in a ``SchemaHeader`` message; batch headers carry only its
+fingerprint. On receive every column buffer lies inside a ZeroMQ frame (``batch_lies_within``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import PayloadError
+from .protocol import BatchHeader, EosHeader, SchemaHeader, encode
+
+BUFFERS = "buffers"
+IPC = "ipc"
+ENCODINGS = (BUFFERS, IPC)
+
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    return hashlib.blake2b(schema.serialize().to_pybytes(), digest_size=8).hexdigest()
+
+
+def _flat_type(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_temporal(t)
+        or pa.types.is_decimal(t)
+    )
+
+
+def _list_like(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    )
+
+
+def _supported(t: pa.DataType) -> bool:
+    if _list_like(t):
+        return _supported(t.value_type)
+    return _flat_type(t)
+
+
+def best_encoding(schema: pa.Schema) -> str:
+    """``buffers`` when every column type is covered by it, else ``ipc``."""
+    return BUFFERS if all(_supported(f.type) for f in schema) else IPC
+
+
+# --- send side ----------------------------------------------------------------------------------
+
+
+def schema_message(schema: pa.Schema, sender: str) -> list[Any]:
+    header = SchemaHeader(sender=sender, fingerprint=schema_fingerprint(schema))
+    return [encode(header), schema.serialize()]
+
+
+def eos_message(sender: str, seq: int) -> list[Any]:
+    return [encode(EosHeader(sender=sender, seq=seq))]
+
+
+def _walk(arr: pa.Array, nodes: list[tuple[int, int, int]], bufs: list[Any]) -> None:
+    t = arr.type
+    nodes.append((len(arr), arr.null_count, arr.offset))
+    bufs.extend(arr.buffers()[: t.num_buffers])
+    if _list_like(t):
+        # ``values`` is the unsliced child; the parent's offsets (or offset) index into it.
+        _walk(arr.values, nodes, bufs)
+
+
+def batch_message(
+    batch: pa.RecordBatch, sender: str, seq: int, fingerprint: str, encoding: str
+) -> list[Any]:
+    """Frames for one batch. The Arrow buffers are referenced, not copied (``buffers``)."""
+    if encoding == IPC:
+        header = BatchHeader(
+            sender=sender,
+            seq=seq,
+            fingerprint=fingerprint,
+            rows=batch.num_rows,
+            encoding=IPC,
+            sent_at=time.time(),
+        )
+        return [encode(header), batch.serialize()]
+    nodes: list[tuple[int, int, int]] = []
+    bufs: list[Any] = []
+    for column in batch.columns:
+        _walk(column, nodes, bufs)
+    header = BatchHeader(
+        sender=sender,
+        seq=seq,
+        fingerprint=fingerprint,
+        rows=batch.num_rows,
+        encoding=BUFFERS,
+        nodes=nodes,
+        present=[b is not None for b in bufs],
+        sent_at=time.time(),
+    )
+    return [encode(header), *(b for b in bufs if b is not None)]
+
+
+# --- receive side -------------------------------------------------------------------------------
+
+
+def read_schema(frame: Any) -> pa.Schema:
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(frame))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise PayloadError(f"schema frame is not an Arrow IPC schema: {exc}") from exc
+
+
+def _build(
+    t: pa.DataType,
+    nodes: Iterator[tuple[int, int, int]],
+    present: Iterator[bool],
+    frames: Iterator[Any],
+) -> pa.Array:
+    length, null_count, offset = next(nodes)
+    own = [pa.py_buffer(next(frames)) if next(present) else None for _ in range(t.num_buffers)]
+    children = [_build(t.value_type, nodes, present, frames)] if _list_like(t) else None
+    return pa.Array.from_buffers(t, length, own, null_count, offset, children)
+
+
+def decode_batch(header: BatchHeader, payload: Sequence[Any], schema: pa.Schema) -> pa.RecordBatch:
+    """Build the batch over the received frames' memory. Raises PayloadError on any mismatch."""
+    try:
+        if header.encoding == IPC:
+            if len(payload) != 1:
+                raise PayloadError(f"ipc batch needs 1 payload frame, got {len(payload)}")
+            batch = pa.ipc.read_record_batch(pa.py_buffer(payload[0]), schema)
+        elif header.encoding == BUFFERS:
+            if len(payload) != sum(header.present):
+                raise PayloadError(
+                    f"header announces {sum(header.present)} buffers, got {len(payload)} frames"
+                )
+            nodes, present, frames = iter(header.nodes), iter(header.present), iter(payload)
+            columns = [_build(f.type, nodes, present, frames) for f in schema]
+            if next(nodes, None) is not None or next(present, None) is not None:
+                raise PayloadError("header describes more arrays than the schema has")
+            batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+        else:
+            raise PayloadError(f"unknown encoding {header.encoding!r}; expected one of {ENCODINGS}")
+        if batch.num_rows != header.rows:
+            raise PayloadError(f"header says {header.rows} rows, payload has {batch.num_rows}")
+        batch.validate()
+    except PayloadError:
+        raise
+    except StopIteration as exc:
+        raise PayloadError("header describes fewer arrays or buffers than the schema needs") from exc
+    except (pa.ArrowException, ValueError, TypeError, IndexError) as exc:
+        raise PayloadError(f"payload does not match the link schema: {exc}") from exc
+    return batch
+
+
+def batch_lies_within(batch: pa.RecordBatch, frames: Sequence[Any]) -> bool:
+    """True when every buffer of every column lies inside one of ``frames`` (proof of zero copy)."""
+    spans = []
+    for frame in frames:
+        view = memoryview(frame)
+        buf = pa.py_buffer(view)
+        spans.append((buf.address, buf.address + buf.size))
+    for column in batch.columns:
+        for buf in column.buffers():
+            if buf is None or buf.size == 0:
+                continue
+            if not any(lo <= buf.address and buf.address + buf.size <= hi for lo, hi in spans):
+                return False
+    return True
+
+
+__all__ = [
+    "BUFFERS",
+    "ENCODINGS",
+    "IPC",
+    "batch_lies_within",
+    "batch_message",
+    "best_encoding",
+    "decode_batch",
+    "eos_message",
+    "read_schema",
+    "schema_fingerprint",
+    "schema_message",
+]

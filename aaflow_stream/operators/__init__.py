@@ -1,0 +1,1 @@
+"""Operators: the work each stage does, behind one small contract (see ``base``)."""

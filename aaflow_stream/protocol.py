@@ -1,0 +1,168 @@
+"""Wire messages other than Arrow payloads: msgspec Structs, msgpack-encoded, strictly decoded.
+
+Three conversations use them:
+
+* data links (PUSH → PULL): frame 0 of every message is a ``DataMessage`` header; the Arrow
+  buffers follow (see ``frames``);
+* link control (receiver ROUTER ↔ sender DEALER): ``Hello`` opens a link, ``Credit`` grants
+  batches, ``EosAck`` confirms that the sender's end of stream arrived;
+* actor control (supervisor ROUTER ↔ actor DEALER): ``Ready``, ``Stats``, ``Done`` and
+  ``Failed`` go up; ``Start`` and ``Stop`` come down.
+
+No pickle anywhere: a frame that does not decode into one of these is rejected by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+# A header larger than this is rejected before decoding: headers carry a few dozen numbers.
+MAX_HEADER_BYTES: Final = 64 * 1024
+
+
+class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, tag=True):
+    pass
+
+
+# --- data link headers ------------------------------------------------------------------------
+
+
+class SchemaHeader(_Msg, tag="schema"):
+    """Announces the schema of the batches that follow; frame 1 is the Arrow IPC schema."""
+
+    sender: str
+    fingerprint: str
+
+
+class BatchHeader(_Msg, tag="batch"):
+    """One RecordBatch. ``encoding`` says how the frames after the header are laid out.
+
+    ``ipc``: one frame, an encapsulated Arrow IPC record batch message.
+    ``buffers``: one frame per Arrow buffer present; ``nodes`` lists (length, null_count, offset)
+    of every array node depth first and ``present`` flags which buffers exist.
+    """
+
+    sender: str
+    seq: int
+    fingerprint: str
+    rows: int
+    encoding: str
+    nodes: list[tuple[int, int, int]] = []
+    present: list[bool] = []
+    sent_at: float = 0.0
+
+
+class EosHeader(_Msg, tag="eos"):
+    """The sender has nothing more for this link."""
+
+    sender: str
+    seq: int
+
+
+DataMessage = SchemaHeader | BatchHeader | EosHeader
+
+
+# --- link control -----------------------------------------------------------------------------
+
+
+class Hello(_Msg, tag="hello"):
+    sender: str
+
+
+class Credit(_Msg, tag="credit"):
+    receiver: str
+    batches: int
+
+
+class EosAck(_Msg, tag="eos_ack"):
+    receiver: str
+
+
+LinkControl = Hello | Credit | EosAck
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+class LinkStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One outgoing link as its sender sees it."""
+
+    peer: str
+    credits: int
+    in_flight: int
+    max_in_flight: int
+    batches_sent: int
+    rows_sent: int
+
+
+class InputStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The receiving end of an actor: what arrived and what was thrown away."""
+
+    batches: int = 0
+    rows: int = 0
+    bytes: int = 0
+    rejected: int = 0
+    senders: int = 0
+    eos_received: int = 0
+
+
+class ActorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actor: str
+    stage: str
+    replica: int
+    busy_s: float = 0.0
+    batches_out: int = 0
+    rows_out: int = 0
+    blocked_s: float = 0.0
+    first_work_at: float = 0.0
+    last_work_at: float = 0.0
+    input: InputStats = InputStats()
+    outputs: list[LinkStats] = []
+    extra: dict[str, float] = {}
+
+
+# --- actor control ----------------------------------------------------------------------------
+
+
+class Ready(_Msg, tag="ready"):
+    actor: str
+    pid: int
+
+
+class Stats(_Msg, tag="stats"):
+    stats: ActorStats
+
+
+class Done(_Msg, tag="done"):
+    stats: ActorStats
+
+
+class Failed(_Msg, tag="failed"):
+    actor: str
+    reason: str
+
+
+class Start(_Msg, tag="start"):
+    pass
+
+
+class Stop(_Msg, tag="stop"):
+    pass
+
+
+ActorUp = Ready | Stats | Done | Failed
+ActorDown = Start | Stop
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+data_decoder: Final = msgspec.msgpack.Decoder(DataMessage)
+link_control_decoder: Final = msgspec.msgpack.Decoder(LinkControl)
+actor_up_decoder: Final = msgspec.msgpack.Decoder(ActorUp)
+actor_down_decoder: Final = msgspec.msgpack.Decoder(ActorDown)

@@ -1,0 +1,1 @@
+"""Actor processes, the supervisor that runs them, and their launchers."""

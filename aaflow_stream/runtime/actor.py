@@ -1,0 +1,280 @@
+"""One actor: one OS process, one uvloop event loop, one operator.
+
+Lifecycle: start (build the operator, bind and connect, report Ready), run (a source pulls from
+its operator; a stage consumes its input port), drain (flush the operator, end the stream
+downstream and wait for it to be confirmed), stop (close sockets with a chosen linger).
+
+SIGTERM or a ``Stop`` from the supervisor drains: a source stops reading at once; a stage keeps
+consuming until its upstream ends, for at most ``drain_timeout_s``. Then exit 0.
+An exception in any task ends the actor: logged once with its reason, reported to the
+supervisor, exit code 1 (2 when the operator could not even be built).
+
+Run as ``python -m aaflow_stream.runtime.actor SPEC.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import pyarrow as pa
+import zmq
+import zmq.asyncio
+
+from ..channels.inport import InPort
+from ..channels.outport import LinkSpec, OutPort
+from ..errors import OperatorError
+from ..operators.base import OperatorContext, build
+from ..plan import ActorSpec
+from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
+from .supervisor_link import SupervisorLink
+
+log = logging.getLogger(__name__)
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_BAD_OPERATOR: Final = 2
+# Replies and acks queued at a clean stop get this long to leave.
+CLEAN_LINGER_MS: Final = 2000
+PARENT_PID_ENV: Final = "AAFLOW_SUPERVISOR_PID"
+
+
+class Actor:
+    def __init__(self, spec: ActorSpec, ctx: zmq.asyncio.Context) -> None:
+        self.spec = spec
+        self._ctx = ctx
+        self._stop = asyncio.Event()
+        self._start = asyncio.Event()
+        self._on_stop: Callable[[], None] = lambda: None
+        self._operator: Any = None
+        self._inport: InPort | None = None
+        self._outport: OutPort | None = None
+        self._supervisor = SupervisorLink(ctx, spec.supervisor_endpoint, spec.name)
+        self._busy_s = 0.0
+        self._batches_out = 0
+        self._rows_out = 0
+        self._first_work_at = 0.0
+        self._last_work_at = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stop requested: draining")
+            self._stop.set()
+            self._start.set()
+            self._on_stop()
+
+    async def run(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        context = OperatorContext(spec.name, spec.stage, spec.replica, spec.replicas,
+                                  Path(spec.run_dir))
+        self._operator = build(spec.operator, context, spec.params, source=spec.is_source)
+        if spec.input is not None:
+            self._inport = InPort(
+                self._ctx, spec.name,
+                data_endpoint=spec.input.data_endpoint,
+                control_endpoint=spec.input.control_endpoint,
+                window=spec.input.window,
+                expected_senders=spec.input.senders,
+            )
+        if spec.outputs:
+            links = [LinkSpec(o.data_endpoint, o.control_endpoint, o.peer) for o in spec.outputs]
+            self._outport = OutPort(self._ctx, spec.name, links, window=spec.window,
+                                    encoding=spec.encoding)
+        async with asyncio.TaskGroup() as tg:
+            services = [
+                tg.create_task(self._supervisor.serve(self._start.set, self.request_stop)),
+                tg.create_task(self._report_stats()),
+            ]
+            if self._inport is not None:
+                services.append(tg.create_task(self._inport.serve()))
+            if self._outport is not None:
+                services.append(tg.create_task(self._outport.serve()))
+                await self._outport.open()
+            await self._supervisor.send(Ready(actor=spec.name, pid=os.getpid()))
+            log.info("ready")
+            if spec.wait_for_start:
+                await self._start.wait()
+            if spec.is_source:
+                await self._run_source()
+            else:
+                await self._run_stage()
+            for task in services:
+                task.cancel()
+        await self._supervisor.send(Done(stats=self.stats()))
+        log.info("done: %s", self.summary())
+
+    async def _run_source(self) -> None:
+        batches = iter(self._operator.batches())
+        while not self._stop.is_set():
+            batch = self._timed(next, batches, None)
+            if batch is None:
+                break
+            await self._emit((batch,))
+        await self._end_stream()
+
+    async def _run_stage(self) -> None:
+        assert self._inport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
+                if self._stop.is_set():
+                    self._on_stop()
+                async for item in self._inport:
+                    await self._emit(self._timed(self._operator.process, item.batch))
+                    await self._inport.finished(item)
+        except TimeoutError:
+            log.warning("upstream did not end within %.1fs of the stop request; "
+                        "ending the stream downstream anyway", self.spec.drain_timeout_s)
+        await self._emit(self._timed(self._operator.flush))
+        await self._end_stream()
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        if not self._first_work_at:
+            self._first_work_at = time.time()
+        result = fn(*args)
+        if isinstance(result, Iterable) and not isinstance(result, pa.RecordBatch | tuple | list):
+            result = list(result)  # a generator's work belongs to the operator's busy time
+        self._busy_s += time.perf_counter() - started
+        self._last_work_at = time.time()
+        return result
+
+    async def _emit(self, batches: Iterable[pa.RecordBatch]) -> None:
+        for batch in batches:
+            if self._outport is not None and batch.num_rows:
+                await self._outport.send(batch)
+                self._batches_out += 1
+                self._rows_out += batch.num_rows
+
+    async def _end_stream(self) -> None:
+        if self._outport is not None:
+            await self._outport.send_eos(self.spec.eos_timeout_s)
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def stats(self) -> ActorStats:
+        spec = self.spec
+        return ActorStats(
+            actor=spec.name,
+            stage=spec.stage,
+            replica=spec.replica,
+            busy_s=self._busy_s,
+            batches_out=self._batches_out,
+            rows_out=self._rows_out,
+            blocked_s=self._outport.blocked_s if self._outport else 0.0,
+            first_work_at=self._first_work_at,
+            last_work_at=self._last_work_at,
+            input=self._inport.stats() if self._inport else InputStats(),
+            outputs=self._outport.stats() if self._outport else [],
+        )
+
+    def summary(self) -> str:
+        s = self.stats()
+        return (f"busy {s.busy_s:.3f}s, in {s.input.batches} batches/{s.input.rows} rows "
+                f"({s.input.rejected} rejected), out {s.batches_out} batches/{s.rows_out} rows, "
+                f"blocked on credit {s.blocked_s:.3f}s")
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.stats_interval_s)
+            await self._supervisor.send(Stats(stats=self.stats()))
+
+    async def report_failure(self, reason: str) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            await asyncio.wait_for(self._supervisor.send(Failed(actor=self.spec.name,
+                                                                reason=reason)), 1.0)
+
+    def close(self, linger_ms: int) -> None:
+        for port in (self._inport, self._outport):
+            if port is not None:
+                port.close(linger_ms)
+        self._supervisor.close(linger_ms)
+        close = getattr(self._operator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("operator close() failed")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def run_actor(spec: ActorSpec) -> int:
+    ctx = zmq.asyncio.Context()
+    actor = Actor(spec, ctx)
+    code, linger = EXIT_OK, CLEAN_LINGER_MS
+    try:
+        await actor.run()
+    except Exception as exc:  # every failure of the actor ends here, logged once
+        cause = _root_cause(exc)
+        code = EXIT_BAD_OPERATOR if isinstance(cause, OperatorError) else EXIT_FAILED
+        reason = f"{type(cause).__name__}: {cause}"
+        log.error("actor failed: %s\n%s", reason,
+                  "".join(traceback.format_exception(cause)).rstrip())
+        await actor.report_failure(reason)
+        linger = 500
+    finally:
+        actor.close(linger)
+        ctx.term()
+    return code
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the supervisor dies, so no actor outlives it."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def configure_logging(name: str, level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s actor={name} %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m aaflow_stream.runtime.actor SPEC.json", file=sys.stderr)
+        return EXIT_BAD_OPERATOR
+    try:
+        spec = msgspec.json.decode(Path(args[0]).read_bytes(), type=ActorSpec)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        print(f"cannot read actor spec {args[0]}: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPERATOR
+    configure_logging(spec.name, spec.log_level)
+    _die_with_parent()
+    import uvloop
+
+    return uvloop.run(run_actor(spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

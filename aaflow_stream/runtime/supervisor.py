@@ -1,0 +1,315 @@
+"""The supervisor: starts a graph's actors as processes, watches them, stops them in order.
+
+* Start: actors are planned (``plan``), written as JSON specs under the run directory and started
+  sinks first, each as ``python -m aaflow_stream.runtime.actor`` in its own session (a Ctrl-C in
+  the terminal reaches the supervisor only, which then stops actors in order). The supervisor is
+  *started* once every actor reported Ready; only then are sources told to Start.
+* Watch: actors report Stats periodically and Done at the end over a ROUTER socket; their exit
+  codes are polled. A non-zero exit is a crash: it is reported with the exit code and the last
+  error (the actor's Failed message, else the tail of its log) and the rest are stopped.
+* Stop: sources first (they end their streams, which drains every stage behind them), then
+  whatever is still running is sent SIGTERM stage by stage, then SIGKILL after a deadline.
+  Every process is reaped and the socket directory removed, also when the supervisor itself is
+  cancelled or interrupted. Actors also die with the supervisor (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from ..channels import sockets
+from ..errors import ActorFailed
+from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
+from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
+from .actor import PARENT_PID_ENV
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+
+
+@dataclass
+class ActorProcess:
+    spec: ActorSpec
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+    ready: bool = False
+    done: bool = False
+    stats: ActorStats | None = None
+    failure: str | None = None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.popen.poll()
+
+    def last_error(self) -> str:
+        if self.failure:
+            return self.failure
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        code = self.exit_code
+        tail = " | ".join(lines[-3:]) if lines else "empty log"
+        if code is not None and code < 0:
+            return f"killed by signal {signal.Signals(-code).name}; log tail: {tail}"
+        return tail
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished run did: final stats and exit code per actor, and its timings."""
+
+    stats: dict[str, ActorStats]
+    exit_codes: dict[str, int]
+    startup_s: float
+    run_s: float
+
+
+@dataclass
+class _Clock:
+    started: float = field(default_factory=time.perf_counter)
+    ready_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        graph: GraphSpec,
+        run_dir: Path,
+        *,
+        log_level: str = "INFO",
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 60.0,
+        stop_timeout_s: float = 15.0,
+        on_stats: Callable[[ActorStats], None] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.run_dir = run_dir
+        self._log_level = log_level
+        self._env = env or {}
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._on_stats = on_stats
+        self._ctx: zmq.asyncio.Context | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._socket_dir: Path | None = None
+        self._actors: dict[str, ActorProcess] = {}
+        self._stop_requested = asyncio.Event()
+        self._clock = _Clock()
+        self._closed = False
+        self._crashed = False
+
+    # --- public API ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def actors(self) -> dict[str, ActorProcess]:
+        return self._actors
+
+    def request_stop(self) -> None:
+        """Ask ``wait`` to stop the graph in order (what Ctrl-C does)."""
+        self._stop_requested.set()
+
+    async def start(self) -> None:
+        """Start every actor and return once all of them report Ready."""
+        self._clock = _Clock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "actors").mkdir(exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self._socket_dir = self._make_socket_dir()
+        self._ctx = zmq.asyncio.Context()
+        endpoint = f"ipc://{self._socket_dir / 'supervisor'}"
+        self._router = sockets.control_socket(self._ctx, zmq.ROUTER, bind=endpoint)
+        specs = plan_actors(self.graph, self.run_dir, self._socket_dir,
+                            supervisor_endpoint=endpoint, log_level=self._log_level)
+        for spec in specs:
+            self._launch(spec)
+        deadline = time.monotonic() + self._start_timeout_s
+        while not all(a.ready for a in self._actors.values()):
+            self._raise_on_crash()
+            if time.monotonic() > deadline:
+                waiting = sorted(n for n, a in self._actors.items() if not a.ready)
+                raise ActorFailed(waiting[0], None,
+                                  f"not ready after {self._start_timeout_s}s (waiting for {waiting})")
+            await self._pump(POLL_S)
+        self._clock.ready_at = time.perf_counter()
+        log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
+
+    @property
+    def startup_s(self) -> float:
+        return self._clock.ready_at - self._clock.started if self._clock.ready_at else 0.0
+
+    async def wait(self) -> RunReport:
+        """Let sources run; return when every actor ended cleanly. Raises ActorFailed on a crash."""
+        assert self._router is not None
+        for a in self._actors.values():
+            if a.spec.wait_for_start:
+                await self._router.send_multipart([a.spec.name.encode(), encode(Start())])
+        run_started = time.perf_counter()
+        while any(a.exit_code is None for a in self._actors.values()):
+            if self._stop_requested.is_set():
+                await self.stop()
+                break
+            self._raise_on_crash()
+            await self._pump(POLL_S)
+        await self._pump(0)  # final Done messages
+        self._raise_on_crash()
+        return RunReport(
+            stats={n: a.stats for n, a in self._actors.items() if a.stats is not None},
+            exit_codes={n: a.exit_code or 0 for n, a in self._actors.items()},
+            startup_s=self.startup_s,
+            run_s=time.perf_counter() - run_started,
+        )
+
+    async def stop(self) -> None:
+        """Sources first, then stage by stage; SIGKILL whatever outlives the deadline.
+
+        After a crash the order cannot help (a stage behind the dead one never gets end of
+        stream, one before it never gets credit): every actor is asked to drain at once.
+        """
+        names = [s.name for s in self.graph.stages]
+        groups = [set(names)] if self._crashed else [{name} for name in names]
+        deadline = time.monotonic() + self._stop_timeout_s
+        for index, stages in enumerate(groups):
+            for stage in stages:
+                self._signal_stage(stage, signal.SIGTERM)
+            # A stage normally ends by itself once the one before it ended its stream.
+            share = (deadline - time.monotonic()) / max(1, len(groups) - index)
+            await self._wait_exit(lambda a, stages=stages: a.spec.stage in stages, share)
+        await self._wait_exit(lambda a: True, max(0.0, deadline - time.monotonic()))
+        for a in self._actors.values():
+            if a.exit_code is None:
+                log.warning("%s did not stop in time: SIGKILL", a.spec.name)
+                a.popen.kill()
+        await self._wait_exit(lambda a: True, 5.0)
+
+    async def aclose(self) -> None:
+        """Idempotent: stop what still runs, reap every process, remove the socket directory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if any(a.exit_code is None for a in self._actors.values()):
+                await self.stop()
+        finally:
+            for a in self._actors.values():
+                if a.exit_code is None:
+                    a.popen.kill()
+                a.popen.wait()
+                a.log_file.close()
+            if self._router is not None:
+                sockets.close(self._router, 0)
+            if self._ctx is not None:
+                self._ctx.term()
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _make_socket_dir(self) -> Path:
+        preferred = self.run_dir / "sock"
+        longest_name = max(len(s.name) for s in self.graph.stages) + 12
+        if len(str(preferred.resolve())) + longest_name <= MAX_IPC_PATH:
+            preferred.mkdir(exist_ok=True)
+            return preferred.resolve()
+        return Path(tempfile.mkdtemp(prefix="aaf-"))  # run dir too deep for unix socket paths
+
+    def _launch(self, spec: ActorSpec) -> None:
+        spec_path = self.run_dir / "actors" / f"{spec.name}.json"
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        log_path = self.run_dir / "logs" / f"{spec.name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in aclose
+        env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid())}
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )
+        self._actors[spec.name] = ActorProcess(spec, popen, log_path, log_file)
+
+    async def _pump(self, timeout_s: float) -> None:
+        """Handle every actor message that arrives within ``timeout_s``."""
+        assert self._router is not None
+        if not await self._router.poll(int(timeout_s * 1000)):
+            return
+        while await self._router.poll(0):
+            parts = await self._router.recv_multipart()
+            name = parts[0].decode(errors="replace")
+            actor = self._actors.get(name)
+            if actor is None or len(parts) != 2:
+                log.warning("message from unknown peer %r dropped", name)
+                continue
+            try:
+                msg = actor_up_decoder.decode(parts[1])
+            except msgspec.DecodeError as exc:
+                log.warning("undecodable message from %s dropped: %s", name, exc)
+                continue
+            match msg:
+                case Ready():
+                    actor.ready = True
+                case Stats(stats=stats):
+                    actor.stats = stats
+                    if self._on_stats is not None:
+                        self._on_stats(stats)
+                case Done(stats=stats):
+                    actor.stats, actor.done = stats, True
+                    if self._on_stats is not None:
+                        self._on_stats(stats)
+                case Failed(reason=reason):
+                    actor.failure = reason
+
+    def _raise_on_crash(self) -> None:
+        for name, a in self._actors.items():
+            code = a.exit_code
+            if code is not None and code != 0:
+                error = ActorFailed(name, code, a.last_error())
+                if not self._crashed:
+                    log.error("%s", error)
+                self._crashed = True
+                raise error
+
+    def _signal_stage(self, stage: str, sig: signal.Signals) -> None:
+        for a in self._actors.values():
+            if a.spec.stage == stage and a.exit_code is None:
+                try:
+                    a.popen.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    async def _wait_exit(self, which: Callable[[ActorProcess], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(a.exit_code is not None for a in self._actors.values() if which(a)):
+                return
+            await self._pump(POLL_S)

@@ -1,0 +1,50 @@
+"""An actor's line to its supervisor: a DEALER whose routing id is the actor's name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from ..channels import sockets
+from ..protocol import ActorUp, Start, Stop, actor_down_decoder, encode
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorLink:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str | None, actor: str) -> None:
+        self._actor = actor
+        self._sock = (
+            sockets.control_socket(ctx, zmq.DEALER, identity=actor, connect=endpoint)
+            if endpoint
+            else None
+        )
+
+    async def send(self, msg: ActorUp) -> None:
+        if self._sock is not None:
+            await self._sock.send(encode(msg))
+
+    async def serve(self, on_start: Callable[[], None], on_stop: Callable[[], None]) -> None:
+        """Act on Start and Stop until cancelled."""
+        if self._sock is None:
+            return
+        while True:
+            raw = await self._sock.recv()
+            try:
+                msg = actor_down_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                log.warning("undecodable message from the supervisor dropped: %s", exc)
+                continue
+            match msg:
+                case Start():
+                    on_start()
+                case Stop():
+                    on_stop()
+
+    def close(self, linger_ms: int) -> None:
+        if self._sock is not None:
+            sockets.close(self._sock, linger_ms)

@@ -1,0 +1,1 @@
+"""Text stage functions: normalisation, chunking and chunk identity."""
