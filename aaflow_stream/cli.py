@@ -23,6 +23,7 @@ from .plan import GraphSpec, validate_graph
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def load_graph(path: Path) -> GraphSpec:
@@ -52,25 +53,33 @@ async def _up(graph: GraphSpec, run_dir: Path, log_level: str) -> int:
         loop.add_signal_handler(sig, supervisor.request_stop)
     try:
         async with supervisor:
-            print(f"started {len(supervisor.actors)} actors in {supervisor.startup_s:.2f}s; "
-                  f"run directory {run_dir}")
+            print(
+                f"started {len(supervisor.actors)} actors in {supervisor.startup_s:.2f}s; "
+                f"run directory {run_dir}"
+            )
             report = await supervisor.wait()
     except ActorFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"finished in {report.run_s:.2f}s")
     for name, stats in sorted(report.stats.items()):
-        print(f"  {name:<16} busy {stats.busy_s:8.3f}s  rows in {stats.input.rows:>10}  "
-              f"rows out {stats.rows_out:>10}  blocked {stats.blocked_s:7.3f}s  "
-              f"rejected {stats.input.rejected}")
+        print(
+            f"  {name:<16} busy {stats.busy_s:8.3f}s  rows in {stats.input.rows:>10}  "
+            f"rows out {stats.rows_out:>10}  blocked {stats.blocked_s:7.3f}s  "
+            f"rejected {stats.input.rejected}"
+        )
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aaflow-stream", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(
+        prog="aaflow-stream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run a dataflow graph until its sources end")
     up.add_argument("file", type=Path)
@@ -78,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a graph file; start nothing")
     validate.add_argument("file", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         graph = load_graph(args.file)
     except SpecError as exc:

@@ -34,7 +34,6 @@ IPC = "ipc"
 ENCODINGS = (BUFFERS, IPC)
 
 
-
 def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.blake2b(schema.serialize().to_pybytes(), digest_size=8).hexdigest()
 
@@ -56,9 +55,7 @@ def _flat_type(t: pa.DataType) -> bool:
 
 
 def _list_like(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-    )
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def _supported(t: pa.DataType) -> bool:
@@ -171,7 +168,9 @@ def decode_batch(header: BatchHeader, payload: Sequence[Any], schema: pa.Schema)
     except PayloadError:
         raise
     except StopIteration as exc:
-        raise PayloadError("header describes fewer arrays or buffers than the schema needs") from exc
+        raise PayloadError(
+            "header describes fewer arrays or buffers than the schema needs"
+        ) from exc
     except (pa.ArrowException, ValueError, TypeError, IndexError) as exc:
         raise PayloadError(f"payload does not match the link schema: {exc}") from exc
     return batch

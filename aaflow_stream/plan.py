@@ -105,7 +105,11 @@ def validate_graph(graph: GraphSpec) -> list[str]:
 
 
 def plan_actors(
-    graph: GraphSpec, run_dir: Path, socket_dir: Path, *, supervisor_endpoint: str | None,
+    graph: GraphSpec,
+    run_dir: Path,
+    socket_dir: Path,
+    *,
+    supervisor_endpoint: str | None,
     log_level: str = "INFO",
 ) -> list[ActorSpec]:
     """The actors of ``graph``, sinks first (the order to start them in)."""
@@ -116,8 +120,10 @@ def plan_actors(
     def endpoint(name: str, kind: str) -> str:
         path = socket_dir / f"{name}.{kind}"
         if len(str(path)) > MAX_IPC_PATH:
-            raise SpecError(f"socket path {path} is longer than {MAX_IPC_PATH} bytes; "
-                            "use a shorter run directory")
+            raise SpecError(
+                f"socket path {path} is longer than {MAX_IPC_PATH} bytes; "
+                "use a shorter run directory"
+            )
         return f"ipc://{path}"
 
     actors: list[ActorSpec] = []

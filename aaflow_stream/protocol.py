@@ -29,14 +29,14 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=T
 # --- data link headers ------------------------------------------------------------------------
 
 
-class SchemaHeader(_Msg, tag="schema"):
+class SchemaHeader(_Msg, tag="schema", frozen=True):
     """Announces the schema of the batches that follow; frame 1 is the Arrow IPC schema."""
 
     sender: str
     fingerprint: str
 
 
-class BatchHeader(_Msg, tag="batch"):
+class BatchHeader(_Msg, tag="batch", frozen=True):
     """One RecordBatch. ``encoding`` says how the frames after the header are laid out.
 
     ``ipc``: one frame, an encapsulated Arrow IPC record batch message.
@@ -54,7 +54,7 @@ class BatchHeader(_Msg, tag="batch"):
     sent_at: float = 0.0
 
 
-class EosHeader(_Msg, tag="eos"):
+class EosHeader(_Msg, tag="eos", frozen=True):
     """The sender has nothing more for this link."""
 
     sender: str
@@ -67,16 +67,16 @@ DataMessage = SchemaHeader | BatchHeader | EosHeader
 # --- link control -----------------------------------------------------------------------------
 
 
-class Hello(_Msg, tag="hello"):
+class Hello(_Msg, tag="hello", frozen=True):
     sender: str
 
 
-class Credit(_Msg, tag="credit"):
+class Credit(_Msg, tag="credit", frozen=True):
     receiver: str
     batches: int
 
 
-class EosAck(_Msg, tag="eos_ack"):
+class EosAck(_Msg, tag="eos_ack", frozen=True):
     receiver: str
 
 
@@ -126,29 +126,29 @@ class ActorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # --- actor control ----------------------------------------------------------------------------
 
 
-class Ready(_Msg, tag="ready"):
+class Ready(_Msg, tag="ready", frozen=True):
     actor: str
     pid: int
 
 
-class Stats(_Msg, tag="stats"):
+class Stats(_Msg, tag="stats", frozen=True):
     stats: ActorStats
 
 
-class Done(_Msg, tag="done"):
+class Done(_Msg, tag="done", frozen=True):
     stats: ActorStats
 
 
-class Failed(_Msg, tag="failed"):
+class Failed(_Msg, tag="failed", frozen=True):
     actor: str
     reason: str
 
 
-class Start(_Msg, tag="start"):
+class Start(_Msg, tag="start", frozen=True):
     pass
 
 
-class Stop(_Msg, tag="stop"):
+class Stop(_Msg, tag="stop", frozen=True):
     pass
 
 

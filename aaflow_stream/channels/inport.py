@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pyarrow as pa
@@ -119,7 +119,9 @@ class InPort:
                 log.warning("%s: hello from unexpected sender %r ignored", self.name, msg.sender)
                 continue
             # A hello from a known sender is a reconnect: it starts over with a fresh window.
-            self._senders[msg.sender] = _Sender(routing_id, ReceiverCredits.for_window(self._window))
+            self._senders[msg.sender] = _Sender(
+                routing_id, ReceiverCredits.for_window(self._window)
+            )
             await self._control.send_multipart(
                 [routing_id, encode(Credit(receiver=self.name, batches=self._window))]
             )
@@ -153,17 +155,25 @@ class InPort:
         c.rejected += 1
         c.reasons[reason] = c.reasons.get(reason, 0) + 1
         if c.rejected <= 10 or c.rejected % _LOG_EVERY == 0:
-            log.warning("%s: dropped a data message (%s): %s [%d dropped so far]",
-                        self.name, reason, detail, c.rejected)
+            log.warning(
+                "%s: dropped a data message (%s): %s [%d dropped so far]",
+                self.name,
+                reason,
+                detail,
+                c.rejected,
+            )
 
     def _all_ended(self) -> bool:
         ended = sum(1 for s in self._senders.values() if s.eos)
         return ended >= len(self._expected_senders)
 
+    def _readable(self) -> bool:
+        return bool(cast(int, self._data.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
     async def __aiter__(self) -> AsyncIterator[Received]:
         """Batches until every expected sender has ended its stream."""
         while not self._all_ended():
-            if not self._data.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+            if not self._readable():
                 await self._flush_credits()  # idle: hand back what coalescing holds
             message = await self._data.recv_multipart(copy=False)
             try:

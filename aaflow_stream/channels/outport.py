@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-
 import msgspec
 import pyarrow as pa
 import zmq
@@ -106,8 +105,12 @@ class OutPort:
                 try:
                     msg = link_control_decoder.decode(raw)
                 except msgspec.DecodeError as exc:
-                    log.warning("%s: undecodable control message from %s: %s",
-                                self._sender, link.spec.peer, exc)
+                    log.warning(
+                        "%s: undecodable control message from %s: %s",
+                        self._sender,
+                        link.spec.peer,
+                        exc,
+                    )
                     continue
                 match msg:
                     case Credit(receiver=receiver, batches=n):
@@ -170,19 +173,19 @@ class OutPort:
         link.batches_sent += 1
         link.rows_sent += batch.num_rows
 
-    async def send_eos(self, timeout: float) -> None:
+    async def send_eos(self, timeout_s: float) -> None:
         """End the stream on every link and wait until each receiver confirms it."""
         self._seq += 1
         for link in self._links:
             await asyncio.wait_for(
-                link.data.send_multipart(frames.eos_message(self._sender, self._seq)), timeout
+                link.data.send_multipart(frames.eos_message(self._sender, self._seq)), timeout_s
             )
         for link in self._links:
             try:
-                await asyncio.wait_for(link.eos_acked.wait(), timeout)
+                await asyncio.wait_for(link.eos_acked.wait(), timeout_s)
             except TimeoutError as exc:
                 raise LinkTimeout(
-                    f"{self._sender}: {link.spec.peer} did not confirm end of stream in {timeout}s"
+                    f"{self._sender}: {link.spec.peer} no end-of-stream ack in {timeout_s}s"
                 ) from exc
 
     def stats(self) -> list[LinkStats]:
@@ -199,7 +202,7 @@ class OutPort:
         ]
 
     def close(self, linger_ms: int = 0) -> None:
-        """Idempotent. Stop ``serve`` first (cancel its task); a waiting ``send`` raises LinkClosed."""
+        """Idempotent; cancel ``serve`` first. A waiting ``send`` raises LinkClosed."""
         if self._closed:
             return
         self._closed = True
@@ -207,5 +210,3 @@ class OutPort:
         for link in self._links:
             sockets.close(link.data, linger_ms)
             sockets.close(link.control, linger_ms)
-
-

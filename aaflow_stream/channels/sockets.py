@@ -11,7 +11,11 @@ HWM_SLACK = 8
 
 
 def data_socket(
-    ctx: zmq.asyncio.Context, kind: int, window: int, *, bind: str | None = None,
+    ctx: zmq.asyncio.Context,
+    kind: int,
+    window: int,
+    *,
+    bind: str | None = None,
     connect: str | None = None,
 ) -> zmq.asyncio.Socket:
     sock = ctx.socket(kind)
@@ -28,8 +32,12 @@ def data_socket(
 
 
 def control_socket(
-    ctx: zmq.asyncio.Context, kind: int, *, identity: str | None = None,
-    bind: str | None = None, connect: str | None = None,
+    ctx: zmq.asyncio.Context,
+    kind: int,
+    *,
+    identity: str | None = None,
+    bind: str | None = None,
+    connect: str | None = None,
 ) -> zmq.asyncio.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -43,6 +51,6 @@ def control_socket(
 
 
 def close(sock: zmq.asyncio.Socket, linger_ms: int) -> None:
-    """Close with a linger we chose: > 0 lets queued replies (credits, acks) leave on a clean stop."""
+    """Close with a chosen linger: > 0 lets queued credits and acks leave on a clean stop."""
     if not sock.closed:
         sock.close(linger=linger_ms)

@@ -60,11 +60,15 @@ def resolve(reference: str) -> Any:
     """Import the object a ``module:callable`` reference names."""
     module_name, sep, attr = reference.partition(":")
     if not sep or not module_name or not attr:
-        raise OperatorError(f"operator reference {reference!r} is not of the form 'module:callable'")
+        raise OperatorError(
+            f"operator reference {reference!r} is not of the form 'module:callable'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise OperatorError(f"operator {reference!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise OperatorError(
+            f"operator {reference!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -82,7 +86,9 @@ def build(reference: str, context: OperatorContext, params: dict[str, Any], *, s
     try:
         inspect.signature(factory).bind(context, **params)
     except TypeError as exc:
-        raise OperatorError(f"operator {reference!r} does not take parameters {params}: {exc}") from exc
+        raise OperatorError(
+            f"operator {reference!r} does not take parameters {params}: {exc}"
+        ) from exc
     except ValueError:
         pass  # no introspectable signature (a builtin): let the call decide
     operator = factory(context, **params)

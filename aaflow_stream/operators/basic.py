@@ -25,8 +25,13 @@ class SyntheticSource:
     """
 
     def __init__(
-        self, context: OperatorContext, *, batches: int, rows: int = 1024,
-        text_bytes: int = 1024, dim: int = 384,
+        self,
+        context: OperatorContext,
+        *,
+        batches: int,
+        rows: int = 1024,
+        text_bytes: int = 1024,
+        dim: int = 384,
     ) -> None:
         self._context = context
         self._batches = batches
@@ -74,7 +79,11 @@ class ArrowFileSink:
     """
 
     def __init__(
-        self, context: OperatorContext, *, path: str, columns: tuple[str, ...] = ("seq",),
+        self,
+        context: OperatorContext,
+        *,
+        path: str,
+        columns: tuple[str, ...] = ("seq",),
         delay_ms: float = 0.0,
     ) -> None:
         self._path = Path(path) / f"{context.actor}.arrow"

@@ -81,12 +81,14 @@ class Actor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        context = OperatorContext(spec.name, spec.stage, spec.replica, spec.replicas,
-                                  Path(spec.run_dir))
+        context = OperatorContext(
+            spec.name, spec.stage, spec.replica, spec.replicas, Path(spec.run_dir)
+        )
         self._operator = build(spec.operator, context, spec.params, source=spec.is_source)
         if spec.input is not None:
             self._inport = InPort(
-                self._ctx, spec.name,
+                self._ctx,
+                spec.name,
                 data_endpoint=spec.input.data_endpoint,
                 control_endpoint=spec.input.control_endpoint,
                 window=spec.input.window,
@@ -94,8 +96,9 @@ class Actor:
             )
         if spec.outputs:
             links = [LinkSpec(o.data_endpoint, o.control_endpoint, o.peer) for o in spec.outputs]
-            self._outport = OutPort(self._ctx, spec.name, links, window=spec.window,
-                                    encoding=spec.encoding)
+            self._outport = OutPort(
+                self._ctx, spec.name, links, window=spec.window, encoding=spec.encoding
+            )
         async with asyncio.TaskGroup() as tg:
             services = [
                 tg.create_task(self._supervisor.serve(self._start.set, self.request_stop)),
@@ -140,8 +143,11 @@ class Actor:
                     await self._emit(self._timed(self._operator.process, item.batch))
                     await self._inport.finished(item)
         except TimeoutError:
-            log.warning("upstream did not end within %.1fs of the stop request; "
-                        "ending the stream downstream anyway", self.spec.drain_timeout_s)
+            log.warning(
+                "upstream did not end within %.1fs of the stop request; "
+                "ending the stream downstream anyway",
+                self.spec.drain_timeout_s,
+            )
         await self._emit(self._timed(self._operator.flush))
         await self._end_stream()
 
@@ -187,9 +193,11 @@ class Actor:
 
     def summary(self) -> str:
         s = self.stats()
-        return (f"busy {s.busy_s:.3f}s, in {s.input.batches} batches/{s.input.rows} rows "
-                f"({s.input.rejected} rejected), out {s.batches_out} batches/{s.rows_out} rows, "
-                f"blocked on credit {s.blocked_s:.3f}s")
+        return (
+            f"busy {s.busy_s:.3f}s, in {s.input.batches} batches/{s.input.rows} rows "
+            f"({s.input.rejected} rejected), out {s.batches_out} batches/{s.rows_out} rows, "
+            f"blocked on credit {s.blocked_s:.3f}s"
+        )
 
     async def _report_stats(self) -> None:
         while True:
@@ -198,8 +206,9 @@ class Actor:
 
     async def report_failure(self, reason: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            await asyncio.wait_for(self._supervisor.send(Failed(actor=self.spec.name,
-                                                                reason=reason)), 1.0)
+            await asyncio.wait_for(
+                self._supervisor.send(Failed(actor=self.spec.name, reason=reason)), 1.0
+            )
 
     def close(self, linger_ms: int) -> None:
         for port in (self._inport, self._outport):
@@ -230,8 +239,9 @@ async def run_actor(spec: ActorSpec) -> int:
         cause = _root_cause(exc)
         code = EXIT_BAD_OPERATOR if isinstance(cause, OperatorError) else EXIT_FAILED
         reason = f"{type(cause).__name__}: {cause}"
-        log.error("actor failed: %s\n%s", reason,
-                  "".join(traceback.format_exception(cause)).rstrip())
+        log.error(
+            "actor failed: %s\n%s", reason, "".join(traceback.format_exception(cause)).rstrip()
+        )
         await actor.report_failure(reason)
         linger = 500
     finally:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -72,6 +73,10 @@ class ActorProcess:
         if code is not None and code < 0:
             return f"killed by signal {signal.Signals(-code).name}; log tail: {tail}"
         return tail
+
+
+def _in_stages(stages: set[str], actor: ActorProcess) -> bool:
+    return actor.spec.stage in stages
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,13 @@ class Supervisor:
         self._ctx = zmq.asyncio.Context()
         endpoint = f"ipc://{self._socket_dir / 'supervisor'}"
         self._router = sockets.control_socket(self._ctx, zmq.ROUTER, bind=endpoint)
-        specs = plan_actors(self.graph, self.run_dir, self._socket_dir,
-                            supervisor_endpoint=endpoint, log_level=self._log_level)
+        specs = plan_actors(
+            self.graph,
+            self.run_dir,
+            self._socket_dir,
+            supervisor_endpoint=endpoint,
+            log_level=self._log_level,
+        )
         for spec in specs:
             self._launch(spec)
         deadline = time.monotonic() + self._start_timeout_s
@@ -160,8 +170,11 @@ class Supervisor:
             self._raise_on_crash()
             if time.monotonic() > deadline:
                 waiting = sorted(n for n, a in self._actors.items() if not a.ready)
-                raise ActorFailed(waiting[0], None,
-                                  f"not ready after {self._start_timeout_s}s (waiting for {waiting})")
+                raise ActorFailed(
+                    waiting[0],
+                    None,
+                    f"not ready after {self._start_timeout_s}s (waiting for {waiting})",
+                )
             await self._pump(POLL_S)
         self._clock.ready_at = time.perf_counter()
         log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
@@ -206,7 +219,7 @@ class Supervisor:
                 self._signal_stage(stage, signal.SIGTERM)
             # A stage normally ends by itself once the one before it ended its stream.
             share = (deadline - time.monotonic()) / max(1, len(groups) - index)
-            await self._wait_exit(lambda a, stages=stages: a.spec.stage in stages, share)
+            await self._wait_exit(partial(_in_stages, stages), share)
         await self._wait_exit(lambda a: True, max(0.0, deadline - time.monotonic()))
         for a in self._actors.values():
             if a.exit_code is None:
@@ -249,12 +262,15 @@ class Supervisor:
         spec_path = self.run_dir / "actors" / f"{spec.name}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
         log_path = self.run_dir / "logs" / f"{spec.name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in aclose
+        log_file = open(log_path, "ab")  # closed in aclose()
         env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid())}
         popen = subprocess.Popen(
             [sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         self._actors[spec.name] = ActorProcess(spec, popen, log_path, log_file)
 

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import zmq
+
+from aaflow_stream import frames
+from aaflow_stream.errors import PayloadError
+from aaflow_stream.protocol import BatchHeader, data_decoder
+
+
+def _batch() -> pa.RecordBatch:
+    vectors = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
+    return pa.record_batch(
+        {
+            "doc_id": pa.array(["a", None, "c", "d", "e"]),
+            "seq": pa.array([0, 1, 2, None, 4], pa.int32()),
+            "text": pa.array(["x" * 10, "", "z", None, "w"], pa.large_string()),
+            "ts": pa.array([1, 2, 3, 4, 5], pa.timestamp("ms")),
+            "ok": pa.array([True, False, None, True, False]),
+            "tags": pa.array([["a"], [], None, ["b", "c"], ["d"]], pa.list_(pa.string())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 4),
+        }
+    )
+
+
+def _roundtrip(batch: pa.RecordBatch, encoding: str) -> tuple[pa.RecordBatch, list[zmq.Frame]]:
+    fp = frames.schema_fingerprint(batch.schema)
+    message = frames.batch_message(batch, "s", 1, fp, encoding)
+    received = [zmq.Frame(bytes(memoryview(part))) for part in message]
+    header = data_decoder.decode(received[0].bytes)
+    assert isinstance(header, BatchHeader)
+    return frames.decode_batch(header, received[1:], batch.schema), received[1:]
+
+
+@pytest.mark.parametrize("encoding", frames.ENCODINGS)
+def test_a_batch_survives_the_round_trip_in_either_encoding(encoding: str) -> None:
+    batch = _batch()
+    decoded, _ = _roundtrip(batch, encoding)
+    assert decoded.equals(batch)
+
+
+@pytest.mark.parametrize("encoding", frames.ENCODINGS)
+def test_a_sliced_batch_survives_the_round_trip(encoding: str) -> None:
+    batch = _batch().slice(1, 3)
+    decoded, _ = _roundtrip(batch, encoding)
+    assert decoded.equals(batch)
+
+
+@pytest.mark.parametrize("encoding", frames.ENCODINGS)
+def test_decoded_columns_lie_inside_the_received_frames(encoding: str) -> None:
+    decoded, payload = _roundtrip(_batch(), encoding)
+    assert frames.batch_lies_within(decoded, payload)
+
+
+def test_a_copied_batch_is_not_reported_as_zero_copy() -> None:
+    decoded, payload = _roundtrip(_batch(), frames.BUFFERS)
+    copy = pa.ipc.read_record_batch(decoded.serialize().to_pybytes(), decoded.schema)
+    assert not frames.batch_lies_within(copy, payload)
+
+
+def test_types_the_buffer_layout_does_not_cover_use_ipc() -> None:
+    plain = _batch().schema
+    with_dictionary = plain.append(pa.field("kind", pa.dictionary(pa.int8(), pa.string())))
+    with_struct = plain.append(pa.field("pos", pa.struct([("x", pa.int8())])))
+    assert frames.best_encoding(plain) == frames.BUFFERS
+    assert frames.best_encoding(with_dictionary) == frames.IPC
+    assert frames.best_encoding(with_struct) == frames.IPC
+
+
+def test_the_buffers_encoding_sends_the_batch_memory_itself() -> None:
+    batch = _batch()
+    message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
+    addresses = {pa.py_buffer(part).address for part in message[1:]}
+    column_addresses = {b.address for c in batch.columns for b in c.buffers() if b is not None}
+    assert addresses <= column_addresses
+
+
+def test_a_payload_with_missing_frames_is_rejected() -> None:
+    batch = _batch()
+    message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
+    header = data_decoder.decode(message[0])
+    assert isinstance(header, BatchHeader)
+    with pytest.raises(PayloadError, match="buffers"):
+        frames.decode_batch(header, message[1:-1], batch.schema)
+
+
+def test_a_payload_of_another_schema_is_rejected() -> None:
+    batch = _batch()
+    other = pa.record_batch({"n": pa.array([1, 2, 3])})
+    message = frames.batch_message(other, "s", 1, "fp", frames.BUFFERS)
+    header = data_decoder.decode(message[0])
+    assert isinstance(header, BatchHeader)
+    with pytest.raises(PayloadError):
+        frames.decode_batch(header, message[1:], batch.schema)
+
+
+def test_buffers_too_small_for_the_announced_rows_are_rejected() -> None:
+    batch = pa.record_batch({"n": pa.array(np.arange(100, dtype=np.int64))})
+    message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
+    header = data_decoder.decode(message[0])
+    assert isinstance(header, BatchHeader)
+    lying = BatchHeader(sender="s", seq=1, fingerprint="fp", rows=1000, encoding=frames.BUFFERS,
+                        nodes=[(1000, 0, 0)], present=header.present)
+    with pytest.raises(PayloadError):
+        frames.decode_batch(lying, message[1:], batch.schema)
+
+
+def test_an_ipc_payload_of_random_bytes_is_rejected() -> None:
+    schema = _batch().schema
+    header = BatchHeader(sender="s", seq=1, fingerprint="fp", rows=5, encoding=frames.IPC)
+    with pytest.raises(PayloadError):
+        frames.decode_batch(header, [np.random.default_rng(1).bytes(4096)], schema)
+
+
+def test_the_schema_frame_round_trips_with_its_fingerprint() -> None:
+    schema = _batch().schema
+    message = frames.schema_message(schema, "s")
+    header = data_decoder.decode(message[0])
+    decoded = frames.read_schema(message[1])
+    assert decoded.equals(schema)
+    assert header.fingerprint == frames.schema_fingerprint(decoded)
