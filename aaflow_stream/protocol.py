@@ -104,6 +104,7 @@ class InputStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rows: int = 0
     bytes: int = 0
     rejected: int = 0
+    rejected_by_reason: dict[str, int] = {}
     senders: int = 0
     eos_received: int = 0
 

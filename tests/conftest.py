@@ -28,7 +28,7 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     me = psutil.Process()
     alive = [p for p in me.children(recursive=True) if p.is_running()]
-    gone, alive = psutil.wait_procs(alive, timeout=5)
+    _gone, alive = psutil.wait_procs(alive, timeout=5)
     leftover = [f"{p.pid} {p.cmdline()}" for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     for p in alive:
         p.kill()

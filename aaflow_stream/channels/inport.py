@@ -254,13 +254,10 @@ class InPort:
             rows=c.rows,
             bytes=c.bytes,
             rejected=c.rejected,
+            rejected_by_reason=dict(c.reasons),
             senders=len(self._senders),
             eos_received=c.eos_received,
         )
-
-    @property
-    def rejected_reasons(self) -> dict[str, int]:
-        return dict(self._counters.reasons)
 
     @property
     def overruns(self) -> int:

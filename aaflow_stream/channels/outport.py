@@ -43,6 +43,7 @@ class _Link:
     peer_name: str = ""
     batches_sent: int = 0
     rows_sent: int = 0
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
     eos_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -125,6 +126,7 @@ class OutPort:
             if not link.credits.opened:
                 link.peer_name = receiver
                 link.credits.open(n)
+                link.opened.set()
             else:
                 link.credits.give_back(n)
         except CreditViolation as exc:
@@ -177,16 +179,24 @@ class OutPort:
         """End the stream on every link and wait until each receiver confirms it."""
         self._seq += 1
         for link in self._links:
+            # The receiver drops data from a sender it has not registered: EOS must wait for
+            # the link to open even when no batch was ever sent on it.
+            await self._await_ack(link, link.opened, timeout_s, "link open")
             await asyncio.wait_for(
                 link.data.send_multipart(frames.eos_message(self._sender, self._seq)), timeout_s
             )
         for link in self._links:
-            try:
-                await asyncio.wait_for(link.eos_acked.wait(), timeout_s)
-            except TimeoutError as exc:
-                raise LinkTimeout(
-                    f"{self._sender}: {link.spec.peer} no end-of-stream ack in {timeout_s}s"
-                ) from exc
+            await self._await_ack(link, link.eos_acked, timeout_s, "end-of-stream ack")
+
+    async def _await_ack(
+        self, link: _Link, event: asyncio.Event, timeout_s: float, what: str
+    ) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError as exc:
+            raise LinkTimeout(
+                f"{self._sender}: no {what} from {link.spec.peer} in {timeout_s}s"
+            ) from exc
 
     def stats(self) -> list[LinkStats]:
         return [

@@ -4,10 +4,10 @@ Rule (BENCH.md W1): lowercase; tokens are `[a-z0-9]+`; for each token
 `h = blake2b(token, digest_size=8)` read as a little-endian uint64; `vec[h % dim] += +1`
 if `h >> 63 == 0` else `-1`; then L2-normalise (a zero vector stays zero).
 
-Embedding is most of W1's cost, so the hot path avoids per-token Python work beyond one
-dict lookup: tokens come from `bytes.translate` + `split` (about twice as fast as the
-regex), each distinct token is hashed once into a bounded cache, and counts are
-accumulated for the whole batch with one `np.bincount`.
+Embedding is most of W1's cost, so the hot path has no per-token Python bytecode: tokens
+come from `bytes.translate` + `split` (about twice as fast as the regex), each distinct
+token is hashed once into a bounded cache, a batch's cache lookups run in one
+`operator.itemgetter` call, and counts are accumulated with one `np.bincount`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import string
 from collections.abc import Sequence
 from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +45,8 @@ def _tokens(text: str) -> list[bytes]:
 class HashEmbedder:
     """Embeds texts with the W1 hash rule into float32 unit vectors of `dim`.
 
-    Not thread-safe (the token cache is shared); give each worker its own instance.
+    The token cache holds at most `cache_size` entries (or one batch's distinct tokens,
+    if more) and is cleared when full. Not thread-safe: give each worker its own instance.
     """
 
     def __init__(self, dim: int = 384, cache_size: int = 1_000_000) -> None:
@@ -61,27 +63,34 @@ class HashEmbedder:
         h = int.from_bytes(hashlib.blake2b(token, digest_size=8).digest(), "little")
         return h % self.dim + (self.dim if h >> 63 else 0)
 
-    def _lookup(self, flat: list[bytes]) -> list[int]:
+    def _lookup(self, tokens: list[list[bytes]], total: int) -> npt.NDArray[np.intp]:
+        """The column codes of all tokens, in order, hashing only tokens not cached yet."""
+        if total == 0:
+            return np.empty(0, dtype=np.intp)
         codes = self._codes
+        # itemgetter does every lookup in one C call: ~2x faster than map(dict.__getitem__).
+        get = itemgetter(*chain.from_iterable(tokens))
         try:
-            return list(map(codes.__getitem__, flat))
+            found = get(codes)
         except KeyError:  # rare once warm: Zipf vocabularies are mostly cache hits
-            missing = set(flat).difference(codes)
+            missing = set(chain.from_iterable(tokens)).difference(codes)
             if len(codes) + len(missing) > self.cache_size:
                 codes.clear()  # simplest bound; refilling costs one hash per token
-                missing = set(flat)
+                missing = set(chain.from_iterable(tokens))
             for token in missing:
                 codes[token] = self._code(token)
-            return list(map(codes.__getitem__, flat))
+            found = get(codes)
+        if total == 1:  # itemgetter of one key returns the value, not a tuple
+            found = (found,)
+        return np.fromiter(found, dtype=np.intp, count=total)
 
     def _embed_block(self, texts: Sequence[str], out: npt.NDArray[np.float32]) -> None:
         n, dim = len(texts), self.dim
         tokens = [_tokens(t) for t in texts]
-        codes = np.array(self._lookup(list(chain.from_iterable(tokens))), dtype=np.intp)
+        lengths = [len(t) for t in tokens]
+        codes = self._lookup(tokens, sum(lengths))
         # Flat bin = row * 2*dim + code; positive and negative hits land in separate halves.
-        bins = np.repeat(
-            np.arange(0, n * 2 * dim, 2 * dim, dtype=np.intp), [len(t) for t in tokens]
-        )
+        bins = np.repeat(np.arange(0, n * 2 * dim, 2 * dim, dtype=np.intp), lengths)
         bins += codes
         counts = np.bincount(bins, minlength=n * 2 * dim).reshape(n, 2, dim)
         np.subtract(counts[:, 0, :], counts[:, 1, :], out=out, casting="unsafe")

@@ -17,12 +17,15 @@ from ..conftest import REPO_DIR
 BASIC = "aaflow_stream.operators.basic"
 SUPPORT = "tests.support.ops"
 # Actor processes import test-only operators from tests/support.
-TEST_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+TEST_ENV = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))
+}
 
 
 def source(batches: int, rows: int = 64, replicas: int = 1, **params: Any) -> StageSpec:
-    return StageSpec("source", f"{BASIC}:SyntheticSource",
-                     {"batches": batches, "rows": rows, **params}, replicas)
+    return StageSpec(
+        "source", f"{BASIC}:SyntheticSource", {"batches": batches, "rows": rows, **params}, replicas
+    )
 
 
 def sink(out: Path, replicas: int = 1, **params: Any) -> StageSpec:

@@ -10,15 +10,18 @@ import pytest
 
 from aaflow_stream.errors import ActorFailed
 from aaflow_stream.plan import StageSpec
+from aaflow_stream.protocol import ActorStats
 
 from .graphs import BASIC, SUPPORT, graph, run, sink, sink_seqs, source, supervisor
 
 
 def test_eos_passes_every_replica_and_every_row_arrives_exactly_once(run_dir: Path) -> None:
     out = run_dir / "out"
-    g = graph(source(batches=200, rows=50),
-              StageSpec("relay", f"{BASIC}:PassThrough", replicas=3),
-              sink(out, replicas=2))
+    g = graph(
+        source(batches=200, rows=50),
+        StageSpec("relay", f"{BASIC}:PassThrough", replicas=3),
+        sink(out, replicas=2),
+    )
     report = run(g, run_dir)
     assert report.exit_codes == {n: 0 for n in report.exit_codes} and len(report.exit_codes) == 6
     assert sorted(sink_seqs(out)) == list(range(200 * 50))
@@ -38,9 +41,12 @@ def test_several_source_replicas_end_the_stream_only_when_all_are_done(run_dir: 
 
 def test_a_fast_replica_gets_proportionally_more_batches(run_dir: Path) -> None:
     out = run_dir / "out"
-    g = graph(source(batches=400, rows=16),
-              StageSpec("work", f"{SUPPORT}:DelayByReplica", {"delays_ms": [0.0, 20.0]}, 2),
-              sink(out), window=4)
+    g = graph(
+        source(batches=400, rows=16),
+        StageSpec("work", f"{SUPPORT}:DelayByReplica", {"delays_ms": [0.0, 20.0]}, 2),
+        sink(out),
+        window=4,
+    )
     report = run(g, run_dir)
     links = {link.peer: link.batches_sent for link in report.stats["source.0"].outputs}
     assert links["work.0"] + links["work.1"] == 400
@@ -49,9 +55,11 @@ def test_a_fast_replica_gets_proportionally_more_batches(run_dir: Path) -> None:
 
 
 def test_a_crashing_actor_is_reported_and_the_rest_stop_in_bounded_time(run_dir: Path) -> None:
-    g = graph(source(batches=10**6, rows=16),
-              StageSpec("crash", f"{SUPPORT}:Crash", {"after": 20, "message": "boom at 20"}),
-              sink(run_dir / "out"))
+    g = graph(
+        source(batches=10**6, rows=16),
+        StageSpec("crash", f"{SUPPORT}:Crash", {"after": 20, "message": "boom at 20"}),
+        sink(run_dir / "out"),
+    )
 
     async def main() -> tuple[ActorFailed, float]:
         sup = supervisor(g, run_dir, stop_timeout_s=8.0)
@@ -83,24 +91,27 @@ def test_an_operator_that_cannot_be_built_fails_start_with_its_reason(run_dir: P
 
 def test_a_stop_request_drains_everything_already_sent(run_dir: Path) -> None:
     out = run_dir / "out"
-    g = graph(source(batches=10**7, rows=32),
-              StageSpec("relay", f"{BASIC}:PassThrough", {"delay_ms": 1.0}, 2),
-              sink(out))
+    g = graph(
+        source(batches=10**7, rows=32),
+        StageSpec("relay", f"{BASIC}:PassThrough", {"delay_ms": 1.0}, 2),
+        sink(out),
+    )
 
     async def main() -> None:
-        async with supervisor(g, run_dir) as sup:
+        flowing = asyncio.Event()
+
+        def watch(stats: ActorStats) -> None:
+            if stats.actor == "sink.0" and stats.input.rows >= 500:
+                flowing.set()
+
+        async with supervisor(g, run_dir, on_stats=watch) as sup:
             waiting = asyncio.create_task(sup.wait())
-            while not (out / "sink.0.arrow").exists() or sink_rows(sup) < 500:
-                await asyncio.sleep(0.05)
+            await flowing.wait()
             sup.request_stop()
             report = await waiting
         assert set(report.exit_codes.values()) == {0}
         sent = report.stats["source.0"].rows_out
         seqs = sink_seqs(out)
         assert len(seqs) == sent == len(set(seqs)) and sent >= 500
-
-    def sink_rows(sup: object) -> int:
-        stats = sup.actors["sink.0"].stats  # type: ignore[attr-defined]
-        return stats.input.rows if stats else 0
 
     asyncio.run(asyncio.wait_for(main(), 60))

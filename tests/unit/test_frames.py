@@ -101,8 +101,15 @@ def test_buffers_too_small_for_the_announced_rows_are_rejected() -> None:
     message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
     header = data_decoder.decode(message[0])
     assert isinstance(header, BatchHeader)
-    lying = BatchHeader(sender="s", seq=1, fingerprint="fp", rows=1000, encoding=frames.BUFFERS,
-                        nodes=[(1000, 0, 0)], present=header.present)
+    lying = BatchHeader(
+        sender="s",
+        seq=1,
+        fingerprint="fp",
+        rows=1000,
+        encoding=frames.BUFFERS,
+        nodes=[(1000, 0, 0)],
+        present=header.present,
+    )
     with pytest.raises(PayloadError):
         frames.decode_batch(lying, message[1:], batch.schema)
 

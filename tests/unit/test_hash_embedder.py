@@ -58,6 +58,12 @@ def test_non_ascii_lowercasing_matches_str_lower() -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_a_batch_with_a_single_token_matches_the_reference() -> None:
+    got = HashEmbedder().embed(["", "solo!", "  "])
+    np.testing.assert_allclose(got[1], reference_embed("solo"), rtol=0, atol=1e-6)
+    assert not got[0].any() and not got[2].any()
+
+
 def test_case_and_punctuation_do_not_change_the_vector() -> None:
     e = HashEmbedder()
     a, b = e.embed(["Hello, World! 42", "hello world 42"])

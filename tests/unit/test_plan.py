@@ -15,8 +15,10 @@ def _graph(*replicas: int) -> GraphSpec:
 
 
 def test_every_replica_links_to_every_replica_of_the_next_stage() -> None:
-    actors = {a.name: a for a in plan_actors(_graph(1, 3, 2), Path("/r"), Path("/r/s"),
-                                             supervisor_endpoint=None)}
+    actors = {
+        a.name: a
+        for a in plan_actors(_graph(1, 3, 2), Path("/r"), Path("/r/s"), supervisor_endpoint=None)
+    }
     assert [o.peer for o in actors["s0.0"].outputs] == ["s1.0", "s1.1", "s1.2"]
     assert [o.peer for o in actors["s1.2"].outputs] == ["s2.0", "s2.1"]
     assert actors["s2.1"].input is not None
@@ -36,7 +38,11 @@ def test_only_sources_wait_for_start_under_a_supervisor() -> None:
 
 def test_an_invalid_graph_lists_every_problem_at_once() -> None:
     bad = GraphSpec(
-        stages=[StageSpec("a", "nocolon", replicas=0), StageSpec("a", "m:f"), StageSpec("b c", "m:f")],
+        stages=[
+            StageSpec("a", "nocolon", replicas=0),
+            StageSpec("a", "m:f"),
+            StageSpec("b c", "m:f"),
+        ],
         window=0,
     )
     problems = validate_graph(bad)

@@ -1,0 +1,179 @@
+"""One real actor process sending to a port in the test process, over real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import psutil
+import pyarrow as pa
+import zmq
+import zmq.asyncio
+
+from aaflow_stream import frames
+from aaflow_stream.channels.inport import InPort
+from aaflow_stream.plan import ActorSpec, OutputLink
+from aaflow_stream.protocol import BatchHeader, encode
+
+from .graphs import BASIC, graph, sink, sink_seqs, source, supervisor
+
+WINDOW = 4
+
+
+@asynccontextmanager
+async def source_process(
+    run_dir: Path, *, batches: int, rows: int, text_bytes: int = 1024
+) -> AsyncIterator[tuple[InPort, asyncio.subprocess.Process]]:
+    """A SyntheticSource actor process linked to an InPort served by this process."""
+    data, control = f"ipc://{run_dir}/rx.d", f"ipc://{run_dir}/rx.c"
+    spec = ActorSpec(
+        name="source.0",
+        stage="source",
+        replica=0,
+        replicas=1,
+        operator=f"{BASIC}:SyntheticSource",
+        params={"batches": batches, "rows": rows, "text_bytes": text_bytes},
+        input=None,
+        outputs=[OutputLink(data, control, "rx")],
+        window=WINDOW,
+        encoding="auto",
+        run_dir=str(run_dir),
+        eos_timeout_s=20.0,
+    )
+    spec_path = run_dir / "source.json"
+    spec_path.write_bytes(msgspec.json.encode(spec))
+    ctx = zmq.asyncio.Context()
+    port = InPort(
+        ctx,
+        "rx",
+        data_endpoint=data,
+        control_endpoint=control,
+        window=WINDOW,
+        expected_senders=["source.0"],
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            serving = tg.create_task(port.serve())
+            yield port, proc
+            serving.cancel()
+    finally:
+        port.close()
+        ctx.term()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def test_received_column_buffers_lie_inside_the_zeromq_frames(run_dir: Path) -> None:
+    async def main() -> None:
+        async with source_process(run_dir, batches=3, rows=1024) as (port, proc):
+            checked = 0
+            async for item in port:
+                assert frames.batch_lies_within(item.batch, item.frames[1:])
+                assert item.batch.column("text")[0].as_py() == "x" * 1024
+                assert item.batch.column("seq").to_pylist() == list(
+                    range(checked * 1024, (checked + 1) * 1024)
+                )
+                checked += 1
+                await port.finished(item)
+            assert checked == 3
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_fast_producer_never_exceeds_the_window_and_memory_stays_flat(run_dir: Path) -> None:
+    batches = 10_000  # 64 rows of 1 KiB text: ~0.8 GB in total if nothing held it back
+
+    async def main() -> None:
+        async with source_process(run_dir, batches=batches, rows=64) as (port, proc):
+            producer = psutil.Process(proc.pid)
+            consumer = psutil.Process()
+            rss: list[tuple[int, int]] = []
+            held: list[object] = []
+            received = max_unfinished = 0
+            async for item in port:
+                received += 1
+                held.append(item)
+                max_unfinished = max(max_unfinished, len(held))
+                # A slow consumer: finishes in bursts, so the producer must wait for credit.
+                if len(held) == WINDOW or received % 7 == 0:
+                    await asyncio.sleep(0.0005)
+                    for done in held:
+                        await port.finished(done)  # type: ignore[arg-type]
+                    held.clear()
+                if received % 500 == 0:
+                    rss.append((producer.memory_info().rss, consumer.memory_info().rss))
+            assert received == batches
+            assert max_unfinished <= WINDOW
+            assert port.overruns == 0
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        warm = rss[len(rss) // 4]
+        late = max(r[0] for r in rss[len(rss) // 4 :]), max(r[1] for r in rss[len(rss) // 4 :])
+        growth_mb = [(late[i] - warm[i]) / 2**20 for i in range(2)]
+        assert growth_mb[0] < 32 and growth_mb[1] < 32, f"RSS grew by {growth_mb} MiB"
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def _garbage(fingerprint: str) -> list[list[bytes]]:
+    rng = np.random.default_rng(7)
+    foreign = pa.record_batch({"n": pa.array(np.arange(10, dtype=np.int64))})
+    wrong = frames.batch_message(foreign, "source.0", 1, fingerprint, frames.BUFFERS)
+    truncated = frames.batch_message(foreign, "source.0", 1, fingerprint, frames.BUFFERS)[:2]
+    stranger = BatchHeader(
+        sender="mallory", seq=1, fingerprint=fingerprint, rows=1, encoding=frames.BUFFERS
+    )
+    return [
+        [rng.bytes(100)],  # random bytes
+        [rng.bytes(64), rng.bytes(4096)],  # random multipart
+        [b"\x93\xa5batch"],  # truncated header
+        [b"\x00" * (1 << 20)],  # a huge header
+        [bytes(memoryview(f)) for f in wrong],  # a batch of the wrong schema
+        [bytes(memoryview(f)) for f in truncated],  # frames missing
+        [encode(stranger), b"1234"],  # a sender that never said hello
+        [bytes(memoryview(frames.schema_message(foreign.schema, "mallory")[0])), b"junk"],
+    ]
+
+
+def test_garbage_on_a_data_endpoint_is_dropped_and_good_traffic_flows(run_dir: Path) -> None:
+    out = run_dir / "out"
+    g = graph(source(batches=300, rows=20), sink(out, delay_ms=2.0))
+
+    async def main() -> None:
+        async with supervisor(g, run_dir) as sup:
+            endpoint = sup.actors["sink.0"].spec.input.data_endpoint  # type: ignore[union-attr]
+            schema = pa.schema(
+                [
+                    ("doc_id", pa.string()),
+                    ("seq", pa.int64()),
+                    ("text", pa.large_string()),
+                    ("embedding", pa.list_(pa.float32(), 384)),
+                ]
+            )
+            messages = _garbage(frames.schema_fingerprint(schema))
+            ctx = zmq.asyncio.Context()
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 2000)
+            push.connect(endpoint)
+            waiting = asyncio.create_task(sup.wait())
+            for message in messages:
+                await push.send_multipart(message)
+                await asyncio.sleep(0.05)
+            push.close()
+            ctx.term()
+            report = await waiting
+        received = report.stats["sink.0"].input
+        assert received.rejected == len(messages)
+        assert received.rejected_by_reason == {"HeaderError": 6, "PayloadError": 2}
+        assert sorted(sink_seqs(out)) == list(range(300 * 20))
+
+    asyncio.run(asyncio.wait_for(main(), 60))
