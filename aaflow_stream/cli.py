@@ -1,77 +1,177 @@
 """The ``aaflow-stream`` command.
 
+  aaflow-stream up TOPOLOGY        ingest the topology's sources into its shards, then exit
+  aaflow-stream validate TOPOLOGY  check a topology file; start nothing
+  aaflow-stream schema             print the topology file's JSON Schema
+  aaflow-stream run-graph FILE     run a raw actor graph (stages of module:callable operators)
+
 Exit codes:
   0  the run finished (or was interrupted and drained) cleanly
   1  an actor failed; the supervisor stopped the rest
-  2  the command line or the graph file is invalid; nothing was started
+  2  the command line, the topology or its data directory is invalid; nothing was started
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from . import pipeline, report, spec
 from .errors import ActorFailed, SpecError
 from .plan import GraphSpec, validate_graph
+from .protocol import ActorStats
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROGRESS_EVERY_S = 1.0
 
 
 def load_graph(path: Path) -> GraphSpec:
-    """Decode a graph file strictly; the error names the field path and what was expected."""
+    """Decode a raw graph file strictly; the error names the field path and what was expected."""
     try:
-        raw = path.read_bytes()
+        graph = msgspec.yaml.decode(path.read_bytes(), type=GraphSpec)
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        graph = msgspec.yaml.decode(raw, type=GraphSpec)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise SpecError(f"{path}: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
     problems = validate_graph(graph)
     if problems:
         raise SpecError(f"{path}:\n  " + "\n  ".join(problems))
     return graph
 
 
-async def _up(graph: GraphSpec, run_dir: Path, log_level: str) -> int:
+class _Progress:
+    """Keeps the latest stats of every actor and prints a progress line now and then."""
+
+    def __init__(self, order: list[str], enabled: bool) -> None:
+        self.latest: dict[str, ActorStats] = {}
+        self._order = order
+        self._enabled = enabled
+        self._tty = sys.stderr.isatty()
+        self._started = time.monotonic()
+        self._printed = 0.0
+
+    def __call__(self, stats: ActorStats) -> None:
+        self.latest[stats.actor] = stats
+        now = time.monotonic()
+        if self._enabled and now - self._printed >= PROGRESS_EVERY_S:
+            self._printed = now
+            line = report.progress_line(
+                report.summarize(self.latest.values(), self._order), now - self._started
+            )
+            print(
+                f"\r{line}" if self._tty else line,
+                end="" if self._tty else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def finish(self) -> None:
+        if self._enabled and self._tty:
+            print(file=sys.stderr)
+
+
+async def _run(
+    graph: GraphSpec,
+    run_dir: Path,
+    log_level: str,
+    progress: _Progress,
+    start_timeout_s: float = 60.0,
+) -> tuple[float, dict[str, ActorStats]]:
     from .runtime.supervisor import Supervisor
 
-    supervisor = Supervisor(graph, run_dir, log_level=log_level)
+    supervisor = Supervisor(
+        graph, run_dir, log_level=log_level, on_stats=progress, start_timeout_s=start_timeout_s
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)
     try:
         async with supervisor:
             print(
-                f"started {len(supervisor.actors)} actors in {supervisor.startup_s:.2f}s; "
-                f"run directory {run_dir}"
+                f"started {len(supervisor.actors)} actors in {supervisor.startup_s:.2f}s "
+                f"(run directory {run_dir})",
+                file=sys.stderr,
             )
-            report = await supervisor.wait()
-    except ActorFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"finished in {report.run_s:.2f}s")
-    for name, stats in sorted(report.stats.items()):
+            result = await supervisor.wait()
+    finally:
+        progress.finish()
+    return result.startup_s, result.stats
+
+
+def _up(args: argparse.Namespace) -> int:
+    topology = spec.load(args.topology)
+    pipeline.check_operators(topology)
+    pipeline.check_data_dir(topology)
+    graph = pipeline.ingestion_graph(topology)
+    order = [s.name for s in graph.stages]
+    run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
+    progress = _Progress(order, enabled=not args.quiet)
+    import uvloop
+
+    startup_s, stats = uvloop.run(
+        _run(graph, run_dir, args.log_level, progress, topology.timeouts.start_s)
+    )
+    summary = report.summarize(stats.values(), order)
+    if args.json:
+        print(json.dumps(_summary_json(summary, startup_s)))
+    else:
+        print(report.table(summary, startup_s))
+        print(f"data directory {pipeline.data_dir(topology)}")
+    return EXIT_OK
+
+
+def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any]:
+    return {
+        "documents": summary.documents,
+        "chunks": summary.chunks,
+        "vectors": summary.vectors,
+        "dead_letters": summary.dead_letters,
+        "total_s": summary.total_s,
+        "startup_s": startup_s,
+        "stages": {
+            s.stage: {
+                "replicas": s.replicas,
+                "busy_s": s.busy_s,
+                "span_s": s.span_s,
+                "blocked_s": s.blocked_s,
+                "rows_in": s.rows_in,
+                "rows_out": s.rows_out,
+            }
+            for s in summary.stages
+        },
+    }
+
+
+def _run_graph(args: argparse.Namespace) -> int:
+    graph = load_graph(args.file)
+    order = [s.name for s in graph.stages]
+    progress = _Progress(order, enabled=False)
+    import uvloop
+
+    _, stats = uvloop.run(_run(graph, args.run_dir.resolve(), args.log_level, progress))
+    print("finished")
+    for name, s in sorted(stats.items()):
         print(
-            f"  {name:<16} busy {stats.busy_s:8.3f}s  rows in {stats.input.rows:>10}  "
-            f"rows out {stats.rows_out:>10}  blocked {stats.blocked_s:7.3f}s  "
-            f"rejected {stats.input.rejected}"
+            f"  {name:<16} busy {s.busy_s:8.3f}s  rows in {s.input.rows:>10}  "
+            f"rows out {s.rows_out:>10}  blocked {s.blocked_s:7.3f}s  "
+            f"rejected {s.input.rejected}"
         )
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aaflow-stream",
         description=__doc__,
@@ -81,26 +181,45 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="run a dataflow graph until its sources end")
-    up.add_argument("file", type=Path)
-    up.add_argument("--run-dir", type=Path, default=Path("runs/latest"))
-    validate = commands.add_parser("validate", help="check a graph file; start nothing")
-    validate.add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    up = commands.add_parser("up", help="ingest a topology's sources into its shards")
+    up.add_argument("topology", type=Path)
+    up.add_argument("--run-dir", type=Path, help="logs and sockets (default runs/<name>)")
+    up.add_argument("--quiet", action="store_true", help="no progress lines")
+    up.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    validate = commands.add_parser("validate", help="check a topology; start nothing")
+    validate.add_argument("topology", type=Path)
+    commands.add_parser("schema", help="print the topology JSON Schema")
+    graph = commands.add_parser("run-graph", help="run a raw actor graph file")
+    graph.add_argument("file", type=Path)
+    graph.add_argument("--run-dir", type=Path, default=Path("runs/graph"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     try:
-        graph = load_graph(args.file)
+        if args.command == "schema":
+            print(json.dumps(spec.json_schema(), indent=2))
+            return EXIT_OK
+        if args.command == "validate":
+            topology = spec.load(args.topology)
+            pipeline.check_operators(topology)
+            pipeline.check_data_dir(topology)
+            print(
+                f"{args.topology}: ok ({len(topology.stages)} stages, "
+                f"{topology.shards.count} shards)"
+            )
+            return EXIT_OK
+        if args.command == "up":
+            return _up(args)
+        return _run_graph(args)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "validate":
-        print(f"{args.file}: ok ({len(graph.stages)} stages)")
-        return EXIT_OK
-    import uvloop
-
-    return uvloop.run(_up(graph, args.run_dir, args.log_level))
+    except ActorFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

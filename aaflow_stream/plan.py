@@ -7,7 +7,7 @@ Pure: no sockets, no processes. The supervisor writes each ``ActorSpec`` to a fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -24,6 +24,7 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     operator: str
     params: dict[str, Any] = {}
     replicas: int = 1
+    launcher: Literal["process", "mpi"] = "process"
 
 
 class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

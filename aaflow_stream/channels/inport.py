@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -48,7 +48,12 @@ _LOG_EVERY = 1000
 
 @dataclass(frozen=True)
 class Received:
-    """A batch and where it came from. Call ``InPort.finished(item)`` when done with it."""
+    """A batch and where it came from. Call ``InPort.finished(item)`` when done with it.
+
+    A consumer may keep some items unfinished while it waits for the next one (its credit is
+    returned early then), but never a whole window of them: the sender would have no credit
+    left to send what the consumer waits for.
+    """
 
     batch: pa.RecordBatch
     sender: str
@@ -95,7 +100,7 @@ class InPort:
         self._expected_senders = frozenset(expected_senders)
         self._expected_schema = expected_schema
         self._data = sockets.data_socket(ctx, zmq.PULL, window, bind=data_endpoint)
-        self._control = sockets.control_socket(ctx, zmq.ROUTER, bind=control_endpoint)
+        self._control = sockets.link_control_socket(ctx, zmq.ROUTER, bind=control_endpoint)
         self._senders: dict[str, _Sender] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._counters = _Counters()
@@ -144,6 +149,11 @@ class InPort:
         if sender is not None:
             await self._give_credit(sender, sender.credits.finished())
 
+    async def _unblock_starved_senders(self) -> None:
+        for sender in self._senders.values():
+            if sender.credits.sender_starved():
+                await self._give_credit(sender, sender.credits.flush())
+
     async def _flush_credits(self) -> None:
         for sender in self._senders.values():
             await self._give_credit(sender, sender.credits.flush())
@@ -167,14 +177,10 @@ class InPort:
         ended = sum(1 for s in self._senders.values() if s.eos)
         return ended >= len(self._expected_senders)
 
-    def _readable(self) -> bool:
-        return bool(cast(int, self._data.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
-
     async def __aiter__(self) -> AsyncIterator[Received]:
         """Batches until every expected sender has ended its stream."""
         while not self._all_ended():
-            if not self._readable():
-                await self._flush_credits()  # idle: hand back what coalescing holds
+            await self._unblock_starved_senders()
             message = await self._data.recv_multipart(copy=False)
             try:
                 item = await self._accept(message)

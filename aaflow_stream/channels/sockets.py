@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
 import zmq.asyncio
+
+from .loopsocket import LoopSocket
 
 # Slack above the credit window for the messages that travel without credit: a schema
 # announcement and the end-of-stream marker. A high-water mark below the window would cap it.
 HWM_SLACK = 8
+
+
+def _plain(ctx: zmq.asyncio.Context, kind: int) -> zmq.Socket[Any]:
+    """A plain (not asyncio) socket of the same ZeroMQ context."""
+    return zmq.Context.shadow(ctx.underlying).socket(kind)
 
 
 def data_socket(
@@ -17,18 +26,39 @@ def data_socket(
     *,
     bind: str | None = None,
     connect: str | None = None,
-) -> zmq.asyncio.Socket:
-    sock = ctx.socket(kind)
+) -> LoopSocket:
+    sock = _plain(ctx, kind)
     hwm = window + HWM_SLACK
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     # Default linger (-1) makes context termination hang on a message for an absent peer.
     sock.setsockopt(zmq.LINGER, 0)
+    _attach(sock, bind, connect)
+    return LoopSocket(sock)
+
+
+def _attach(sock: zmq.Socket[Any], bind: str | None, connect: str | None) -> None:
     if bind:
         sock.bind(bind)
     if connect:
         sock.connect(connect)
-    return sock
+
+
+def link_control_socket(
+    ctx: zmq.asyncio.Context,
+    kind: int,
+    *,
+    identity: str | None = None,
+    bind: str | None = None,
+    connect: str | None = None,
+) -> LoopSocket:
+    """The control half of a link (credits, acks): on the hot path too, so a LoopSocket."""
+    sock = _plain(ctx, kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        sock.setsockopt(zmq.ROUTING_ID, identity.encode())
+    _attach(sock, bind, connect)
+    return LoopSocket(sock)
 
 
 def control_socket(
@@ -50,7 +80,7 @@ def control_socket(
     return sock
 
 
-def close(sock: zmq.asyncio.Socket, linger_ms: int) -> None:
+def close(sock: zmq.asyncio.Socket | LoopSocket, linger_ms: int) -> None:
     """Close with a chosen linger: > 0 lets queued credits and acks leave on a clean stop."""
     if not sock.closed:
         sock.close(linger=linger_ms)

@@ -13,7 +13,9 @@ A **stage** (any later stage, sinks included) has ``process(batch) -> Iterable[R
 called once per arriving batch, in arrival order, on the actor's event loop (it may use the CPU;
 it must not wait on other actors), and ``flush() -> Iterable[RecordBatch]``, called once after
 end of stream arrived from every upstream replica: return what was held back for batching.
-Output of a sink is ignored.
+Output of a sink is ignored. An output item may be a ``Routed(replica, batch)`` instead of a
+plain batch: it then goes to that replica of the next stage (a shuffle), waiting for that
+link's credit; a plain batch goes to whichever replica has the most credit.
 
 Optional on both: ``close()``, called once when the actor stops, also after a failure.
 An exception from any hook ends the actor with a logged reason and a non-zero exit.
@@ -42,6 +44,17 @@ class OperatorContext:
     replica: int
     replicas: int
     run_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A batch addressed to one replica of the next stage (by its index)."""
+
+    replica: int
+    batch: pa.RecordBatch
+
+
+Output = pa.RecordBatch | Routed
 
 
 @runtime_checkable

@@ -35,7 +35,7 @@ import zmq.asyncio
 from ..channels.inport import InPort
 from ..channels.outport import LinkSpec, OutPort
 from ..errors import OperatorError
-from ..operators.base import OperatorContext, build
+from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
 from .supervisor_link import SupervisorLink
@@ -48,6 +48,8 @@ EXIT_BAD_OPERATOR: Final = 2
 # Replies and acks queued at a clean stop get this long to leave.
 CLEAN_LINGER_MS: Final = 2000
 PARENT_PID_ENV: Final = "AAFLOW_SUPERVISOR_PID"
+# Set by MPICH's process manager for every rank; replaces ``{rank}`` in the spec path.
+MPI_RANK_ENV: Final = "PMI_RANK"
 
 
 class Actor:
@@ -162,10 +164,11 @@ class Actor:
         self._last_work_at = time.time()
         return result
 
-    async def _emit(self, batches: Iterable[pa.RecordBatch]) -> None:
-        for batch in batches:
+    async def _emit(self, outputs: Iterable[Output]) -> None:
+        for item in outputs:
+            batch, target = (item.batch, item.replica) if isinstance(item, Routed) else (item, None)
             if self._outport is not None and batch.num_rows:
-                await self._outport.send(batch)
+                await self._outport.send(batch, target)
                 self._batches_out += 1
                 self._rows_out += batch.num_rows
 
@@ -189,7 +192,12 @@ class Actor:
             last_work_at=self._last_work_at,
             input=self._inport.stats() if self._inport else InputStats(),
             outputs=self._outport.stats() if self._outport else [],
+            extra=self._operator_metrics(),
         )
+
+    def _operator_metrics(self) -> dict[str, float]:
+        metrics = getattr(self._operator, "metrics", None)
+        return dict(metrics()) if metrics is not None else {}
 
     def summary(self) -> str:
         s = self.stats()
@@ -200,8 +208,13 @@ class Actor:
         )
 
     async def _report_stats(self) -> None:
+        supervisor = _supervisor_pid()
         while True:
             await asyncio.sleep(self.spec.stats_interval_s)
+            if supervisor is not None and not _alive(supervisor):
+                log.warning("supervisor %d is gone", supervisor)
+                self.request_stop()
+                supervisor = None
             await self._supervisor.send(Stats(stats=self.stats()))
 
     async def report_failure(self, reason: str) -> None:
@@ -250,10 +263,29 @@ async def run_actor(spec: ActorSpec) -> int:
     return code
 
 
+def _supervisor_pid() -> int | None:
+    value = os.environ.get(PARENT_PID_ENV)
+    return int(value) if value else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the supervisor dies, so no actor outlives it."""
+    """Ask Linux to SIGTERM us when the supervisor dies, so no actor outlives it.
+
+    An MPI rank's parent is MPICH's process manager, not the supervisor: ranks rely on the
+    liveness check in ``Actor._report_stats`` instead.
+    """
     parent = os.environ.get(PARENT_PID_ENV)
-    if not parent or not sys.platform.startswith("linux"):
+    if not parent or not sys.platform.startswith("linux") or MPI_RANK_ENV in os.environ:
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -274,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m aaflow_stream.runtime.actor SPEC.json", file=sys.stderr)
         return EXIT_BAD_OPERATOR
+    path = args[0].replace("{rank}", os.environ.get(MPI_RANK_ENV, "0"))
     try:
-        spec = msgspec.json.decode(Path(args[0]).read_bytes(), type=ActorSpec)
+        spec = msgspec.json.decode(Path(path).read_bytes(), type=ActorSpec)
     except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         print(f"cannot read actor spec {args[0]}: {exc}", file=sys.stderr)
         return EXIT_BAD_OPERATOR

@@ -36,7 +36,7 @@ import zmq
 import zmq.asyncio
 
 from ..channels import sockets
-from ..errors import ActorFailed
+from ..errors import ActorFailed, SpecError
 from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
 from .actor import PARENT_PID_ENV
@@ -47,19 +47,35 @@ POLL_S = 0.05
 
 
 @dataclass
-class ActorProcess:
-    spec: ActorSpec
+class Launch:
+    """One started OS process: an actor, or an ``mpiexec`` job whose ranks are actors."""
+
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+
+
+@dataclass
+class ActorProcess:
+    spec: ActorSpec
+    launch: Launch
+    pid: int | None = None  # reported in Ready; an MPI rank's differs from the launch's
     ready: bool = False
     done: bool = False
     stats: ActorStats | None = None
     failure: str | None = None
 
     @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        return self.launch.popen
+
+    @property
+    def log_path(self) -> Path:
+        return self.launch.log_path
+
+    @property
     def exit_code(self) -> int | None:
-        return self.popen.poll()
+        return self.launch.popen.poll()
 
     def last_error(self) -> str:
         if self.failure:
@@ -73,6 +89,15 @@ class ActorProcess:
         if code is not None and code < 0:
             return f"killed by signal {signal.Signals(-code).name}; log tail: {tail}"
         return tail
+
+
+def mpiexec_path() -> str:
+    """The ``mpiexec`` the project installs into its virtual environment (MPICH from PyPI)."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if not found:
+        raise SpecError("mpiexec not found: install the project (make install) to get MPICH")
+    return found
 
 
 def _in_stages(stages: set[str], actor: ActorProcess) -> bool:
@@ -163,8 +188,14 @@ class Supervisor:
             supervisor_endpoint=endpoint,
             log_level=self._log_level,
         )
-        for spec in specs:
-            self._launch(spec)
+        stages = {s.name: s for s in self.graph.stages}
+        for stage_name in dict.fromkeys(spec.stage for spec in specs):
+            stage_specs = [spec for spec in specs if spec.stage == stage_name]
+            if stages[stage_name].launcher == "mpi":
+                self._launch_mpi_job(stage_specs)
+            else:
+                for spec in stage_specs:
+                    self._launch(spec)
         deadline = time.monotonic() + self._start_timeout_s
         while not all(a.ready for a in self._actors.values()):
             self._raise_on_crash()
@@ -236,11 +267,11 @@ class Supervisor:
             if any(a.exit_code is None for a in self._actors.values()):
                 await self.stop()
         finally:
-            for a in self._actors.values():
-                if a.exit_code is None:
-                    a.popen.kill()
-                a.popen.wait()
-                a.log_file.close()
+            for launch in self._launches():
+                if launch.popen.poll() is None:
+                    launch.popen.kill()
+                launch.popen.wait()
+                launch.log_file.close()
             if self._router is not None:
                 sockets.close(self._router, 0)
             if self._ctx is not None:
@@ -258,21 +289,50 @@ class Supervisor:
             return preferred.resolve()
         return Path(tempfile.mkdtemp(prefix="aaf-"))  # run dir too deep for unix socket paths
 
-    def _launch(self, spec: ActorSpec) -> None:
-        spec_path = self.run_dir / "actors" / f"{spec.name}.json"
-        spec_path.write_bytes(msgspec.json.encode(spec))
-        log_path = self.run_dir / "logs" / f"{spec.name}.log"
+    def _launches(self) -> list[Launch]:
+        return list({id(a.launch): a.launch for a in self._actors.values()}.values())
+
+    def _write_spec(self, spec: ActorSpec) -> Path:
+        path = self.run_dir / "actors" / f"{spec.name}.json"
+        path.write_bytes(msgspec.json.encode(spec))
+        return path
+
+    def _start_process(self, argv: list[str], log_name: str) -> Launch:
+        log_path = self.run_dir / "logs" / f"{log_name}.log"
         log_file = open(log_path, "ab")  # closed in aclose()
         env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid())}
         popen = subprocess.Popen(
-            [sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
-        self._actors[spec.name] = ActorProcess(spec, popen, log_path, log_file)
+        return Launch(popen, log_path, log_file)
+
+    def _launch(self, spec: ActorSpec) -> None:
+        argv = [sys.executable, "-m", "aaflow_stream.runtime.actor", str(self._write_spec(spec))]
+        self._actors[spec.name] = ActorProcess(spec, self._start_process(argv, spec.name))
+
+    def _launch_mpi_job(self, specs: list[ActorSpec]) -> None:
+        """All replicas of a stage as the ranks of one ``mpiexec -n`` job (rank = replica)."""
+        specs = sorted(specs, key=lambda s: s.replica)
+        for spec in specs:
+            self._write_spec(spec)
+        template = self.run_dir / "actors" / f"{specs[0].stage}.{{rank}}.json"
+        argv = [
+            mpiexec_path(),
+            "-n",
+            str(len(specs)),
+            sys.executable,
+            "-m",
+            "aaflow_stream.runtime.actor",
+            str(template),
+        ]
+        launch = self._start_process(argv, specs[0].stage)
+        for spec in specs:
+            self._actors[spec.name] = ActorProcess(spec, launch)
 
     async def _pump(self, timeout_s: float) -> None:
         """Handle every actor message that arrives within ``timeout_s``."""
@@ -292,8 +352,8 @@ class Supervisor:
                 log.warning("undecodable message from %s dropped: %s", name, exc)
                 continue
             match msg:
-                case Ready():
-                    actor.ready = True
+                case Ready(pid=pid):
+                    actor.ready, actor.pid = True, pid
                 case Stats(stats=stats):
                     actor.stats = stats
                     if self._on_stats is not None:
@@ -306,20 +366,27 @@ class Supervisor:
                     actor.failure = reason
 
     def _raise_on_crash(self) -> None:
-        for name, a in self._actors.items():
-            code = a.exit_code
-            if code is not None and code != 0:
-                error = ActorFailed(name, code, a.last_error())
-                if not self._crashed:
-                    log.error("%s", error)
-                self._crashed = True
-                raise error
+        for launch in self._launches():
+            code = launch.popen.poll()
+            if code is None or code == 0:
+                continue
+            members = [a for a in self._actors.values() if a.launch is launch]
+            # In an MPI job the rank that reported a failure is the culprit, not its peers.
+            culprit = next((a for a in members if a.failure), members[0])
+            error = ActorFailed(culprit.spec.name, code, culprit.last_error())
+            if not self._crashed:
+                log.error("%s", error)
+            self._crashed = True
+            raise error
 
     def _signal_stage(self, stage: str, sig: signal.Signals) -> None:
         for a in self._actors.values():
             if a.spec.stage == stage and a.exit_code is None:
                 try:
-                    a.popen.send_signal(sig)
+                    if a.pid is not None:
+                        os.kill(a.pid, sig)
+                    else:
+                        a.popen.send_signal(sig)
                 except ProcessLookupError:
                     pass
 

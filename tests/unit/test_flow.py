@@ -42,6 +42,16 @@ def test_receiver_coalesces_returns_until_the_threshold() -> None:
     assert rx.flush() == 1
 
 
+def test_a_starved_sender_gets_its_pending_credit_back_early() -> None:
+    rx = ReceiverCredits(window=4, threshold=2)
+    for _ in range(4):
+        rx.received()
+    assert not rx.sender_starved()  # nothing finished yet: nothing to give back
+    assert rx.finished() == 0  # one pending, below the threshold
+    assert rx.sender_starved()  # 3 held + 1 pending = the whole window
+    assert rx.flush() == 1 and not rx.sender_starved()
+
+
 @pytest.mark.parametrize("window", [1, 2, 3, 8, 17])
 def test_credit_exchange_never_deadlocks_and_never_exceeds_the_window(window: int) -> None:
     """Simulate random interleavings of send, receive and process: progress always possible."""
@@ -58,10 +68,9 @@ def test_credit_exchange_never_deadlocks_and_never_exceeds_the_window(window: in
             moves.append("receive")
         if processing:
             moves.append("finish")
-        if not moves:  # receiver idle: it flushes its coalesced credits
-            returned = rx.flush()
-            assert returned > 0, "deadlock: no credit anywhere and nothing to do"
-            tx.give_back(returned)
+        if not moves:  # the receiver waits for more while holding finished batches
+            assert rx.sender_starved(), "deadlock: no credit anywhere and nothing to do"
+            tx.give_back(rx.flush())
             continue
         move = rng.choice(moves)
         if move == "send":

@@ -5,7 +5,7 @@ Words are drawn Zipf(s=1.1) by rank over a 50,000-word vocabulary of lowercase w
 has its own generator seeded from (seed, file index), so a smaller preset's files are
 the first files of a larger one and any file can be regenerated alone.
 
-    python bench/w1_corpus.py --preset small --out /tmp/w1-small
+    python -m aaflow_stream.synthetic --preset small --out /tmp/w1-small
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-# Repo root on sys.path so the script runs from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from aaflow_stream.text.chunking import chunk_id, chunk_windows
+from .text.chunking import chunk_id, chunk_windows
 
 PRESETS: dict[str, tuple[int, int]] = {
     "tiny": (4, 16),
@@ -40,7 +37,7 @@ CHUNK_OVERLAP = 64
 TS_BASE = 1_700_000_000
 MANIFEST = "manifest.json"
 # Bump when the output for a given (preset, seed) changes, so stale corpora are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -106,12 +103,13 @@ def _file_docs(
     texts: list[str] = []
     for target in targets:
         base = int(ends[pos - 1]) if pos else 0
-        while not len(ends) or ends[-1] < base + target:
+        while not len(ends) or ends[-1] <= base + target:
             more = np.searchsorted(cdf, rng.random(refill), side="right")
             more = np.minimum(more, len(vocab) - 1)
             ranks = np.concatenate([ranks, more])
             ends = np.cumsum(word_cost[ranks])
-        stop = int(np.searchsorted(ends, base + target, side="left")) + 1
+        # +1: word_cost counts a space after the last word, which the join does not add.
+        stop = int(np.searchsorted(ends, base + target + 1, side="left")) + 1
         text = " ".join(map(vocab.__getitem__, ranks[pos:stop].tolist()))
         texts.append(text[:target])  # exactly `target` chars: the doc length is uniform
         pos = stop

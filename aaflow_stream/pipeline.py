@@ -1,0 +1,139 @@
+"""A topology → the ingestion graph the supervisor runs, and checks of its data directory.
+
+Pure apart from reading the small manifests in an existing data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import OperatorError, SpecError
+from .operators.base import resolve
+from .plan import GraphSpec, StageSpec
+from .shard.store import MANIFEST_FILE
+from .spec import (
+    CustomStage,
+    EmbedStage,
+    LoadStage,
+    Stage,
+    TopologySpec,
+    TransformStage,
+    UpsertStage,
+)
+
+SHARD_STAGE = "shard"
+OPS = "aaflow_stream.operators"
+
+
+def data_dir(topology: TopologySpec) -> Path:
+    return Path(topology.data_dir).resolve()
+
+
+def run_dir(topology: TopologySpec) -> Path:
+    return Path(topology.run_dir or f"runs/{topology.name}").resolve()
+
+
+def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
+    shards = topology.shards
+    match stage:
+        case LoadStage():
+            sources = [
+                {"paths": [str(Path(p).resolve()) for p in s.paths], "formats": s.formats}
+                for s in topology.sources
+            ]
+            params = {
+                "sources": sources,
+                "batch_docs": stage.batch_docs,
+                "max_doc_bytes": topology.limits.max_doc_bytes,
+                "dead_letter_dir": str(data_dir(topology) / "deadletter"),
+            }
+            return StageSpec(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
+        case TransformStage():
+            params = {
+                "chunk_size": stage.chunk_size,
+                "overlap": stage.overlap,
+                "prefer": stage.prefer,
+            }
+            return StageSpec(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
+        case EmbedStage():
+            params = {"batch_size": stage.batch_size, "dim": topology.embedder.dim}
+            return StageSpec(stage.name, f"{OPS}.embed:EmbedChunks", params, stage.replicas)
+        case UpsertStage():
+            params = {"shards": shards.count, "batch_size": stage.batch_size}
+            return StageSpec(stage.name, f"{OPS}.upsert:ShardRouter", params, stage.replicas)
+        case CustomStage():
+            return StageSpec(stage.name, stage.ref, stage.params, stage.replicas)
+    raise AssertionError(f"unhandled stage {stage!r}")
+
+
+def ingestion_graph(topology: TopologySpec) -> GraphSpec:
+    """Load → transform → custom stages → embed → upsert → the MPI shard job."""
+    shards = topology.shards
+    shard = StageSpec(
+        SHARD_STAGE,
+        f"{OPS}.shard:ShardWriter",
+        {
+            "data_dir": str(data_dir(topology)),
+            "dim": topology.embedder.dim,
+            "index": shards.index,
+            "metric": shards.metric,
+        },
+        shards.count,
+        launcher="mpi",
+    )
+    if any(s.name == SHARD_STAGE for s in topology.stages):
+        raise SpecError(f"$.stages: the name {SHARD_STAGE!r} is reserved for the shard job")
+    return GraphSpec(
+        stages=[*(_stage(topology, s) for s in topology.stages), shard],
+        window=topology.flow.window,
+        encoding=topology.flow.encoding,
+        eos_timeout_s=topology.timeouts.eos_s,
+        drain_timeout_s=topology.timeouts.drain_s,
+    )
+
+
+def check_operators(topology: TopologySpec) -> None:
+    """Import every custom operator now, so a bad reference fails before any process starts.
+
+    Actors run with the working directory on ``sys.path`` (``python -m``); so does this check.
+    """
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        for i, stage in enumerate(topology.stages):
+            if isinstance(stage, CustomStage):
+                try:
+                    resolve(stage.ref)
+                except OperatorError as exc:
+                    raise SpecError(f"$.stages[{i}].ref: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def check_data_dir(topology: TopologySpec) -> None:
+    """Refuse, before anything starts, a data directory built with another shape."""
+    root = data_dir(topology)
+    existing = sorted(root.glob(f"shard-*/{MANIFEST_FILE}"))
+    if not existing:
+        return
+    shards = topology.shards
+    if len(existing) != shards.count:
+        raise SpecError(
+            f"{root} holds {len(existing)} shards, the topology asks for {shards.count}: "
+            "chunks are placed by chunk_id % shards, so the count cannot change in place; "
+            "use another data_dir"
+        )
+    expected = {"dim": topology.embedder.dim, "index": shards.index, "metric": shards.metric}
+    for manifest in existing:
+        saved = json.loads(manifest.read_text())
+        found = {key: saved.get(key) for key in expected}
+        if found != expected:
+            raise SpecError(
+                f"{manifest.parent} was built with {found}, the topology asks for "
+                f"{expected}: use another data_dir or remove it"
+            )

@@ -1,0 +1,125 @@
+"""One shard's FAISS index and row metadata, with their files on disk.
+
+The index is ``IndexIDMap2(index_factory(dim, description, metric))`` keyed by ``chunk_id``;
+the metadata (doc_id, seq, text, source, ts, doc_version per chunk) is an Arrow table. On disk:
+``<dir>/index.faiss`` (open with ``faiss.read_index``) and ``<dir>/meta.arrow`` (an Arrow IPC
+file; ``pyarrow.ipc.open_file``), each written to a temporary name and renamed into place.
+
+Upserts are idempotent by chunk_id: a row whose id is already present replaces the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import SpecError
+from ..schemas import EMBEDDING, METADATA
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.arrow"
+MANIFEST_FILE = "shard.json"
+
+
+def _metric(name: str) -> int:
+    import faiss
+
+    return {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[name]
+
+
+class ShardStore:
+    def __init__(self, directory: Path, *, dim: int, index: str, metric: str) -> None:
+        import faiss
+
+        self._faiss = faiss
+        self.directory = directory
+        self.dim = dim
+        self._description = index
+        self._metric = metric
+        self._meta: list[pa.RecordBatch] = []
+        self._ids: set[int] = set()
+        self._replaced = False
+        self.index = self._open()
+
+    def _open(self) -> Any:
+        faiss = self._faiss
+        manifest = self.directory / MANIFEST_FILE
+        if manifest.exists():
+            saved = json.loads(manifest.read_text())
+            expected = {"dim": self.dim, "index": self._description, "metric": self._metric}
+            if {k: saved.get(k) for k in expected} != expected:
+                raise SpecError(
+                    f"shard data in {self.directory} was built with {saved}, "
+                    f"the topology asks for {expected}: use another data_dir or remove it"
+                )
+            index = faiss.read_index(str(self.directory / INDEX_FILE))
+            with pa.ipc.open_file(self.directory / META_FILE) as reader:
+                table = reader.read_all()
+            self._meta = table.to_batches()
+            self._ids = set(table.column("chunk_id").to_pylist())
+            log.info("loaded %d vectors from %s", index.ntotal, self.directory)
+            return index
+        inner = faiss.index_factory(self.dim, self._description, _metric(self._metric))
+        return faiss.IndexIDMap2(inner)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def upsert(self, batch: pa.RecordBatch) -> None:
+        """Add rows (with an ``embedding`` column); rows with known chunk ids replace old ones."""
+        ids = batch.column("chunk_id").to_numpy().view(np.int64)
+        column = batch.column(EMBEDDING)
+        if column.type.list_size != self.dim:
+            raise ValueError(f"embedding dim {column.type.list_size} != shard dim {self.dim}")
+        flat = column.values.slice(column.offset * self.dim, len(column) * self.dim)
+        vectors = flat.to_numpy(zero_copy_only=True).reshape(-1, self.dim)
+        id_list = ids.tolist()
+        if not self._ids.isdisjoint(id_list):
+            present = np.array([i for i in id_list if i in self._ids], dtype=np.int64)
+            self.index.remove_ids(present)
+            self._replaced = True
+        if not self.index.is_trained:
+            self.index.train(vectors)
+        self.index.add_with_ids(vectors, ids)
+        self._ids.update(id_list)
+        self._meta.append(batch.select(METADATA.names))
+
+    def metadata(self) -> pa.Table:
+        """One row per chunk id (the latest version of a replaced row)."""
+        if not self._meta:
+            return METADATA.empty_table()
+        table = pa.Table.from_batches(self._meta, schema=METADATA)
+        if self._replaced:
+            ids = table.column("chunk_id").to_numpy()
+            reversed_ids = ids[::-1]
+            _, first = np.unique(reversed_ids, return_index=True)
+            keep = np.sort(len(ids) - 1 - first)
+            table = table.take(pa.array(keep))
+        return table
+
+    def persist(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        table = self.metadata()
+        tmp_index = self.directory / (INDEX_FILE + ".tmp")
+        self._faiss.write_index(self.index, str(tmp_index))
+        tmp_meta = self.directory / (META_FILE + ".tmp")
+        with pa.OSFile(str(tmp_meta), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp_index, self.directory / INDEX_FILE)
+        os.replace(tmp_meta, self.directory / META_FILE)
+        manifest = {
+            "dim": self.dim,
+            "index": self._description,
+            "metric": self._metric,
+            "vectors": self.count,
+        }
+        (self.directory / MANIFEST_FILE).write_text(json.dumps(manifest))

@@ -1,0 +1,223 @@
+"""The topology file → frozen msgspec Structs. No I/O beyond reading the file itself.
+
+A topology declares the sources, the pipeline of stages (load, transform, any custom stages,
+embed, upsert), the embedder, the shards, the flow-control window, limits and the data
+directory. Decoding is strict: an unknown key, a wrong type or a missing field is an error that
+names the field path (``$.stages[2].replicas``) and, where it can be found, the file line.
+Then the whole topology is checked for problems that types cannot express, all listed at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from .errors import SpecError
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
+
+
+class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SourceSpec(_Spec, frozen=True):
+    """Files and directories (searched recursively) to ingest; .txt, .md and .jsonl."""
+
+    paths: list[str]
+    formats: list[Literal["txt", "md", "jsonl"]] = msgspec.field(
+        default_factory=lambda: ["txt", "md", "jsonl"]
+    )
+
+
+class LoadStage(_Spec, tag="load", tag_field="operator", frozen=True):
+    name: Name = "load"
+    replicas: Positive = 1
+    batch_docs: Positive = 64
+
+
+class TransformStage(_Spec, tag="transform", tag_field="operator", frozen=True):
+    name: Name = "transform"
+    replicas: Positive = 1
+    chunk_size: Positive = 512
+    overlap: Annotated[int, msgspec.Meta(ge=0)] = 64
+    prefer: Literal["none", "paragraph", "sentence"] = "none"
+
+
+class EmbedStage(_Spec, tag="embed", tag_field="operator", frozen=True):
+    name: Name = "embed"
+    replicas: Positive = 1
+    batch_size: Positive = 256
+
+
+class UpsertStage(_Spec, tag="upsert", tag_field="operator", frozen=True):
+    name: Name = "upsert"
+    replicas: Positive = 1
+    batch_size: Positive = 2048
+
+
+class CustomStage(_Spec, tag="custom", tag_field="operator", frozen=True):
+    """A user operator, ``module:callable`` (see ``operators.base`` for the contract)."""
+
+    name: Name
+    ref: str
+    params: dict[str, Any] = {}
+    replicas: Positive = 1
+
+
+Stage = LoadStage | TransformStage | EmbedStage | UpsertStage | CustomStage
+
+
+class HashEmbedderSpec(_Spec, tag="hash", tag_field="kind", frozen=True):
+    dim: Positive = 384
+
+
+Embedder = HashEmbedderSpec
+
+
+class ShardSpec(_Spec, frozen=True):
+    """``count`` MPI ranks; each holds ``IndexIDMap2(index_factory(dim, index, metric))``."""
+
+    count: Positive = 4
+    index: str = "Flat"
+    metric: Literal["ip", "l2"] = "ip"
+
+
+class FlowSpec(_Spec, frozen=True):
+    window: Positive = 8
+    encoding: Literal["auto", "buffers", "ipc"] = "auto"
+
+
+class LimitSpec(_Spec, frozen=True):
+    max_doc_bytes: Positive = 10 * 1024 * 1024
+
+
+class EndpointSpec(_Spec, frozen=True):
+    """Where sockets live. ``ipc`` keeps everything on this host (and off the network)."""
+
+    transport: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"
+
+
+class TimeoutSpec(_Spec, frozen=True):
+    start_s: PositiveFloat = 60.0
+    drain_s: PositiveFloat = 30.0
+    eos_s: PositiveFloat = 120.0
+
+
+class TopologySpec(_Spec, frozen=True):
+    name: Name
+    sources: list[SourceSpec]
+    stages: list[Stage]
+    data_dir: str
+    embedder: Embedder = HashEmbedderSpec()
+    shards: ShardSpec = ShardSpec()
+    flow: FlowSpec = FlowSpec()
+    limits: LimitSpec = LimitSpec()
+    endpoints: EndpointSpec = EndpointSpec()
+    timeouts: TimeoutSpec = TimeoutSpec()
+    run_dir: str | None = None
+
+    def stage(self, kind: type[Any]) -> Any:
+        return next(s for s in self.stages if isinstance(s, kind))
+
+
+def _line_of(raw: str, path: str, message: str) -> int | None:
+    """Best-effort file line of the value a msgspec error path points at.
+
+    Follows ``$.key`` and ``[n]`` steps through block-style YAML (flow-style maps inside are
+    fine); an unknown field's own name, quoted in the message, is the last step.
+    """
+    steps: list[str | int] = [
+        key if key else int(index) for key, index in re.findall(r"\.(\w+)|\[(\d+)\]", path)
+    ]
+    unknown = re.search(r"unknown field `([^`]+)`", message)
+    if unknown:
+        steps.append(unknown.group(1))
+    position, found = 0, False
+    for step in steps:
+        if isinstance(step, int):
+            items = list(re.compile(r"^\s*-\s", re.MULTILINE).finditer(raw, position))
+            if len(items) <= step:
+                break
+            match: re.Match[str] | None = items[step]
+        else:
+            match = re.compile(rf"(^|[{{,\s]){re.escape(step)}\s*:", re.MULTILINE).search(
+                raw, position
+            )
+        if match is None:
+            break
+        position, found = match.end(), True
+    return raw.count("\n", 0, position) + 1 if found else None
+
+
+def problems(topology: TopologySpec) -> list[str]:
+    """Everything wrong with a decoded topology that its types cannot express."""
+    found = []
+    kinds = [type(s) for s in topology.stages]
+    for required, label in ((LoadStage, "load"), (EmbedStage, "embed"), (UpsertStage, "upsert")):
+        if kinds.count(required) != 1:
+            found.append(
+                f"$.stages: needs exactly one '{label}' stage, found {kinds.count(required)}"
+            )
+    if kinds and kinds[0] is not LoadStage:
+        found.append("$.stages[0]: the first stage must be 'load'")
+    if kinds and kinds[-1] is not UpsertStage:
+        found.append(f"$.stages[{len(kinds) - 1}]: the last stage must be 'upsert'")
+    if EmbedStage in kinds and UpsertStage in kinds and kinds.index(EmbedStage) != len(kinds) - 2:
+        found.append("$.stages: 'embed' must come right before 'upsert'")
+    names = [s.name for s in topology.stages]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            found.append(f"$.stages[{i}].name: duplicate stage name {name!r}")
+    for i, stage in enumerate(topology.stages):
+        if isinstance(stage, TransformStage) and stage.overlap >= stage.chunk_size:
+            found.append(f"$.stages[{i}].overlap: must be < chunk_size ({stage.chunk_size})")
+        if isinstance(stage, CustomStage) and not re.fullmatch(r"[\w.]+:[\w.]+", stage.ref):
+            found.append(f"$.stages[{i}].ref: {stage.ref!r} is not 'module:callable'")
+    if not topology.sources:
+        found.append("$.sources: at least one source is needed")
+    for i, source in enumerate(topology.sources):
+        if not source.paths:
+            found.append(f"$.sources[{i}].paths: at least one path is needed")
+    return found
+
+
+def decode(raw: str, origin: str = "<topology>") -> TopologySpec:
+    """Decode and check a topology; SpecError lists every problem found."""
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{origin}: not valid YAML: {exc}") from exc
+    try:
+        topology = msgspec.convert(data, TopologySpec)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path = message.rpartition(" - at `")[2].rstrip("`") if " - at `" in message else ""
+        line = _line_of(raw, path, message) if path else None
+        where = f"{origin}:{line}" if line else origin
+        raise SpecError(f"{where}: {message}") from exc
+    found = problems(topology)
+    if found:
+        raise SpecError(f"{origin}: {len(found)} problem(s):\n  " + "\n  ".join(found))
+    return topology
+
+
+def load(path: Path) -> TopologySpec:
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read topology {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"topology {path} is not UTF-8 text: {exc}") from exc
+    return decode(raw, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return msgspec.json.schema(TopologySpec)

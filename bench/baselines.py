@@ -1,0 +1,753 @@
+"""W1 baseline pipelines (BENCH.md): the same stage functions run by other systems.
+
+Every baseline loads and parses the JSONL files, cuts 512/64 windows with `chunk_windows`
+and `chunk_id`, embeds batches with `HashEmbedder`, and upserts into 4 FAISS shards
+(`shard = chunk_id % 4`, batches of 2,048 a shard). Each returns a `BaselineResult`:
+
+- total_s: wall seconds from the first document read to the last vector applied. The
+  first read is stamped with `time.time()` where it happens (often in a worker process),
+  so pool, cluster and actor start-up stay outside it even when a framework starts its
+  workers lazily.
+- startup_s: pool / cluster ready, measured apart (for lazily started workers: from the
+  start call to the first read).
+- stages: busy seconds of load, transform, embed and upsert, summed over workers.
+- verified: the shards hold exactly the expected chunk ids, each once, each in its shard.
+- peak_rss_mb: peak RSS summed over the process tree, sampled every 50 ms (shared pages,
+  e.g. Ray's object store, count once per process that maps them).
+
+    python bench/baselines.py --preset small --systems sequential,mp_pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psutil
+
+# Scripts, not a package: make the sibling module and the repo importable from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aaflow_stream.embedders.hash_embedder import HashEmbedder
+from aaflow_stream.synthetic import PRESETS, corpus_files, expected_chunk_ids, generate
+from aaflow_stream.text.chunking import chunk_id, chunk_windows
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+DIM = 384
+N_SHARDS = 4
+CHUNK_SIZE = 512
+CHUNK_OVERLAP = 64
+WORKERS = 2
+STAGES = ("load", "transform", "embed", "upsert")
+
+Ids = npt.NDArray[np.int64]
+Vecs = npt.NDArray[np.float32]
+
+
+@dataclass
+class BaselineResult:
+    name: str
+    total_s: float = 0.0
+    startup_s: float = 0.0
+    chunks: int = 0
+    verified: bool = False
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    peak_rss_mb: float = 0.0
+    skipped: str | None = None  # why the baseline did not run, if it did not
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.total_s if self.total_s > 0 else 0.0
+
+
+# ---------------------------------------------------------------- stage functions
+
+
+def load_file(path: str | Path) -> list[dict[str, Any]]:
+    """Load: read and parse one JSONL file."""
+    with open(path, "rb") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def transform_docs(docs: Sequence[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """Transform: W1 windows and their ids."""
+    ids: list[int] = []
+    texts: list[str] = []
+    for doc in docs:
+        chunks = chunk_windows(doc["text"], CHUNK_SIZE, CHUNK_OVERLAP)
+        ids.extend(chunk_id(doc["doc_id"], seq) for seq in range(len(chunks)))
+        texts.extend(chunks)
+    return ids, texts
+
+
+_EMBEDDER: HashEmbedder | None = None
+
+
+def embedder() -> HashEmbedder:
+    """This process's embedder (its token cache is per process, like a model would be)."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        _EMBEDDER = HashEmbedder(DIM)
+    return _EMBEDDER
+
+
+def embed_texts(texts: Sequence[str], batch: int) -> Vecs:
+    """Embed: batches of `batch` texts into one matrix."""
+    out = np.empty((len(texts), DIM), dtype=np.float32)
+    emb = embedder()
+    for i in range(0, len(texts), batch):
+        out[i : i + batch] = emb.embed(texts[i : i + batch])
+    return out
+
+
+def embed_timed(texts: Sequence[str]) -> tuple[Vecs, float]:
+    """One embed batch, with its busy seconds measured where it ran."""
+    t0 = time.perf_counter()
+    vecs = embedder().embed(texts)
+    return vecs, time.perf_counter() - t0
+
+
+@dataclass
+class FileResult:
+    """Load + transform + embed of one file, as a worker returns it."""
+
+    ids: Ids
+    vecs: Vecs
+    load_s: float
+    transform_s: float
+    embed_s: float
+    first_read: float  # time.time() when reading began
+
+
+def process_file(path: str, embed_batch: int) -> FileResult:
+    """The per-file worker body shared by mp_pool, dask and ray."""
+    first_read = time.time()
+    t0 = time.perf_counter()
+    docs = load_file(path)
+    t1 = time.perf_counter()
+    ids, texts = transform_docs(docs)
+    t2 = time.perf_counter()
+    vecs = embed_texts(texts, embed_batch)
+    t3 = time.perf_counter()
+    return FileResult(np.array(ids, np.int64), vecs, t1 - t0, t2 - t1, t3 - t2, first_read)
+
+
+def worker_ready() -> int:
+    """Warm-up task: import everything and build the embedder before timing starts."""
+    embedder()
+    time.sleep(0.02)  # long enough that a pool of 2 hands one call to each worker
+    return os.getpid()
+
+
+class ShardWriter:
+    """Upsert: 4 FAISS shards, `shard = id % 4`, vectors added in batches of `batch`.
+
+    Each shard gathers its rows into a reusable buffer of `batch` rows (FAISS copies what
+    it is given), so a vector is copied once on its way in.
+    """
+
+    def __init__(self, n_shards: int = N_SHARDS, dim: int = DIM, batch: int = 2048) -> None:
+        import faiss  # heavy; only the upsert side needs it
+
+        self.indexes = [faiss.IndexIDMap2(faiss.IndexFlatIP(dim)) for _ in range(n_shards)]
+        self.batch = batch
+        self.busy_s = 0.0
+        self.last_applied = 0.0  # time.time() after the last add
+        self._vecs = [np.empty((batch, dim), np.float32) for _ in range(n_shards)]
+        self._ids = [np.empty(batch, np.int64) for _ in range(n_shards)]
+        self._fill = [0] * n_shards
+
+    def add(self, ids: Ids, vecs: Vecs) -> None:
+        t0 = time.perf_counter()
+        shard_of = ids % len(self.indexes)
+        for s in range(len(self.indexes)):
+            rows = np.flatnonzero(shard_of == s)
+            while len(rows):
+                fill = self._fill[s]
+                take = rows[: self.batch - fill]
+                rows = rows[len(take) :]
+                np.take(vecs, take, axis=0, out=self._vecs[s][fill : fill + len(take)])
+                np.take(ids, take, out=self._ids[s][fill : fill + len(take)])
+                self._fill[s] = fill + len(take)
+                if self._fill[s] == self.batch:
+                    self._apply(s)
+        self.busy_s += time.perf_counter() - t0
+
+    def flush(self) -> None:
+        t0 = time.perf_counter()
+        for s in range(len(self.indexes)):
+            self._apply(s)
+        self.busy_s += time.perf_counter() - t0
+
+    def _apply(self, s: int) -> None:
+        n = self._fill[s]
+        if n:
+            self.indexes[s].add_with_ids(self._vecs[s][:n], self._ids[s][:n])
+            self._fill[s] = 0
+        self.last_applied = time.time()
+
+    def verify(self, expected: set[int]) -> bool:
+        """Exactly the expected ids, each once, each in its own shard."""
+        import faiss
+
+        seen: list[Ids] = []
+        for s, index in enumerate(self.indexes):
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            if index.ntotal != len(ids) or np.any(ids % len(self.indexes) != s):
+                return False
+            seen.append(ids)
+        all_ids = np.concatenate(seen) if seen else np.empty(0, np.int64)
+        unique = set(all_ids.tolist())
+        return len(unique) == len(all_ids) == len(expected) and unique == expected
+
+
+class RssSampler:
+    """Peak RSS of this process and all its descendants, sampled in a thread.
+
+    Listing descendants scans /proc (~1 ms, holding the GIL), so the list is refreshed
+    every `rescan` samples and only the cheap RSS reads happen every `interval_s`.
+    """
+
+    def __init__(self, interval_s: float = 0.05, rescan: int = 10) -> None:
+        self.interval_s = interval_s
+        self.rescan = rescan
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        procs: list[psutil.Process] = []
+        for tick in itertools.count():
+            if tick % self.rescan == 0:
+                procs = [me, *me.children(recursive=True)]
+            total = 0
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass  # exited since the last scan
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def _finish(
+    name: str,
+    shards: ShardWriter,
+    expected: set[int],
+    first_read: float,
+    startup_s: float,
+    busy: dict[str, float],
+    rss: RssSampler,
+) -> BaselineResult:
+    shards.flush()
+    stages = {**busy, "upsert": shards.busy_s}
+    total = shards.last_applied - first_read
+    verified = shards.verify(expected)
+    chunks = sum(int(ix.ntotal) for ix in shards.indexes)
+    return BaselineResult(name, total, startup_s, chunks, verified, stages, rss.peak_mb)
+
+
+def _add_file(busy: dict[str, float], res: FileResult) -> None:
+    busy["load"] += res.load_s
+    busy["transform"] += res.transform_s
+    busy["embed"] += res.embed_s
+
+
+# ---------------------------------------------------------------- the baselines
+
+
+def run_sequential(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """One process, stage after stage over the whole corpus: the floor of each stage."""
+    expected = expected_chunk_ids(corpus_dir)
+    files = corpus_files(corpus_dir)
+    with RssSampler() as rss:
+        t_start = time.perf_counter()
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        embedder()
+        startup_s = time.perf_counter() - t_start
+        busy = dict.fromkeys(STAGES, 0.0)
+        first_read = time.time()
+        t0 = time.perf_counter()
+        docs = [doc for path in files for doc in load_file(path)]
+        t1 = time.perf_counter()
+        ids, texts = transform_docs(docs)
+        t2 = time.perf_counter()
+        vecs = embed_texts(texts, embed_batch)
+        t3 = time.perf_counter()
+        busy.update(load=t1 - t0, transform=t2 - t1, embed=t3 - t2)
+        writer.add(np.array(ids, np.int64), vecs)
+        return _finish("sequential", writer, expected, first_read, startup_s, busy, rss)
+
+
+async def _asyncio_flow(
+    files: list[Path],
+    pool: concurrent.futures.ProcessPoolExecutor,
+    writer: ShardWriter,
+    busy: dict[str, float],
+    embed_batch: int,
+) -> float:
+    """load -> transform -> embed (pool) -> upsert, bounded queues between the stages."""
+    loop = asyncio.get_running_loop()
+    n_embedders = 2 * WORKERS  # two batches in flight a worker keeps both busy
+    docs_q: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue(maxsize=4)
+    batch_q: asyncio.Queue[tuple[Ids, list[str]] | None] = asyncio.Queue(maxsize=4)
+    vecs_q: asyncio.Queue[tuple[Ids, Vecs] | None] = asyncio.Queue(maxsize=4)
+    first_read = time.time()
+
+    async def load() -> None:
+        for path in files:
+            t0 = time.perf_counter()
+            docs = load_file(path)
+            busy["load"] += time.perf_counter() - t0
+            await docs_q.put(docs)
+        await docs_q.put(None)
+
+    async def transform() -> None:
+        ids: list[int] = []
+        texts: list[str] = []
+        while (docs := await docs_q.get()) is not None:
+            t0 = time.perf_counter()
+            more_ids, more_texts = transform_docs(docs)
+            ids += more_ids
+            texts += more_texts
+            busy["transform"] += time.perf_counter() - t0
+            while len(texts) >= embed_batch:
+                await batch_q.put((np.array(ids[:embed_batch], np.int64), texts[:embed_batch]))
+                del ids[:embed_batch], texts[:embed_batch]
+        if texts:
+            await batch_q.put((np.array(ids, np.int64), texts))
+        for _ in range(n_embedders):
+            await batch_q.put(None)
+
+    async def embed() -> None:
+        while (item := await batch_q.get()) is not None:
+            ids, texts = item
+            vecs, busy_s = await loop.run_in_executor(pool, embed_timed, texts)
+            busy["embed"] += busy_s
+            await vecs_q.put((ids, vecs))
+        await vecs_q.put(None)
+
+    async def upsert() -> None:
+        finished = 0
+        while finished < n_embedders:
+            item = await vecs_q.get()
+            if item is None:
+                finished += 1
+            else:
+                writer.add(*item)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(load())
+        tg.create_task(transform())
+        for _ in range(n_embedders):
+            tg.create_task(embed())
+        tg.create_task(upsert())
+    return first_read
+
+
+def run_asyncio(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """One process and an event loop; embedding in a ProcessPoolExecutor of 2."""
+    expected = expected_chunk_ids(corpus_dir)
+    files = corpus_files(corpus_dir)
+    with RssSampler() as rss:
+        t_start = time.perf_counter()
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        ctx = mp.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=ctx) as pool:
+            pids: set[int] = set()
+            for _ in range(50):
+                pids |= {f.result() for f in [pool.submit(worker_ready) for _ in range(WORKERS)]}
+                if len(pids) >= WORKERS:
+                    break
+            startup_s = time.perf_counter() - t_start
+            busy = dict.fromkeys(STAGES, 0.0)
+            first_read = asyncio.run(_asyncio_flow(files, pool, writer, busy, embed_batch))
+            return _finish("asyncio", writer, expected, first_read, startup_s, busy, rss)
+
+
+def run_mp_pool(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """multiprocessing.Pool(2) loads, transforms and embeds a file a task; main upserts."""
+    expected = expected_chunk_ids(corpus_dir)
+    paths = [str(p) for p in corpus_files(corpus_dir)]
+    with RssSampler() as rss:
+        t_start = time.perf_counter()
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        with mp.get_context("spawn").Pool(WORKERS) as pool:
+            pids: set[int] = set()
+            for _ in range(50):
+                pids |= set(pool.starmap(worker_ready, [()] * WORKERS, chunksize=1))
+                if len(pids) >= WORKERS:
+                    break
+            startup_s = time.perf_counter() - t_start
+            busy = dict.fromkeys(STAGES, 0.0)
+            first_read = float("inf")
+            jobs = [(p, embed_batch) for p in paths]
+            for res in pool.imap_unordered(_process_file_star, jobs, chunksize=1):
+                first_read = min(first_read, res.first_read)
+                _add_file(busy, res)
+                writer.add(res.ids, res.vecs)
+            return _finish("mp_pool", writer, expected, first_read, startup_s, busy, rss)
+
+
+def _process_file_star(job: tuple[str, int]) -> FileResult:
+    return process_file(*job)
+
+
+def _export_pythonpath() -> None:
+    """Workers started by a framework (not forked from us) must find bench/ and the repo."""
+    parts = [str(BENCH_DIR), str(REPO_DIR), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in parts if p))
+
+
+def run_dask(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """dask.distributed LocalCluster, 2 worker processes of 1 thread; a task per file."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    expected = expected_chunk_ids(corpus_dir)
+    paths = [str(p) for p in corpus_files(corpus_dir)]
+    _export_pythonpath()
+    with RssSampler() as rss:
+        t_start = time.perf_counter()
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        with (
+            LocalCluster(
+                n_workers=WORKERS,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            client.wait_for_workers(WORKERS)
+            client.run(worker_ready)
+            startup_s = time.perf_counter() - t_start
+            busy = dict.fromkeys(STAGES, 0.0)
+            first_read = float("inf")
+            futures = client.map(process_file, paths, embed_batch=embed_batch, pure=False)
+            for fut in as_completed(futures):
+                res: FileResult = fut.result()
+                fut.release()
+                first_read = min(first_read, res.first_read)
+                _add_file(busy, res)
+                writer.add(res.ids, res.vecs)
+            return _finish("dask", writer, expected, first_read, startup_s, busy, rss)
+
+
+class RayFileActor:
+    """Ray Data actor: load + transform + embed of each file in its batch."""
+
+    def __init__(self, embed_batch: int) -> None:
+        self.embed_batch = embed_batch
+        embedder()
+
+    def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        results = [process_file(str(p), self.embed_batch) for p in batch["path"]]
+        n = sum(len(r.ids) for r in results)
+        # Per-file statistics travel in the first row of each output batch.
+        stats = {k: np.zeros(n) for k in ("load_s", "transform_s", "embed_s")}
+        stats["first_read"] = np.full(n, np.inf)
+        if n:
+            stats["load_s"][0] = sum(r.load_s for r in results)
+            stats["transform_s"][0] = sum(r.transform_s for r in results)
+            stats["embed_s"][0] = sum(r.embed_s for r in results)
+            stats["first_read"][0] = min(r.first_read for r in results)
+        return {
+            "id": np.concatenate([r.ids for r in results]),
+            "embedding": np.concatenate([r.vecs for r in results]),
+            **stats,
+        }
+
+
+def run_ray(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """Ray Data: map_batches over files on an actor pool of 2; the driver upserts."""
+    import logging
+
+    import ray
+
+    expected = expected_chunk_ids(corpus_dir)
+    paths = [str(p) for p in corpus_files(corpus_dir)]
+    _export_pythonpath()
+    with RssSampler() as rss:
+        t_start = time.perf_counter()
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        ray.init(
+            num_cpus=WORKERS,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = False
+            init_s = time.perf_counter() - t_start
+            exec_start = time.time()
+            items = [{"path": p} for p in paths]
+            files_ds = ray.data.from_items(items, override_num_blocks=len(paths))
+            ds = files_ds.map_batches(
+                RayFileActor,
+                fn_constructor_kwargs={"embed_batch": embed_batch},
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=WORKERS),
+                num_cpus=1,
+            )
+            busy = dict.fromkeys(STAGES, 0.0)
+            first_read = float("inf")
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                busy["load"] += float(batch["load_s"].sum())
+                busy["transform"] += float(batch["transform_s"].sum())
+                busy["embed"] += float(batch["embed_s"].sum())
+                first_read = min(first_read, float(batch["first_read"].min()))
+                writer.add(batch["id"].astype(np.int64), np.ascontiguousarray(batch["embedding"]))
+            # Actors start lazily inside the execution: their start-up counts as start-up.
+            startup_s = init_s + max(0.0, first_read - exec_start)
+            return _finish("ray", writer, expected, first_read, startup_s, busy, rss)
+        finally:
+            ray.shutdown()
+
+
+def run_llamaindex(
+    corpus_dir: Path, shards: int = N_SHARDS, embed_batch: int = 256, upsert_batch: int = 2048
+) -> BaselineResult:
+    """LlamaIndex IngestionPipeline(num_workers=2) of custom TransformComponents."""
+    try:
+        from llama_index.core import Document
+        from llama_index.core.ingestion import IngestionPipeline
+    except ImportError as exc:
+        return BaselineResult("llamaindex", skipped=f"llama-index-core not importable: {exc}")
+    transforms = _llama_transforms()
+
+    expected = expected_chunk_ids(corpus_dir)
+    paths = [str(p) for p in corpus_files(corpus_dir)]
+    with RssSampler() as rss:
+        pipeline = IngestionPipeline(
+            transformations=[
+                transforms["W1Load"](),
+                transforms["W1Chunk"](),
+                transforms["W1Embed"](embed_batch=embed_batch),
+            ],
+            disable_cache=True,  # the cache hashes every node's text: not part of W1
+        )
+        writer = ShardWriter(shards, DIM, upsert_batch)
+        # One input Document per file (its text is the path): workers do the reading.
+        inputs = [Document(text=p, id_=p) for p in paths]
+        run_start = time.time()
+        nodes = pipeline.run(documents=inputs, num_workers=WORKERS)
+        busy = dict.fromkeys(STAGES, 0.0)
+        first_read = float("inf")
+        for node in nodes:
+            stats = node.metadata.pop(LLAMA_STATS_KEY, None)
+            if stats:
+                for stage in ("load", "transform", "embed"):
+                    busy[stage] += stats[stage]
+                first_read = min(first_read, stats["first_read"])
+        t0 = time.perf_counter()
+        ids = np.array([node.metadata["chunk_id"] for node in nodes], np.int64)
+        vecs = np.array([node.embedding for node in nodes], np.float32)
+        # Converting LlamaIndex's list-of-floats embeddings back counts as upsert work.
+        writer.busy_s += time.perf_counter() - t0
+        writer.add(ids, vecs)
+        startup_s = max(0.0, first_read - run_start)  # the pool is spawned inside run()
+        return _finish("llamaindex", writer, expected, first_read, startup_s, busy, rss)
+
+
+# LlamaIndex TransformComponents are pydantic classes that spawned workers unpickle by
+# name; they are built on first use (module __getattr__) so that no other baseline pays
+# for importing llama_index.
+LLAMA_STATS_KEY = "_w1_stats"
+_LLAMA_NAMES = ("W1Load", "W1Chunk", "W1Embed")
+_LLAMA_STATS: dict[str, float] = {}
+
+
+def _llama_stat(stage: str, seconds: float) -> None:
+    _LLAMA_STATS[stage] = _LLAMA_STATS.get(stage, 0.0) + seconds
+
+
+def _llama_transforms() -> dict[str, Any]:
+    if "W1Load" in globals():
+        return {name: globals()[name] for name in _LLAMA_NAMES}
+    from llama_index.core.schema import BaseNode, Document, TextNode, TransformComponent
+
+    class W1Load(TransformComponent):
+        """Each input node's text is a JSONL path; emits one Document a line."""
+
+        def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+            _LLAMA_STATS["first_read"] = min(_LLAMA_STATS.get("first_read", np.inf), time.time())
+            t0 = time.perf_counter()
+            out: list[BaseNode] = []
+            for node in nodes:
+                for doc in load_file(node.get_content()):
+                    meta = {"source": doc["source"], "ts": doc["ts"]}
+                    out.append(Document(text=doc["text"], id_=doc["doc_id"], metadata=meta))
+            _llama_stat("load", time.perf_counter() - t0)
+            return out
+
+    class W1Chunk(TransformComponent):
+        """W1 windows as TextNodes carrying their chunk id."""
+
+        def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+            t0 = time.perf_counter()
+            out: list[BaseNode] = []
+            for doc in nodes:
+                chunks = chunk_windows(doc.get_content(), CHUNK_SIZE, CHUNK_OVERLAP)
+                for seq, text in enumerate(chunks):
+                    cid = chunk_id(doc.id_, seq)
+                    out.append(TextNode(text=text, id_=str(cid), metadata={"chunk_id": cid}))
+            _llama_stat("transform", time.perf_counter() - t0)
+            return out
+
+    class W1Embed(TransformComponent):
+        """HashEmbedder in batches; embeddings become LlamaIndex's lists of floats."""
+
+        embed_batch: int = 256
+
+        def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+            t0 = time.perf_counter()
+            vecs = embed_texts([n.get_content() for n in nodes], self.embed_batch)
+            for node, vec in zip(nodes, vecs.tolist(), strict=True):
+                node.embedding = vec
+            _llama_stat("embed", time.perf_counter() - t0)
+            if nodes:  # the worker's statistics ride back on its first node
+                nodes[0].metadata[LLAMA_STATS_KEY] = dict(_LLAMA_STATS)
+                _LLAMA_STATS.clear()
+            return list(nodes)
+
+    classes: dict[str, Any] = {"W1Load": W1Load, "W1Chunk": W1Chunk, "W1Embed": W1Embed}
+    for name, cls in classes.items():
+        cls.__qualname__ = name  # pickled by reference: baselines.<name>
+        globals()[name] = cls
+    return classes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LLAMA_NAMES:
+        return _llama_transforms()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+SYSTEMS: dict[str, Callable[..., BaselineResult]] = {
+    "sequential": run_sequential,
+    "asyncio": run_asyncio,
+    "mp_pool": run_mp_pool,
+    "dask": run_dask,
+    "ray": run_ray,
+    "llamaindex": run_llamaindex,
+}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _run_isolated(name: str, corpus_dir: Path) -> BaselineResult:
+    """Run one baseline in a fresh interpreter so RSS and imports do not leak across runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--child", name, "--corpus", str(corpus_dir)]
+        proc = subprocess.run([*cmd, "--result", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            return BaselineResult(name, skipped="failed: " + " | ".join(tail))
+        data = json.loads(out.read_text())
+        return BaselineResult(**data)
+
+
+def _table(results: Sequence[BaselineResult]) -> Iterator[str]:
+    yield (
+        f"{'system':<11} {'ok':<3} {'chunks':>7} {'total_s':>8} {'chunks/s':>9} "
+        f"{'startup':>8} {'load':>6} {'xform':>6} {'embed':>6} {'upsert':>6} {'rss_mb':>7}"
+    )
+    for r in results:
+        if r.skipped:
+            yield f"{r.name:<11} skipped: {r.skipped}"
+            continue
+        s = r.stages
+        yield (
+            f"{r.name:<11} {'yes' if r.verified else 'NO':<3} {r.chunks:>7} {r.total_s:>8.3f} "
+            f"{r.chunks_per_s:>9.0f} {r.startup_s:>8.2f} {s['load']:>6.3f} "
+            f"{s['transform']:>6.3f} {s['embed']:>6.3f} {s['upsert']:>6.3f} {r.peak_rss_mb:>7.0f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 all verified, 1 a baseline failed its check or did not run, 2 usage."""
+    parser = argparse.ArgumentParser(description="W1 baselines")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--corpus", type=Path, help="corpus directory (default: a temp dir)")
+    parser.add_argument("--systems", default="sequential,mp_pool")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:  # one isolated run, result as JSON into --result
+        result = SYSTEMS[args.child](args.corpus)
+        args.result.write_text(json.dumps(asdict(result)))
+        return 0
+
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {sorted(SYSTEMS)}")
+    corpus = args.corpus or Path(tempfile.gettempdir()) / f"aaflow-w1-{args.preset}"
+    info = generate(corpus, args.preset)
+    print(f"W1 {info.preset}: {info.docs} docs, {info.chunks} chunks in {corpus}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results = [_run_isolated(n, corpus) for _ in range(args.repeat) for n in names]
+    for line in _table(results):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return 0 if all(r.verified for r in results if not r.skipped) else 1
+
+
+if __name__ == "__main__":
+    # Re-import as `baselines`, so pickled functions name that module, not __main__.
+    import baselines
+
+    sys.exit(baselines.main())

@@ -1,0 +1,1 @@
+"""Worked examples of custom operators (``module:callable`` in a topology's custom stage)."""
