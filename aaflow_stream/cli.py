@@ -148,6 +148,7 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
                 "blocked_s": s.blocked_s,
                 "rows_in": s.rows_in,
                 "rows_out": s.rows_out,
+                "metrics": s.extra,
             }
             for s in summary.stages
         },

@@ -91,31 +91,41 @@ def _walk(arr: pa.Array, nodes: list[tuple[int, int, int]], bufs: list[Any]) -> 
 
 
 def batch_message(
-    batch: pa.RecordBatch, sender: str, seq: int, fingerprint: str, encoding: str
+    batches: pa.RecordBatch | Sequence[pa.RecordBatch],
+    sender: str,
+    seq: int,
+    fingerprint: str,
+    encoding: str,
 ) -> list[Any]:
-    """Frames for one batch. The Arrow buffers are referenced, not copied (``buffers``)."""
+    """Frames for one or more batches of one schema. ``buffers`` references, never copies."""
+    parts = [batches] if isinstance(batches, pa.RecordBatch) else list(batches)
+    rows = [b.num_rows for b in parts]
+    many = rows if len(parts) > 1 else []
     if encoding == IPC:
         header = BatchHeader(
             sender=sender,
             seq=seq,
             fingerprint=fingerprint,
-            rows=batch.num_rows,
+            rows=sum(rows),
             encoding=IPC,
+            parts=many,
             sent_at=time.time(),
         )
-        return [encode(header), batch.serialize()]
+        return [encode(header), *(b.serialize() for b in parts)]
     nodes: list[tuple[int, int, int]] = []
     bufs: list[Any] = []
-    for column in batch.columns:
-        _walk(column, nodes, bufs)
+    for batch in parts:
+        for column in batch.columns:
+            _walk(column, nodes, bufs)
     header = BatchHeader(
         sender=sender,
         seq=seq,
         fingerprint=fingerprint,
-        rows=batch.num_rows,
+        rows=sum(rows),
         encoding=BUFFERS,
         nodes=nodes,
         present=[b is not None for b in bufs],
+        parts=many,
         sent_at=time.time(),
     )
     return [encode(header), *(b for b in bufs if b is not None)]
@@ -143,28 +153,38 @@ def _build(
     return pa.Array.from_buffers(t, length, own, null_count, offset, children)
 
 
-def decode_batch(header: BatchHeader, payload: Sequence[Any], schema: pa.Schema) -> pa.RecordBatch:
-    """Build the batch over the received frames' memory. Raises PayloadError on any mismatch."""
+def decode_batches(
+    header: BatchHeader, payload: Sequence[Any], schema: pa.Schema
+) -> list[pa.RecordBatch]:
+    """Build the batches over the received frames' memory. PayloadError on any mismatch."""
+    rows = header.parts or [header.rows]
     try:
+        if sum(rows) != header.rows or any(r < 0 for r in rows):
+            raise PayloadError(f"parts {header.parts} do not add up to {header.rows} rows")
         if header.encoding == IPC:
-            if len(payload) != 1:
-                raise PayloadError(f"ipc batch needs 1 payload frame, got {len(payload)}")
-            batch = pa.ipc.read_record_batch(pa.py_buffer(payload[0]), schema)
+            if len(payload) != len(rows):
+                raise PayloadError(f"ipc message needs {len(rows)} frames, got {len(payload)}")
+            batches = [pa.ipc.read_record_batch(pa.py_buffer(f), schema) for f in payload]
         elif header.encoding == BUFFERS:
             if len(payload) != sum(header.present):
                 raise PayloadError(
                     f"header announces {sum(header.present)} buffers, got {len(payload)} frames"
                 )
             nodes, present, frames = iter(header.nodes), iter(header.present), iter(payload)
-            columns = [_build(f.type, nodes, present, frames) for f in schema]
+            batches = [
+                pa.RecordBatch.from_arrays(
+                    [_build(f.type, nodes, present, frames) for f in schema], schema=schema
+                )
+                for _ in rows
+            ]
             if next(nodes, None) is not None or next(present, None) is not None:
                 raise PayloadError("header describes more arrays than the schema has")
-            batch = pa.RecordBatch.from_arrays(columns, schema=schema)
         else:
             raise PayloadError(f"unknown encoding {header.encoding!r}; expected one of {ENCODINGS}")
-        if batch.num_rows != header.rows:
-            raise PayloadError(f"header says {header.rows} rows, payload has {batch.num_rows}")
-        batch.validate()
+        for batch, expected in zip(batches, rows, strict=True):
+            if batch.num_rows != expected:
+                raise PayloadError(f"header says {expected} rows, payload has {batch.num_rows}")
+            batch.validate()
     except PayloadError:
         raise
     except StopIteration as exc:
@@ -173,7 +193,7 @@ def decode_batch(header: BatchHeader, payload: Sequence[Any], schema: pa.Schema)
         ) from exc
     except (pa.ArrowException, ValueError, TypeError, IndexError) as exc:
         raise PayloadError(f"payload does not match the link schema: {exc}") from exc
-    return batch
+    return batches
 
 
 def batch_lies_within(batch: pa.RecordBatch, frames: Sequence[Any]) -> bool:
@@ -199,7 +219,7 @@ __all__ = [
     "batch_lies_within",
     "batch_message",
     "best_encoding",
-    "decode_batch",
+    "decode_batches",
     "eos_message",
     "read_schema",
     "schema_fingerprint",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import OperatorError, SpecError
 from .operators.base import resolve
@@ -24,6 +25,8 @@ from .spec import (
 )
 
 SHARD_STAGE = "shard"
+# Built-in stages never use pandas; pyarrow would import it anyway (runtime/imports.py).
+BUILTIN_BLOCKS = ["pandas"]
 OPS = "aaflow_stream.operators"
 
 
@@ -33,6 +36,10 @@ def data_dir(topology: TopologySpec) -> Path:
 
 def run_dir(topology: TopologySpec) -> Path:
     return Path(topology.run_dir or f"runs/{topology.name}").resolve()
+
+
+def _builtin(name: str, operator: str, params: dict[str, Any], replicas: int) -> StageSpec:
+    return StageSpec(name, operator, params, replicas, block_imports=BUILTIN_BLOCKS)
 
 
 def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
@@ -49,20 +56,20 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                 "max_doc_bytes": topology.limits.max_doc_bytes,
                 "dead_letter_dir": str(data_dir(topology) / "deadletter"),
             }
-            return StageSpec(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
+            return _builtin(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
         case TransformStage():
             params = {
                 "chunk_size": stage.chunk_size,
                 "overlap": stage.overlap,
                 "prefer": stage.prefer,
             }
-            return StageSpec(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
+            return _builtin(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
         case EmbedStage():
             params = {"batch_size": stage.batch_size, "dim": topology.embedder.dim}
-            return StageSpec(stage.name, f"{OPS}.embed:EmbedChunks", params, stage.replicas)
+            return _builtin(stage.name, f"{OPS}.embed:EmbedChunks", params, stage.replicas)
         case UpsertStage():
             params = {"shards": shards.count, "batch_size": stage.batch_size}
-            return StageSpec(stage.name, f"{OPS}.upsert:ShardRouter", params, stage.replicas)
+            return _builtin(stage.name, f"{OPS}.upsert:ShardRouter", params, stage.replicas)
         case CustomStage():
             return StageSpec(stage.name, stage.ref, stage.params, stage.replicas)
     raise AssertionError(f"unhandled stage {stage!r}")
@@ -82,6 +89,7 @@ def ingestion_graph(topology: TopologySpec) -> GraphSpec:
         },
         shards.count,
         launcher="mpi",
+        block_imports=BUILTIN_BLOCKS,
     )
     if any(s.name == SHARD_STAGE for s in topology.stages):
         raise SpecError(f"$.stages: the name {SHARD_STAGE!r} is reserved for the shard job")

@@ -25,6 +25,8 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     params: dict[str, Any] = {}
     replicas: int = 1
     launcher: Literal["process", "mpi"] = "process"
+    # Modules the stage's actors never import (see runtime/imports.py).
+    block_imports: list[str] = []
 
 
 class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +73,7 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_timeout_s: float = 10.0
     stats_interval_s: float = 0.5
     log_level: str = "INFO"
+    block_imports: list[str] = []
 
     @property
     def is_source(self) -> bool:
@@ -165,6 +168,7 @@ def plan_actors(
                     drain_timeout_s=graph.drain_timeout_s,
                     stats_interval_s=graph.stats_interval_s,
                     log_level=log_level,
+                    block_imports=stage.block_imports,
                 )
             )
     order = {stage.name: i for i, stage in enumerate(graph.stages)}

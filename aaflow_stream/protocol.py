@@ -37,11 +37,13 @@ class SchemaHeader(_Msg, tag="schema", frozen=True):
 
 
 class BatchHeader(_Msg, tag="batch", frozen=True):
-    """One RecordBatch. ``encoding`` says how the frames after the header are laid out.
+    """One or more RecordBatches of one schema. ``encoding`` says how the frames are laid out.
 
-    ``ipc``: one frame, an encapsulated Arrow IPC record batch message.
+    ``ipc``: one frame per batch, an encapsulated Arrow IPC record batch message.
     ``buffers``: one frame per Arrow buffer present; ``nodes`` lists (length, null_count, offset)
-    of every array node depth first and ``present`` flags which buffers exist.
+    of every array node depth first, batch after batch, and ``present`` flags which buffers
+    exist. ``parts`` gives each batch's rows when there are several (a shuffle sends the
+    slices it gathered for one destination as one message, without concatenating them).
     """
 
     sender: str
@@ -51,6 +53,7 @@ class BatchHeader(_Msg, tag="batch", frozen=True):
     encoding: str
     nodes: list[tuple[int, int, int]] = []
     present: list[bool] = []
+    parts: list[int] = []
     sent_at: float = 0.0
 
 

@@ -19,6 +19,7 @@ class StageSummary:
     rows_in: int
     rows_out: int
     rejected: int
+    extra: dict[str, float]  # operator metrics summed over replicas (timestamps left out)
 
     @property
     def span_s(self) -> float:
@@ -43,6 +44,15 @@ class RunSummary:
         return next((s for s in self.stages if s.stage == name), None)
 
 
+def _sum_metrics(members: list[ActorStats]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for m in members:
+        for key, value in m.extra.items():
+            if not key.endswith("_at"):
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
 def summarize(stats: Iterable[ActorStats], order: Sequence[str]) -> RunSummary:
     by_stage: dict[str, list[ActorStats]] = {name: [] for name in order}
     for s in stats:
@@ -61,6 +71,7 @@ def summarize(stats: Iterable[ActorStats], order: Sequence[str]) -> RunSummary:
                 rows_in=sum(m.input.rows for m in members),
                 rows_out=sum(m.rows_out for m in members),
                 rejected=sum(m.input.rejected for m in members),
+                extra=_sum_metrics(members),
             )
         )
     first, last = by_stage[order[0]], by_stage[order[-1]]

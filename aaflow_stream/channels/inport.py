@@ -55,11 +55,22 @@ class Received:
     left to send what the consumer waits for.
     """
 
-    batch: pa.RecordBatch
+    batches: list[pa.RecordBatch]
     sender: str
     seq: int
     sent_at: float
     frames: list[Any]
+
+    @property
+    def batch(self) -> pa.RecordBatch:
+        """The message's batch, when it carries exactly one."""
+        if len(self.batches) != 1:
+            raise ValueError(f"the message carries {len(self.batches)} batches")
+        return self.batches[0]
+
+    @property
+    def rows(self) -> int:
+        return sum(b.num_rows for b in self.batches)
 
 
 @dataclass
@@ -243,13 +254,13 @@ class InPort:
         if schema is None:
             raise HeaderError(f"batch announces unknown schema {header.fingerprint!r}")
         payload = message[1:]
-        batch = frames.decode_batch(header, payload, schema)
+        batches = frames.decode_batches(header, payload, schema)
         sender.credits.received()
         c = self._counters
         c.batches += 1
-        c.rows += batch.num_rows
+        c.rows += header.rows
         c.bytes += sum(len(f) for f in payload)
-        return Received(batch, header.sender, header.seq, header.sent_at, message)
+        return Received(batches, header.sender, header.seq, header.sent_at, message)
 
     # --- state --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -162,28 +163,35 @@ class OutPort:
             )
         self._schema = schema
 
-    async def send(self, batch: pa.RecordBatch, link_index: int | None = None) -> None:
-        """Send one batch on link ``link_index``, or else on the link with the most credit.
+    async def send(
+        self, batch: pa.RecordBatch | Sequence[pa.RecordBatch], link_index: int | None = None
+    ) -> None:
+        """Send one message on link ``link_index``, or else on the link with the most credit.
 
-        Waits while the chosen link (or every link) has no credit.
+        A message is one batch, or several batches of one schema sent together without being
+        concatenated. Waits while the chosen link (or every link) has no credit.
         """
+        parts = [batch] if isinstance(batch, pa.RecordBatch) else list(batch)
+        schema = parts[0].schema
+        if any(p.schema is not schema and not p.schema.equals(schema) for p in parts[1:]):
+            raise ValueError("the batches of one message must share one schema")
         if self._closed:
             raise LinkClosed(f"{self._sender}: out port closed")
         if link_index is not None and not 0 <= link_index < len(self._links):
             raise ValueError(f"link {link_index} does not exist ({len(self._links)} links)")
-        self._check_schema(batch.schema)
+        self._check_schema(schema)
         link = await self._acquire(link_index)
         if link.fingerprint != self._schema_fp:
-            await link.data.send_multipart(frames.schema_message(batch.schema, self._sender))
+            await link.data.send_multipart(frames.schema_message(schema, self._sender))
             link.fingerprint = self._schema_fp
         link.credits.spend()
         self._seq += 1
         msg = frames.batch_message(
-            batch, self._sender, self._seq, self._schema_fp, self._schema_encoding
+            parts, self._sender, self._seq, self._schema_fp, self._schema_encoding
         )
         await link.data.send_multipart(msg, copy=False)
         link.batches_sent += 1
-        link.rows_sent += batch.num_rows
+        link.rows_sent += sum(p.num_rows for p in parts)
 
     async def send_eos(self, timeout_s: float) -> None:
         """End the stream on every link and wait until each receiver confirms it."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,7 +51,7 @@ class Routed:
     """A batch addressed to one replica of the next stage (by its index)."""
 
     replica: int
-    batch: pa.RecordBatch
+    batch: pa.RecordBatch | Sequence[pa.RecordBatch]  # several: sent as one message
 
 
 Output = pa.RecordBatch | Routed

@@ -62,6 +62,7 @@ class ShardWriter:
         self._total = 0
         self._applied_at = 0.0
         self._persist_s = 0.0
+        self._flush_s = 0.0  # persist, then agree on the total with the other ranks
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -69,6 +70,7 @@ class ShardWriter:
             "all_shards_vectors": self._total,
             "last_applied_at": self._applied_at,
             "persist_s": self._persist_s,
+            "flush_s": self._flush_s,
         }
 
     def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
@@ -81,6 +83,7 @@ class ShardWriter:
         self._store.persist()
         self._persist_s = time.perf_counter() - started
         self._total = self._mpi.submit(_total(self._store.count)).result(timeout=600)
+        self._flush_s = time.perf_counter() - started
         log.info(
             "shard %d persisted %d vectors (all shards: %d)",
             self._rank,

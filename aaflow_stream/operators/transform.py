@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 
 from ..schemas import CHUNK
@@ -21,8 +22,11 @@ _MASK63 = (1 << 63) - 1
 
 
 def doc_version(text: str) -> int:
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & _MASK63
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # lone surrogates (from JSON escapes) still hash stably
+        data = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & _MASK63
 
 
 class Chunker:
@@ -51,32 +55,31 @@ class Chunker:
     def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
         doc_ids = batch.column("doc_id").to_pylist()
         texts = batch.column("text").to_pylist()
-        take: list[int] = []
-        seqs: list[int] = []
+        counts = np.empty(len(texts), dtype=np.int64)
         ids: list[int] = []
         versions: list[int] = []
         chunk_texts: list[str] = []
         for row, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
             chunks = self._chunks(text)
-            version = doc_version(text)
-            for seq, chunk in enumerate(chunks):
-                take.append(row)
-                seqs.append(seq)
-                ids.append(chunk_id(doc_id, seq))
-                versions.append(version)
-                chunk_texts.append(chunk)
-        if not take:
+            n = counts[row] = len(chunks)
+            chunk_texts += chunks
+            ids += [chunk_id(doc_id, seq) for seq in range(n)]
+            versions += [doc_version(text)] * n
+        if not chunk_texts:
             return ()
-        rows = pa.array(take, pa.int32())
+        rows = np.repeat(np.arange(len(texts), dtype=np.int32), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        seqs = np.arange(len(rows), dtype=np.int64) - starts
+        take = pa.array(rows)
         out = pa.record_batch(
             [
-                batch.column("doc_id").take(rows),
-                pa.array(seqs, pa.int32()),
-                pa.array(ids, pa.uint64()),
+                batch.column("doc_id").take(take),
+                pa.array(seqs.astype(np.int32)),
+                pa.array(np.array(ids, dtype=np.uint64)),
                 pa.array(chunk_texts, pa.large_string()),
-                batch.column("source").take(rows),
-                batch.column("ts").take(rows),
-                pa.array(versions, pa.uint64()),
+                batch.column("source").take(take),
+                batch.column("ts").take(take),
+                pa.array(np.array(versions, dtype=np.uint64)),
             ],
             schema=CHUNK,
         )

@@ -38,6 +38,7 @@ from ..errors import OperatorError
 from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
+from . import imports
 from .supervisor_link import SupervisorLink
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class Actor:
                 if self._stop.is_set():
                     self._on_stop()
                 async for item in self._inport:
-                    await self._emit(self._timed(self._operator.process, item.batch))
+                    for batch in item.batches:
+                        await self._emit(self._timed(self._operator.process, batch))
                     await self._inport.finished(item)
         except TimeoutError:
             log.warning(
@@ -167,10 +169,15 @@ class Actor:
     async def _emit(self, outputs: Iterable[Output]) -> None:
         for item in outputs:
             batch, target = (item.batch, item.replica) if isinstance(item, Routed) else (item, None)
-            if self._outport is not None and batch.num_rows:
+            rows = (
+                batch.num_rows
+                if isinstance(batch, pa.RecordBatch)
+                else sum(b.num_rows for b in batch)
+            )
+            if self._outport is not None and rows:
                 await self._outport.send(batch, target)
                 self._batches_out += 1
-                self._rows_out += batch.num_rows
+                self._rows_out += rows
 
     async def _end_stream(self) -> None:
         if self._outport is not None:
@@ -313,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot read actor spec {args[0]}: {exc}", file=sys.stderr)
         return EXIT_BAD_OPERATOR
     configure_logging(spec.name, spec.log_level)
+    imports.block(spec.block_imports)
     _die_with_parent()
     import uvloop
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -31,7 +32,7 @@ def _roundtrip(batch: pa.RecordBatch, encoding: str) -> tuple[pa.RecordBatch, li
     received = [zmq.Frame(bytes(memoryview(part))) for part in message]
     header = data_decoder.decode(received[0].bytes)
     assert isinstance(header, BatchHeader)
-    return frames.decode_batch(header, received[1:], batch.schema), received[1:]
+    return frames.decode_batches(header, received[1:], batch.schema)[0], received[1:]
 
 
 @pytest.mark.parametrize("encoding", frames.ENCODINGS)
@@ -83,7 +84,7 @@ def test_a_payload_with_missing_frames_is_rejected() -> None:
     header = data_decoder.decode(message[0])
     assert isinstance(header, BatchHeader)
     with pytest.raises(PayloadError, match="buffers"):
-        frames.decode_batch(header, message[1:-1], batch.schema)
+        frames.decode_batches(header, message[1:-1], batch.schema)
 
 
 def test_a_payload_of_another_schema_is_rejected() -> None:
@@ -93,7 +94,7 @@ def test_a_payload_of_another_schema_is_rejected() -> None:
     header = data_decoder.decode(message[0])
     assert isinstance(header, BatchHeader)
     with pytest.raises(PayloadError):
-        frames.decode_batch(header, message[1:], batch.schema)
+        frames.decode_batches(header, message[1:], batch.schema)
 
 
 def test_buffers_too_small_for_the_announced_rows_are_rejected() -> None:
@@ -111,14 +112,14 @@ def test_buffers_too_small_for_the_announced_rows_are_rejected() -> None:
         present=header.present,
     )
     with pytest.raises(PayloadError):
-        frames.decode_batch(lying, message[1:], batch.schema)
+        frames.decode_batches(lying, message[1:], batch.schema)
 
 
 def test_an_ipc_payload_of_random_bytes_is_rejected() -> None:
     schema = _batch().schema
     header = BatchHeader(sender="s", seq=1, fingerprint="fp", rows=5, encoding=frames.IPC)
     with pytest.raises(PayloadError):
-        frames.decode_batch(header, [np.random.default_rng(1).bytes(4096)], schema)
+        frames.decode_batches(header, [np.random.default_rng(1).bytes(4096)], schema)
 
 
 def test_the_schema_frame_round_trips_with_its_fingerprint() -> None:
@@ -128,3 +129,28 @@ def test_the_schema_frame_round_trips_with_its_fingerprint() -> None:
     decoded = frames.read_schema(message[1])
     assert decoded.equals(schema)
     assert header.fingerprint == frames.schema_fingerprint(decoded)
+
+
+@pytest.mark.parametrize("encoding", frames.ENCODINGS)
+def test_several_batches_travel_as_one_message_without_concatenation(encoding: str) -> None:
+    batch = _batch()
+    parts = [batch.slice(0, 2), batch.slice(2, 1), batch.slice(3, 2)]
+    fp = frames.schema_fingerprint(batch.schema)
+    message = frames.batch_message(parts, "s", 1, fp, encoding)
+    received = [zmq.Frame(bytes(memoryview(part))) for part in message]
+    header = data_decoder.decode(received[0].bytes)
+    assert isinstance(header, BatchHeader)
+    assert header.rows == 5 and header.parts == [2, 1, 2]
+    decoded = frames.decode_batches(header, received[1:], batch.schema)
+    assert [d.equals(p) for d, p in zip(decoded, parts, strict=True)] == [True] * 3
+    assert all(frames.batch_lies_within(d, received[1:]) for d in decoded)
+
+
+def test_parts_that_do_not_add_up_are_rejected() -> None:
+    batch = _batch()
+    message = frames.batch_message([batch, batch], "s", 1, "fp", frames.BUFFERS)
+    header = data_decoder.decode(message[0])
+    assert isinstance(header, BatchHeader)
+    lying = msgspec.structs.replace(header, parts=[5, 4])
+    with pytest.raises(PayloadError, match="add up"):
+        frames.decode_batches(lying, message[1:], batch.schema)
