@@ -62,6 +62,7 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                 "chunk_size": stage.chunk_size,
                 "overlap": stage.overlap,
                 "prefer": stage.prefer,
+                "normalize": stage.normalize,
             }
             return _builtin(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
         case EmbedStage():

@@ -117,6 +117,8 @@ class ActorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stage: str
     replica: int
     busy_s: float = 0.0
+    cpu_s: float = 0.0  # CPU since Ready, every thread of the process (ZeroMQ I/O included)
+    operator_cpu_s: float = 0.0  # the part of it spent inside the operator
     batches_out: int = 0
     rows_out: int = 0
     blocked_s: float = 0.0

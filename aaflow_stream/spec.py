@@ -48,6 +48,8 @@ class TransformStage(_Spec, tag="transform", tag_field="operator", frozen=True):
     chunk_size: Positive = 512
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 64
     prefer: Literal["none", "paragraph", "sentence"] = "none"
+    # Collapse whitespace runs and strip ends first. BENCH.md W1 cuts the raw text: false.
+    normalize: bool = True
 
 
 class EmbedStage(_Spec, tag="embed", tag_field="operator", frozen=True):

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import itertools
 import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,26 +37,37 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psutil
 
 # Scripts, not a package: make the sibling module and the repo importable from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aaflow_stream.embedders.hash_embedder import HashEmbedder
+from w1_stages import (
+    CHUNK_OVERLAP,
+    CHUNK_SIZE,
+    DIM,
+    N_SHARDS,
+    STAGES,
+    FileResult,
+    Ids,
+    RssSampler,
+    ShardWriter,
+    Vecs,
+    embed_texts,
+    embed_timed,
+    embedder,
+    load_file,
+    process_file,
+    transform_docs,
+    worker_ready,
+)
+
 from aaflow_stream.synthetic import PRESETS, corpus_files, expected_chunk_ids, generate
 from aaflow_stream.text.chunking import chunk_id, chunk_windows
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-DIM = 384
-N_SHARDS = 4
-CHUNK_SIZE = 512
-CHUNK_OVERLAP = 64
 WORKERS = 2
-STAGES = ("load", "transform", "embed", "upsert")
-
-Ids = npt.NDArray[np.int64]
-Vecs = npt.NDArray[np.float32]
 
 
 @dataclass
@@ -75,190 +84,6 @@ class BaselineResult:
     @property
     def chunks_per_s(self) -> float:
         return self.chunks / self.total_s if self.total_s > 0 else 0.0
-
-
-# ---------------------------------------------------------------- stage functions
-
-
-def load_file(path: str | Path) -> list[dict[str, Any]]:
-    """Load: read and parse one JSONL file."""
-    with open(path, "rb") as fh:
-        return [json.loads(line) for line in fh]
-
-
-def transform_docs(docs: Sequence[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """Transform: W1 windows and their ids."""
-    ids: list[int] = []
-    texts: list[str] = []
-    for doc in docs:
-        chunks = chunk_windows(doc["text"], CHUNK_SIZE, CHUNK_OVERLAP)
-        ids.extend(chunk_id(doc["doc_id"], seq) for seq in range(len(chunks)))
-        texts.extend(chunks)
-    return ids, texts
-
-
-_EMBEDDER: HashEmbedder | None = None
-
-
-def embedder() -> HashEmbedder:
-    """This process's embedder (its token cache is per process, like a model would be)."""
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        _EMBEDDER = HashEmbedder(DIM)
-    return _EMBEDDER
-
-
-def embed_texts(texts: Sequence[str], batch: int) -> Vecs:
-    """Embed: batches of `batch` texts into one matrix."""
-    out = np.empty((len(texts), DIM), dtype=np.float32)
-    emb = embedder()
-    for i in range(0, len(texts), batch):
-        out[i : i + batch] = emb.embed(texts[i : i + batch])
-    return out
-
-
-def embed_timed(texts: Sequence[str]) -> tuple[Vecs, float]:
-    """One embed batch, with its busy seconds measured where it ran."""
-    t0 = time.perf_counter()
-    vecs = embedder().embed(texts)
-    return vecs, time.perf_counter() - t0
-
-
-@dataclass
-class FileResult:
-    """Load + transform + embed of one file, as a worker returns it."""
-
-    ids: Ids
-    vecs: Vecs
-    load_s: float
-    transform_s: float
-    embed_s: float
-    first_read: float  # time.time() when reading began
-
-
-def process_file(path: str, embed_batch: int) -> FileResult:
-    """The per-file worker body shared by mp_pool, dask and ray."""
-    first_read = time.time()
-    t0 = time.perf_counter()
-    docs = load_file(path)
-    t1 = time.perf_counter()
-    ids, texts = transform_docs(docs)
-    t2 = time.perf_counter()
-    vecs = embed_texts(texts, embed_batch)
-    t3 = time.perf_counter()
-    return FileResult(np.array(ids, np.int64), vecs, t1 - t0, t2 - t1, t3 - t2, first_read)
-
-
-def worker_ready() -> int:
-    """Warm-up task: import everything and build the embedder before timing starts."""
-    embedder()
-    time.sleep(0.02)  # long enough that a pool of 2 hands one call to each worker
-    return os.getpid()
-
-
-class ShardWriter:
-    """Upsert: 4 FAISS shards, `shard = id % 4`, vectors added in batches of `batch`.
-
-    Each shard gathers its rows into a reusable buffer of `batch` rows (FAISS copies what
-    it is given), so a vector is copied once on its way in.
-    """
-
-    def __init__(self, n_shards: int = N_SHARDS, dim: int = DIM, batch: int = 2048) -> None:
-        import faiss  # heavy; only the upsert side needs it
-
-        self.indexes = [faiss.IndexIDMap2(faiss.IndexFlatIP(dim)) for _ in range(n_shards)]
-        self.batch = batch
-        self.busy_s = 0.0
-        self.last_applied = 0.0  # time.time() after the last add
-        self._vecs = [np.empty((batch, dim), np.float32) for _ in range(n_shards)]
-        self._ids = [np.empty(batch, np.int64) for _ in range(n_shards)]
-        self._fill = [0] * n_shards
-
-    def add(self, ids: Ids, vecs: Vecs) -> None:
-        t0 = time.perf_counter()
-        shard_of = ids % len(self.indexes)
-        for s in range(len(self.indexes)):
-            rows = np.flatnonzero(shard_of == s)
-            while len(rows):
-                fill = self._fill[s]
-                take = rows[: self.batch - fill]
-                rows = rows[len(take) :]
-                np.take(vecs, take, axis=0, out=self._vecs[s][fill : fill + len(take)])
-                np.take(ids, take, out=self._ids[s][fill : fill + len(take)])
-                self._fill[s] = fill + len(take)
-                if self._fill[s] == self.batch:
-                    self._apply(s)
-        self.busy_s += time.perf_counter() - t0
-
-    def flush(self) -> None:
-        t0 = time.perf_counter()
-        for s in range(len(self.indexes)):
-            self._apply(s)
-        self.busy_s += time.perf_counter() - t0
-
-    def _apply(self, s: int) -> None:
-        n = self._fill[s]
-        if n:
-            self.indexes[s].add_with_ids(self._vecs[s][:n], self._ids[s][:n])
-            self._fill[s] = 0
-        self.last_applied = time.time()
-
-    def verify(self, expected: set[int]) -> bool:
-        """Exactly the expected ids, each once, each in its own shard."""
-        import faiss
-
-        seen: list[Ids] = []
-        for s, index in enumerate(self.indexes):
-            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-            if index.ntotal != len(ids) or np.any(ids % len(self.indexes) != s):
-                return False
-            seen.append(ids)
-        all_ids = np.concatenate(seen) if seen else np.empty(0, np.int64)
-        unique = set(all_ids.tolist())
-        return len(unique) == len(all_ids) == len(expected) and unique == expected
-
-
-class RssSampler:
-    """Peak RSS of this process and all its descendants, sampled in a thread.
-
-    Listing descendants scans /proc (~1 ms, holding the GIL), so the list is refreshed
-    every `rescan` samples and only the cheap RSS reads happen every `interval_s`.
-    """
-
-    def __init__(self, interval_s: float = 0.05, rescan: int = 10) -> None:
-        self.interval_s = interval_s
-        self.rescan = rescan
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        procs: list[psutil.Process] = []
-        for tick in itertools.count():
-            if tick % self.rescan == 0:
-                procs = [me, *me.children(recursive=True)]
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass  # exited since the last scan
-            self.peak_bytes = max(self.peak_bytes, total)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_bytes / 2**20
 
 
 def _finish(

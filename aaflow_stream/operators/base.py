@@ -13,7 +13,8 @@ A **stage** (any later stage, sinks included) has ``process(batch) -> Iterable[R
 called once per arriving batch, in arrival order, on the actor's event loop (it may use the CPU;
 it must not wait on other actors), and ``flush() -> Iterable[RecordBatch]``, called once after
 end of stream arrived from every upstream replica: return what was held back for batching.
-Output of a sink is ignored. An output item may be a ``Routed(replica, batch)`` instead of a
+Output of a sink is ignored. An output item may be a list of batches of one schema (they
+travel as one message, not concatenated), or a ``Routed(replica, batch)`` instead of a
 plain batch: it then goes to that replica of the next stage (a shuffle), waiting for that
 link's credit; a plain batch goes to whichever replica has the most credit.
 
@@ -54,7 +55,7 @@ class Routed:
     batch: pa.RecordBatch | Sequence[pa.RecordBatch]  # several: sent as one message
 
 
-Output = pa.RecordBatch | Routed
+Output = pa.RecordBatch | Sequence[pa.RecordBatch] | Routed
 
 
 @runtime_checkable

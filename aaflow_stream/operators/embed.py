@@ -1,12 +1,16 @@
 """The embed stage: micro-batches chunks to ``batch_size`` rows and appends their embeddings.
 
 The embed batch size is independent of the size of arriving batches (the paper's BE): rows are
-gathered across arriving batches, embedded ``batch_size`` at a time, and what is left at end of
-stream goes out in ``flush``. The embedder is built once per actor, before it takes work.
+gathered across arriving batches and embedded ``batch_size`` at a time; what is left at end of
+stream goes out in ``flush``. Gathering copies nothing: a micro-batch is a list of slices of
+the arriving batches, and it leaves as one message of those slices, each with its share of the
+embedding matrix (a zero-copy slice of one ``fixed_size_list`` column). The embedder is built
+once per actor, before it takes work.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -15,38 +19,51 @@ from ..embedders.hash_embedder import HashEmbedder
 from ..schemas import EMBEDDING
 from .base import OperatorContext
 
+Message = list[pa.RecordBatch]
+
 
 class EmbedChunks:
     def __init__(self, context: OperatorContext, *, batch_size: int = 256, dim: int = 384) -> None:
         self._batch_size = batch_size
         self._embedder = HashEmbedder(dim)
-        self._pending: list[pa.RecordBatch] = []
+        self._pending: deque[pa.RecordBatch] = deque()
         self._pending_rows = 0
 
-    def _embed(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        vectors = self._embedder.embed_to_arrow(batch.column("text").to_pylist())
-        return batch.append_column(pa.field(EMBEDDING, vectors.type), vectors)
+    def _take(self, rows: int) -> list[pa.RecordBatch]:
+        """Slices covering the first ``rows`` pending rows; the rest stays pending."""
+        taken: list[pa.RecordBatch] = []
+        while rows:
+            head = self._pending.popleft()
+            if head.num_rows > rows:
+                self._pending.appendleft(head.slice(rows))
+                head = head.slice(0, rows)
+            taken.append(head)
+            rows -= head.num_rows
+            self._pending_rows -= head.num_rows
+        return taken
 
-    def _take(self, rows: int) -> pa.RecordBatch:
-        """The first ``rows`` pending rows as one batch; the rest stays pending."""
-        table = pa.Table.from_batches(self._pending)
-        head, tail = table.slice(0, rows), table.slice(rows)
-        self._pending = tail.to_batches()
-        self._pending_rows -= rows
-        return head.combine_chunks().to_batches()[0]
+    def _embed(self, parts: list[pa.RecordBatch]) -> Message:
+        texts: list[str] = []
+        for part in parts:
+            texts += part.column("text").to_pylist()
+        vectors = self._embedder.embed_to_arrow(texts)
+        field = pa.field(EMBEDDING, vectors.type)
+        out, offset = [], 0
+        for part in parts:
+            out.append(part.append_column(field, vectors.slice(offset, part.num_rows)))
+            offset += part.num_rows
+        return out
 
-    def _ready(self, final: bool) -> Iterator[pa.RecordBatch]:
+    def _ready(self, final: bool) -> Iterator[Message]:
         while self._pending_rows >= self._batch_size:
             yield self._embed(self._take(self._batch_size))
         if final and self._pending_rows:
             yield self._embed(self._take(self._pending_rows))
 
-    def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
-        if self._pending_rows == 0 and batch.num_rows == self._batch_size:
-            return (self._embed(batch),)  # the common case needs no regrouping
+    def process(self, batch: pa.RecordBatch) -> Iterable[Message]:
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         return list(self._ready(final=False))
 
-    def flush(self) -> Iterable[pa.RecordBatch]:
+    def flush(self) -> Iterable[Message]:
         return list(self._ready(final=True))

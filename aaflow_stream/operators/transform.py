@@ -37,6 +37,7 @@ class Chunker:
         chunk_size: int = 512,
         overlap: int = 64,
         prefer: Literal["none", "paragraph", "sentence"] = "none",
+        normalize: bool = True,
     ) -> None:
         if prefer != "none":
             chunk_boundaries("", chunk_size, overlap, prefer)  # validates size and overlap
@@ -45,12 +46,15 @@ class Chunker:
         self._size = chunk_size
         self._overlap = overlap
         self._prefer = prefer
+        self._normalize = normalize
 
     def _chunks(self, text: str) -> list[str]:
         if self._prefer == "none":
-            return chunk_windows(normalize_whitespace(text), self._size, self._overlap)
-        # Boundary detection needs the paragraph breaks, so only runs of spaces are collapsed.
-        return chunk_boundaries(text.strip(), self._size, self._overlap, self._prefer)
+            cut = normalize_whitespace(text) if self._normalize else text
+            return chunk_windows(cut, self._size, self._overlap)
+        # Boundary detection needs the paragraph breaks: normalising would erase them.
+        cut = text.strip() if self._normalize else text
+        return chunk_boundaries(cut, self._size, self._overlap, self._prefer)
 
     def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
         doc_ids = batch.column("doc_id").to_pylist()

@@ -22,9 +22,14 @@ class ShardRouter:
         self._rows = [0] * shards
 
     def _drain(self, shard: int) -> Routed:
-        # The gathered slices travel as one message, not concatenated: no copy here.
         batches, self._pending[shard], self._rows[shard] = self._pending[shard], [], 0
-        return Routed(shard, batches)
+        if len(batches) == 1:
+            return Routed(shard, batches[0])
+        # One copy into a single bulk batch. Sending the ~32 slices as one multi-part message
+        # instead costs ~20 frames and an Arrow rebuild per slice on both sides, and a FAISS
+        # add per slice: measured on W1 large, ~1 ms per 2,048 rows to concatenate against
+        # ~0.4 s more CPU in the upsert and shard processes for the slices.
+        return Routed(shard, pa.Table.from_batches(batches).combine_chunks().to_batches()[0])
 
     def process(self, batch: pa.RecordBatch) -> Iterable[Routed]:
         ids = batch.column("chunk_id").to_numpy()

@@ -69,6 +69,8 @@ class Actor:
         self._rows_out = 0
         self._first_work_at = 0.0
         self._last_work_at = 0.0
+        self._cpu_at_ready = 0.0
+        self._operator_cpu_s = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class Actor:
             if self._outport is not None:
                 services.append(tg.create_task(self._outport.serve()))
                 await self._outport.open()
+            self._cpu_at_ready = time.process_time()
             await self._supervisor.send(Ready(actor=spec.name, pid=os.getpid()))
             log.info("ready")
             if spec.wait_for_start:
@@ -157,12 +160,14 @@ class Actor:
 
     def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         if not self._first_work_at:
             self._first_work_at = time.time()
         result = fn(*args)
         if isinstance(result, Iterable) and not isinstance(result, pa.RecordBatch | tuple | list):
             result = list(result)  # a generator's work belongs to the operator's busy time
         self._busy_s += time.perf_counter() - started
+        self._operator_cpu_s += time.thread_time() - cpu_started
         self._last_work_at = time.time()
         return result
 
@@ -192,6 +197,8 @@ class Actor:
             stage=spec.stage,
             replica=spec.replica,
             busy_s=self._busy_s,
+            cpu_s=time.process_time() - self._cpu_at_ready,
+            operator_cpu_s=self._operator_cpu_s,
             batches_out=self._batches_out,
             rows_out=self._rows_out,
             blocked_s=self._outport.blocked_s if self._outport else 0.0,
