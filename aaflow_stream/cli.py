@@ -115,7 +115,7 @@ def _up(args: argparse.Namespace) -> int:
     pipeline.check_operators(topology)
     pipeline.check_data_dir(topology)
     graph = pipeline.ingestion_graph(topology)
-    order = [s.name for s in graph.stages]
+    order = pipeline.stage_order(topology)
     run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
     progress = _Progress(order, enabled=not args.quiet)
     import uvloop
@@ -144,6 +144,7 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
             s.stage: {
                 "replicas": s.replicas,
                 "busy_s": s.busy_s,
+                "cpu_s": s.cpu_s,
                 "span_s": s.span_s,
                 "blocked_s": s.blocked_s,
                 "rows_in": s.rows_in,

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .errors import OperatorError, SpecError
 from .operators.base import resolve
-from .plan import GraphSpec, StageSpec
+from .plan import ChainedOperator, GraphSpec, StageSpec
 from .shard.store import MANIFEST_FILE
 from .spec import (
     CustomStage,
@@ -76,6 +78,18 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
     raise AssertionError(f"unhandled stage {stage!r}")
 
 
+def _chained(head: StageSpec, tail: StageSpec) -> StageSpec:
+    """``tail`` run inside ``head``'s actors; modules stay blocked only if both block them."""
+    link = ChainedOperator(tail.name, tail.operator, tail.params)
+    blocked = [m for m in head.block_imports if m in tail.block_imports]
+    return msgspec.structs.replace(head, chain=[*head.chain, link], block_imports=blocked)
+
+
+def stage_order(topology: TopologySpec) -> list[str]:
+    """Every stage's name in pipeline order, chained ones included, then the shard stage."""
+    return [*(s.name for s in topology.stages), SHARD_STAGE]
+
+
 def ingestion_graph(topology: TopologySpec) -> GraphSpec:
     """Load → transform → custom stages → embed → upsert → the MPI shard job."""
     shards = topology.shards
@@ -94,8 +108,15 @@ def ingestion_graph(topology: TopologySpec) -> GraphSpec:
     )
     if any(s.name == SHARD_STAGE for s in topology.stages):
         raise SpecError(f"$.stages: the name {SHARD_STAGE!r} is reserved for the shard job")
+    stages: list[StageSpec] = []
+    for stage in topology.stages:
+        built = _stage(topology, stage)
+        if stage.chain and stages:
+            stages[-1] = _chained(stages[-1], built)
+        else:
+            stages.append(built)
     return GraphSpec(
-        stages=[*(_stage(topology, s) for s in topology.stages), shard],
+        stages=[*stages, shard],
         window=topology.flow.window,
         encoding=topology.flow.encoding,
         eos_timeout_s=topology.timeouts.eos_s,

@@ -17,6 +17,14 @@ from .errors import SpecError
 MAX_IPC_PATH = 100
 
 
+class ChainedOperator(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A stage that runs inside the actors of the stage it is chained to."""
+
+    stage: str
+    operator: str
+    params: dict[str, Any] = {}
+
+
 class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One stage: an operator reference, its parameters and how many replicas run it."""
 
@@ -27,6 +35,8 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     launcher: Literal["process", "mpi"] = "process"
     # Modules the stage's actors never import (see runtime/imports.py).
     block_imports: list[str] = []
+    # Stages run inside this stage's actors, after its operator, in order.
+    chain: list[ChainedOperator] = []
 
 
 class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -74,6 +84,7 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stats_interval_s: float = 0.5
     log_level: str = "INFO"
     block_imports: list[str] = []
+    chain: list[ChainedOperator] = []
 
     @property
     def is_source(self) -> bool:
@@ -169,6 +180,7 @@ def plan_actors(
                     stats_interval_s=graph.stats_interval_s,
                     log_level=log_level,
                     block_imports=stage.block_imports,
+                    chain=stage.chain,
                 )
             )
     order = {stage.name: i for i, stage in enumerate(graph.stages)}

@@ -112,6 +112,19 @@ class InputStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eos_received: int = 0
 
 
+class OperatorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One operator of an actor (an actor runs several when stages are chained)."""
+
+    stage: str
+    busy_s: float = 0.0
+    cpu_s: float = 0.0
+    rows_in: int = 0
+    rows_out: int = 0
+    first_work_at: float = 0.0
+    last_work_at: float = 0.0
+    extra: dict[str, float] = {}
+
+
 class ActorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     actor: str
     stage: str
@@ -127,6 +140,7 @@ class ActorStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     input: InputStats = InputStats()
     outputs: list[LinkStats] = []
     extra: dict[str, float] = {}
+    operators: list[OperatorStats] = []
 
 
 # --- actor control ----------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .protocol import ActorStats
+from .protocol import ActorStats, OperatorStats
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,7 @@ class StageSummary:
     stage: str
     replicas: int
     busy_s: float  # time inside the operator, summed over replicas
+    cpu_s: float  # CPU time inside the operator, summed over replicas
     blocked_s: float  # time waiting for downstream credit, summed over replicas
     first_at: float
     last_at: float
@@ -44,7 +45,7 @@ class RunSummary:
         return next((s for s in self.stages if s.stage == name), None)
 
 
-def _sum_metrics(members: list[ActorStats]) -> dict[str, float]:
+def _sum_metrics(members: list[OperatorStats]) -> dict[str, float]:
     total: dict[str, float] = {}
     for m in members:
         for key, value in m.extra.items():
@@ -53,37 +54,68 @@ def _sum_metrics(members: list[ActorStats]) -> dict[str, float]:
     return total
 
 
+@dataclass(frozen=True)
+class _Share:
+    """One operator of one actor, with the actor-level figures that belong to it."""
+
+    op: OperatorStats
+    blocked_s: float  # the actor's wait for credit: charged to its last operator
+    rejected: int  # frames its input dropped: charged to its first operator
+
+
+def _shares(stats: Iterable[ActorStats]) -> Iterator[_Share]:
+    for actor in stats:
+        ops = actor.operators or [
+            OperatorStats(
+                stage=actor.stage,
+                busy_s=actor.busy_s,
+                rows_in=actor.input.rows,
+                rows_out=actor.rows_out,
+                first_work_at=actor.first_work_at,
+                last_work_at=actor.last_work_at,
+                extra=actor.extra,
+            )
+        ]
+        for index, op in enumerate(ops):
+            yield _Share(
+                op,
+                actor.blocked_s if index == len(ops) - 1 else 0.0,
+                actor.input.rejected if index == 0 else 0,
+            )
+
+
 def summarize(stats: Iterable[ActorStats], order: Sequence[str]) -> RunSummary:
-    by_stage: dict[str, list[ActorStats]] = {name: [] for name in order}
-    for s in stats:
-        by_stage.setdefault(s.stage, []).append(s)
+    by_stage: dict[str, list[_Share]] = {name: [] for name in order}
+    for share in _shares(stats):
+        by_stage.setdefault(share.op.stage, []).append(share)
     stages = []
     for name, members in by_stage.items():
-        started = [m.first_work_at for m in members if m.first_work_at]
+        ops = [m.op for m in members]
         stages.append(
             StageSummary(
                 stage=name,
                 replicas=len(members),
-                busy_s=sum(m.busy_s for m in members),
+                busy_s=sum(o.busy_s for o in ops),
+                cpu_s=sum(o.cpu_s for o in ops),
                 blocked_s=sum(m.blocked_s for m in members),
-                first_at=min(started, default=0.0),
-                last_at=max((m.last_work_at for m in members), default=0.0),
-                rows_in=sum(m.input.rows for m in members),
-                rows_out=sum(m.rows_out for m in members),
-                rejected=sum(m.input.rejected for m in members),
-                extra=_sum_metrics(members),
+                first_at=min((o.first_work_at for o in ops if o.first_work_at), default=0.0),
+                last_at=max((o.last_work_at for o in ops), default=0.0),
+                rows_in=sum(o.rows_in for o in ops),
+                rows_out=sum(o.rows_out for o in ops),
+                rejected=sum(m.rejected for m in members),
+                extra=_sum_metrics(ops),
             )
         )
-    first, last = by_stage[order[0]], by_stage[order[-1]]
-    shard_applied = [m.extra.get("last_applied_at", m.last_work_at) for m in last]
-    start = min((m.first_work_at for m in first if m.first_work_at), default=0.0)
-    end = max(shard_applied, default=0.0)
+    first = [m.op for m in by_stage[order[0]]]
+    last = [m.op for m in by_stage[order[-1]]]
+    start = min((o.first_work_at for o in first if o.first_work_at), default=0.0)
+    end = max((o.extra.get("last_applied_at", o.last_work_at) for o in last), default=0.0)
     return RunSummary(
         stages=stages,
-        documents=int(sum(m.extra.get("documents", 0) for m in first)),
+        documents=int(sum(o.extra.get("documents", 0) for o in first)),
         chunks=stages[1].rows_out if len(stages) > 1 else 0,
-        vectors=sum(m.input.rows for m in last),
-        dead_letters=int(sum(m.extra.get("dead_letters", 0) for m in first)),
+        vectors=sum(o.rows_in for o in last),
+        dead_letters=int(sum(o.extra.get("dead_letters", 0) for o in first)),
         total_s=max(0.0, end - start) if start and end else 0.0,
     )
 
@@ -101,12 +133,13 @@ def progress_line(summary: RunSummary, elapsed_s: float) -> str:
 
 def table(summary: RunSummary, startup_s: float) -> str:
     lines = [
-        f"{'stage':<12}{'replicas':>9}{'busy s':>10}{'span s':>10}{'backpressured s':>17}"
-        f"{'rows in':>11}{'rows out':>11}",
+        f"{'stage':<12}{'replicas':>9}{'busy s':>10}{'cpu s':>9}{'span s':>10}"
+        f"{'backpressured s':>17}{'rows in':>11}{'rows out':>11}",
     ]
     for s in summary.stages:
         lines.append(
-            f"{s.stage:<12}{s.replicas:>9}{s.busy_s:>10.3f}{s.span_s:>10.3f}{s.blocked_s:>17.3f}"
+            f"{s.stage:<12}{s.replicas:>9}{s.busy_s:>10.3f}{s.cpu_s:>9.3f}{s.span_s:>10.3f}"
+            f"{s.blocked_s:>17.3f}"
             f"{s.rows_in:>11}{s.rows_out:>11}"
         )
     busy = sum(s.busy_s for s in summary.stages)

@@ -36,13 +36,19 @@ class SourceSpec(_Spec, frozen=True):
     )
 
 
-class LoadStage(_Spec, tag="load", tag_field="operator", frozen=True):
+class _Stage(_Spec, frozen=True):
+    # Run inside the actors of the stage before (Flink's operator chaining): batches pass
+    # in memory, with no socket, no copy and no process of its own. Replicas must match.
+    chain: bool = False
+
+
+class LoadStage(_Stage, tag="load", tag_field="operator", frozen=True):
     name: Name = "load"
     replicas: Positive = 1
     batch_docs: Positive = 64
 
 
-class TransformStage(_Spec, tag="transform", tag_field="operator", frozen=True):
+class TransformStage(_Stage, tag="transform", tag_field="operator", frozen=True):
     name: Name = "transform"
     replicas: Positive = 1
     chunk_size: Positive = 512
@@ -52,19 +58,19 @@ class TransformStage(_Spec, tag="transform", tag_field="operator", frozen=True):
     normalize: bool = True
 
 
-class EmbedStage(_Spec, tag="embed", tag_field="operator", frozen=True):
+class EmbedStage(_Stage, tag="embed", tag_field="operator", frozen=True):
     name: Name = "embed"
     replicas: Positive = 1
     batch_size: Positive = 256
 
 
-class UpsertStage(_Spec, tag="upsert", tag_field="operator", frozen=True):
+class UpsertStage(_Stage, tag="upsert", tag_field="operator", frozen=True):
     name: Name = "upsert"
     replicas: Positive = 1
     batch_size: Positive = 2048
 
 
-class CustomStage(_Spec, tag="custom", tag_field="operator", frozen=True):
+class CustomStage(_Stage, tag="custom", tag_field="operator", frozen=True, kw_only=True):
     """A user operator, ``module:callable`` (see ``operators.base`` for the contract)."""
 
     name: Name
@@ -183,6 +189,17 @@ def problems(topology: TopologySpec) -> list[str]:
             found.append(f"$.stages[{i}].overlap: must be < chunk_size ({stage.chunk_size})")
         if isinstance(stage, CustomStage) and not re.fullmatch(r"[\w.]+:[\w.]+", stage.ref):
             found.append(f"$.stages[{i}].ref: {stage.ref!r} is not 'module:callable'")
+    for i, stage in enumerate(topology.stages):
+        if not stage.chain:
+            continue
+        if i == 0:
+            found.append("$.stages[0].chain: the first stage has no stage to chain onto")
+        elif stage.replicas != topology.stages[i - 1].replicas:
+            found.append(
+                f"$.stages[{i}].replicas: a chained stage runs in the actors of the stage "
+                f"before, so it needs its replicas ({topology.stages[i - 1].replicas}), "
+                f"got {stage.replicas}"
+            )
     if not topology.sources:
         found.append("$.sources: at least one source is needed")
     for i, source in enumerate(topology.sources):

@@ -83,6 +83,9 @@ class EngineKnobs:
     embed_batch: int = 256
     upsert_batch: int = 2048
     batch_docs: int = 64
+    # 1: transform chained onto load and upsert onto embed (operator chaining: no hop, no
+    # process of their own; their replicas follow the stage they join); 0: every stage apart
+    chain: int = 1
 
 
 @dataclass
@@ -113,6 +116,9 @@ class Run:
 def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path, knobs: EngineKnobs) -> str:
     """The W1 topology with `knobs` applied."""
     k = knobs
+    chained = ", chain: true" if k.chain else ""
+    transform_replicas = k.load_replicas if k.chain else k.transform_replicas
+    upsert_replicas = k.embed_replicas if k.chain else k.upsert_replicas
     return f"""\
 name: w1
 data_dir: {data_dir}
@@ -121,10 +127,10 @@ sources:
   - paths: [{corpus}]
 stages:
   - {{operator: load, replicas: {k.load_replicas}, batch_docs: {k.batch_docs}}}
-  - {{operator: transform, replicas: {k.transform_replicas}, chunk_size: 512, overlap: 64,
-     normalize: false}}
+  - {{operator: transform, replicas: {transform_replicas}, chunk_size: 512, overlap: 64,
+     normalize: false{chained}}}
   - {{operator: embed, replicas: {k.embed_replicas}, batch_size: {k.embed_batch}}}
-  - {{operator: upsert, replicas: {k.upsert_replicas}, batch_size: {k.upsert_batch}}}
+  - {{operator: upsert, replicas: {upsert_replicas}, batch_size: {k.upsert_batch}{chained}}}
 embedder: {{kind: hash, dim: 384}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
 flow: {{window: {k.window}}}

@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import pyarrow as pa
@@ -39,6 +39,7 @@ from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
 from . import imports
+from .chain import Chain, OperatorRun
 from .supervisor_link import SupervisorLink
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,13 @@ class Actor:
         self._stop = asyncio.Event()
         self._start = asyncio.Event()
         self._on_stop: Callable[[], None] = lambda: None
-        self._operator: Any = None
+        self._chain: Chain | None = None
         self._inport: InPort | None = None
         self._outport: OutPort | None = None
         self._supervisor = SupervisorLink(ctx, spec.supervisor_endpoint, spec.name)
-        self._busy_s = 0.0
         self._batches_out = 0
         self._rows_out = 0
-        self._first_work_at = 0.0
-        self._last_work_at = 0.0
         self._cpu_at_ready = 0.0
-        self._operator_cpu_s = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -86,10 +83,7 @@ class Actor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        context = OperatorContext(
-            spec.name, spec.stage, spec.replica, spec.replicas, Path(spec.run_dir)
-        )
-        self._operator = build(spec.operator, context, spec.params, source=spec.is_source)
+        self._chain = self._build_chain()
         if spec.input is not None:
             self._inport = InPort(
                 self._ctx,
@@ -128,17 +122,40 @@ class Actor:
         await self._supervisor.send(Done(stats=self.stats()))
         log.info("done: %s", self.summary())
 
+    def _build_chain(self) -> Chain:
+        spec = self.spec
+
+        def context(stage: str) -> OperatorContext:
+            return OperatorContext(
+                spec.name, stage, spec.replica, spec.replicas, Path(spec.run_dir)
+            )
+
+        runs = [
+            OperatorRun(
+                spec.stage,
+                build(spec.operator, context(spec.stage), spec.params, source=spec.is_source),
+            )
+        ]
+        for link in spec.chain:
+            runs.append(
+                OperatorRun(
+                    link.stage, build(link.operator, context(link.stage), link.params, source=False)
+                )
+            )
+        return Chain(runs, source=spec.is_source)
+
     async def _run_source(self) -> None:
-        batches = iter(self._operator.batches())
+        assert self._chain is not None
         while not self._stop.is_set():
-            batch = self._timed(next, batches, None)
-            if batch is None:
+            outputs = self._chain.next_from_source()
+            if outputs is None:
                 break
-            await self._emit((batch,))
+            await self._emit(outputs)
+        await self._emit(self._chain.flush())
         await self._end_stream()
 
     async def _run_stage(self) -> None:
-        assert self._inport is not None
+        assert self._inport is not None and self._chain is not None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(None) as deadline:
@@ -147,7 +164,7 @@ class Actor:
                     self._on_stop()
                 async for item in self._inport:
                     for batch in item.batches:
-                        await self._emit(self._timed(self._operator.process, batch))
+                        await self._emit(self._chain.process(batch))
                     await self._inport.finished(item)
         except TimeoutError:
             log.warning(
@@ -155,21 +172,10 @@ class Actor:
                 "ending the stream downstream anyway",
                 self.spec.drain_timeout_s,
             )
-        await self._emit(self._timed(self._operator.flush))
+        finally:
+            self._on_stop = lambda: None  # the deadline is gone; a late stop has nothing to cut
+        await self._emit(self._chain.flush())
         await self._end_stream()
-
-    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        started = time.perf_counter()
-        cpu_started = time.thread_time()
-        if not self._first_work_at:
-            self._first_work_at = time.time()
-        result = fn(*args)
-        if isinstance(result, Iterable) and not isinstance(result, pa.RecordBatch | tuple | list):
-            result = list(result)  # a generator's work belongs to the operator's busy time
-        self._busy_s += time.perf_counter() - started
-        self._operator_cpu_s += time.thread_time() - cpu_started
-        self._last_work_at = time.time()
-        return result
 
     async def _emit(self, outputs: Iterable[Output]) -> None:
         for item in outputs:
@@ -192,26 +198,25 @@ class Actor:
 
     def stats(self) -> ActorStats:
         spec = self.spec
+        operators = self._chain.stats() if self._chain is not None else []
+        started = [o.first_work_at for o in operators if o.first_work_at]
         return ActorStats(
             actor=spec.name,
             stage=spec.stage,
             replica=spec.replica,
-            busy_s=self._busy_s,
+            busy_s=sum(o.busy_s for o in operators),
             cpu_s=time.process_time() - self._cpu_at_ready,
-            operator_cpu_s=self._operator_cpu_s,
+            operator_cpu_s=sum(o.cpu_s for o in operators),
             batches_out=self._batches_out,
             rows_out=self._rows_out,
             blocked_s=self._outport.blocked_s if self._outport else 0.0,
-            first_work_at=self._first_work_at,
-            last_work_at=self._last_work_at,
+            first_work_at=min(started, default=0.0),
+            last_work_at=max((o.last_work_at for o in operators), default=0.0),
             input=self._inport.stats() if self._inport else InputStats(),
             outputs=self._outport.stats() if self._outport else [],
-            extra=self._operator_metrics(),
+            extra=operators[0].extra if operators else {},
+            operators=operators,
         )
-
-    def _operator_metrics(self) -> dict[str, float]:
-        metrics = getattr(self._operator, "metrics", None)
-        return dict(metrics()) if metrics is not None else {}
 
     def summary(self) -> str:
         s = self.stats()
@@ -242,12 +247,9 @@ class Actor:
             if port is not None:
                 port.close(linger_ms)
         self._supervisor.close(linger_ms)
-        close = getattr(self._operator, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("operator close() failed")
+        if self._chain is not None:
+            for error in self._chain.close():
+                log.error("operator close() failed: %r", error)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

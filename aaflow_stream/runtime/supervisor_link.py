@@ -24,9 +24,17 @@ class SupervisorLink:
             else None
         )
 
-    async def send(self, msg: ActorUp) -> None:
-        if self._sock is not None:
-            await self._sock.send(encode(msg))
+    async def send(self, msg: ActorUp) -> bool:
+        """Send without ever blocking: with the supervisor gone a DEALER has no peer and a
+        blocking send would hang the actor's shutdown. Returns whether it was queued."""
+        if self._sock is None:
+            return False
+        try:
+            await self._sock.send(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("supervisor unreachable: %s dropped", type(msg).__name__)
+            return False
+        return True
 
     async def serve(self, on_start: Callable[[], None], on_stop: Callable[[], None]) -> None:
         """Act on Start and Stop until cancelled."""

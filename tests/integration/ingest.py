@@ -28,12 +28,14 @@ def write_topology(
     shards: int = 4,
     extra: str = "",
     stages: str | None = None,
+    chain: bool = False,
 ) -> Path:
+    upsert = f"replicas: {embed_replicas}, chain: true, " if chain else ""
     stages = stages or (
         "  - {operator: load, batch_docs: 16}\n"
-        "  - {operator: transform}\n"
+        f"  - {{operator: transform{', chain: true' if chain else ''}}}\n"
         f"  - {{operator: embed, replicas: {embed_replicas}, batch_size: 64}}\n"
-        "  - {operator: upsert, batch_size: 256}\n"
+        f"  - {{operator: upsert, {upsert}batch_size: 256}}\n"
     )
     path.write_text(
         f"name: test\ndata_dir: {data_dir}\nrun_dir: {path.parent / 'run'}\n"

@@ -82,9 +82,10 @@ def test_actors_die_with_a_killed_supervisor(run_dir: Path) -> None:
     _gone, alive = psutil.wait_procs(actors, timeout=20)
     # An exited actor whose parent died stays a zombie until init reaps it: it is gone.
     running = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    logs = (run_dir / "run" / "logs" / "source.0.log").read_text()[-1500:]
     for p in running:
         p.kill()
-    assert running == []
+    assert running == [], logs
 
 
 def test_a_malformed_graph_file_is_refused_before_anything_starts(run_dir: Path) -> None:

@@ -41,13 +41,20 @@ def read_shards_one(data_dir: Path, shard: int) -> tuple[list[int], None, None]:
     return faiss.vector_to_array(index.id_map).tolist(), None, None
 
 
-@pytest.mark.parametrize(("embed_replicas", "shards"), [(1, 4), (3, 2)])
+@pytest.mark.parametrize(
+    ("embed_replicas", "shards", "chain"), [(1, 4, False), (3, 2, False), (2, 4, True)]
+)
 def test_up_stores_every_chunk_once_with_its_hash_embedding(
-    corpus: Path, tmp_path: Path, embed_replicas: int, shards: int
+    corpus: Path, tmp_path: Path, embed_replicas: int, shards: int, chain: bool
 ) -> None:
     data_dir = tmp_path / "data"
     topology = write_topology(
-        tmp_path / "t.yaml", corpus, data_dir, embed_replicas=embed_replicas, shards=shards
+        tmp_path / "t.yaml",
+        corpus,
+        data_dir,
+        embed_replicas=embed_replicas,
+        shards=shards,
+        chain=chain,
     )
     result = up(topology, "--json")
     assert result.code == 0, result.stderr
