@@ -252,6 +252,13 @@ class Actor:
                 log.error("operator close() failed: %r", error)
 
 
+def _ignore_stop_signals() -> None:
+    """From the end of the run on, a stop request (the supervisor's ordered stop racing the
+    actor's own end) must not kill the teardown with the default action."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -274,6 +281,7 @@ async def run_actor(spec: ActorSpec) -> int:
         await actor.report_failure(reason)
         linger = 500
     finally:
+        _ignore_stop_signals()
         actor.close(linger)
         ctx.term()
     return code
@@ -333,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     import uvloop
 
-    return uvloop.run(run_actor(spec))
+    code = uvloop.run(run_actor(spec))
+    _ignore_stop_signals()  # closing the loop restored the default handlers
+    return code
 
 
 if __name__ == "__main__":

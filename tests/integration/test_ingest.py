@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 
 from aaflow_stream.synthetic import generate
 
+from ..conftest import REPO_DIR
 from .ingest import expected_chunks, jsonl_docs, read_shards, up, write_topology
 
 
@@ -193,3 +198,42 @@ def test_a_data_directory_of_another_shape_is_refused(corpus: Path, tmp_path: Pa
     result = up(write_topology(tmp_path / "t.yaml", corpus, data_dir, shards=4))
     assert result.code == 2
     assert "holds 2 shards, the topology asks for 4" in result.stderr
+
+
+def test_ctrl_c_during_up_drains_and_keeps_what_was_ingested(corpus: Path, tmp_path: Path) -> None:
+    stages = (
+        "  - {operator: load, batch_docs: 1}\n  - {operator: transform}\n"
+        "  - {operator: custom, name: slow, ref: 'aaflow_stream.operators.basic:PassThrough',"
+        " params: {delay_ms: 50}}\n"
+        "  - {operator: embed}\n  - {operator: upsert}\n"
+    )
+    data_dir = tmp_path / "data"
+    topology = write_topology(tmp_path / "t.yaml", corpus, data_dir, shards=2, stages=stages)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_DIR,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        for line in proc.stderr:  # progress lines: wait until documents flow
+            if "docs " in line and "docs 0 " not in line:
+                break
+            assert time.monotonic() < deadline, "no progress"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert 0 < summary["documents"] < 64, "the run should have been cut short"
+    ids, _, meta = read_shards(data_dir)
+    assert len(ids) == len(set(ids.tolist())) == summary["vectors"] == meta.num_rows
+    # Every document that reached the shards arrived whole: drained, not dropped mid-way.
+    expected = expected_chunks(jsonl_docs(corpus))
+    assert set(ids.tolist()) <= set(expected)
