@@ -13,13 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from ..errors import SpecError
+from ..query import topk
+from ..query.topk import Ids, Scores
 from ..schemas import EMBEDDING, METADATA
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.arrow"
 MANIFEST_FILE = "shard.json"
+TIE_MARGIN = 16
 
 
 def _metric(name: str) -> int:
@@ -45,8 +51,11 @@ class ShardStore:
         self._description = index
         self._metric = metric
         self._meta: list[pa.RecordBatch] = []
-        self._ids: set[int] = set()
+        self._starts: list[int] = []  # first row of each metadata batch in the whole table
+        self._where: dict[int, int] = {}  # chunk id -> its latest row in the whole table
         self._replaced = False
+        # Ingestion (the actor's loop) and queries (the MPI thread) share the index.
+        self._lock = threading.Lock()
         self.index = self._open()
 
     def _open(self) -> Any:
@@ -63,12 +72,16 @@ class ShardStore:
             index = faiss.read_index(str(self.directory / INDEX_FILE))
             with pa.ipc.open_file(self.directory / META_FILE) as reader:
                 table = reader.read_all()
-            self._meta = table.to_batches()
-            self._ids = set(table.column("chunk_id").to_pylist())
+            for batch in table.to_batches():
+                self._remember(batch)
             log.info("loaded %d vectors from %s", index.ntotal, self.directory)
             return index
         inner = faiss.index_factory(self.dim, self._description, _metric(self._metric))
         return faiss.IndexIDMap2(inner)
+
+    @property
+    def metric(self) -> str:
+        return self._metric
 
     @property
     def count(self) -> int:
@@ -83,15 +96,43 @@ class ShardStore:
         flat = column.values.slice(column.offset * self.dim, len(column) * self.dim)
         vectors = flat.to_numpy(zero_copy_only=True).reshape(-1, self.dim)
         id_list = ids.tolist()
-        if not self._ids.isdisjoint(id_list):
-            present = np.array([i for i in id_list if i in self._ids], dtype=np.int64)
-            self.index.remove_ids(present)
-            self._replaced = True
-        if not self.index.is_trained:
-            self.index.train(vectors)
-        self.index.add_with_ids(vectors, ids)
-        self._ids.update(id_list)
-        self._meta.append(batch.select(METADATA.names))
+        with self._lock:
+            present = [i for i in id_list if i in self._where]
+            if present:
+                self.index.remove_ids(np.array(present, dtype=np.int64))
+                self._replaced = True
+            if not self.index.is_trained:
+                self.index.train(vectors)
+            self.index.add_with_ids(vectors, ids)
+            self._remember(batch.select(METADATA.names))
+
+    def _remember(self, meta: pa.RecordBatch) -> None:
+        start = self._starts[-1] + self._meta[-1].num_rows if self._meta else 0
+        self._meta.append(meta)
+        self._starts.append(start)
+        for row, chunk in enumerate(meta.column("chunk_id").to_pylist()):
+            self._where[chunk] = start + row
+
+    def search(self, queries: npt.NDArray[np.float32], k: int) -> tuple[Scores, Ids]:
+        """This shard's exact top-k per query under ``query.topk.order``: (nq, k), -1 padded.
+
+        FAISS cuts at k without looking at ids, so a tie at the cut could drop the smaller id:
+        ask for ``TIE_MARGIN`` more and re-order. (Ties wider than that are not resolved.)
+        """
+        with self._lock:
+            total = self.count
+            if total == 0:
+                nq = len(queries)
+                return np.full((nq, k), np.nan, np.float32), np.full((nq, k), -1, np.int64)
+            scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN))
+        return topk.select(scores, ids, k, self._metric)  # type: ignore[arg-type]
+
+    def rows(self, ids: Sequence[int]) -> pa.Table:
+        """The metadata rows of ``ids`` (all stored here), in that order."""
+        with self._lock:
+            table = pa.Table.from_batches(self._meta, schema=METADATA)
+            positions = [self._where[i] for i in ids]
+        return table.take(pa.array(positions, pa.int64()))
 
     def metadata(self) -> pa.Table:
         """One row per chunk id (the latest version of a replaced row)."""
@@ -108,7 +149,8 @@ class ShardStore:
 
     def persist(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        table = self.metadata()
+        with self._lock:
+            table = self.metadata()
         tmp_index = self.directory / (INDEX_FILE + ".tmp")
         self._faiss.write_index(self.index, str(tmp_index))
         tmp_meta = self.directory / (META_FILE + ".tmp")

@@ -1,0 +1,1 @@
+"""The query path: exact distributed top-k over the shard ranks."""

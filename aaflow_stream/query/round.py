@@ -1,0 +1,100 @@
+"""One distributed search round, run by the MPI thread of every shard rank.
+
+The root broadcasts the query matrix (``Ibcast``); every rank takes its shard's exact top-k
+(``ShardStore.search``) with the rows' metadata and sends it back as one Arrow IPC stream
+(``Igatherv`` of bytes: no pickle); the root merges the lists by (score, chunk id) and cuts at
+k. A gather and merge, rather than a user-defined ``Reduce`` op, because the hits must carry
+their text and source, which have no fixed size. Every call waits with test-and-sleep
+(``mpi.thread.wait``), so a rank waiting for the others does not spin a core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from ..mpi.thread import wait
+from ..shard.store import ShardStore
+from . import topk
+
+ROOT = 0
+# A round is short; poll faster than an idle wait would.
+ROUND_POLL_S = 0.00005
+
+HIT_FIELDS = [
+    ("query", pa.int32()),
+    ("score", pa.float32()),
+    ("shard", pa.int32()),
+]
+
+
+def _local_hits(store: ShardStore, queries: npt.NDArray[np.float32], k: int, rank: int) -> pa.Table:
+    scores, ids = store.search(queries, k)
+    found = ids >= 0
+    query_index = np.nonzero(found)[0].astype(np.int32)
+    rows = store.rows(ids[found].tolist())
+    return (
+        rows.append_column("query", pa.array(query_index))
+        .append_column("score", pa.array(scores[found].astype(np.float32)))
+        .append_column("shard", pa.array(np.full(len(query_index), rank, dtype=np.int32)))
+    )
+
+
+def _to_bytes(table: pa.Table) -> npt.NDArray[np.uint8]:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return np.frombuffer(sink.getvalue(), dtype=np.uint8)
+
+
+def _merge(tables: list[pa.Table], nq: int, k: int, metric: str) -> list[pa.Table]:
+    merged = pa.concat_tables(tables)
+    queries = merged.column("query").to_numpy()
+    scores = merged.column("score").to_numpy()
+    ids = merged.column("chunk_id").to_numpy().view(np.int64)
+    out = []
+    for q in range(nq):
+        mine = np.flatnonzero(queries == q)
+        best = mine[topk.order(scores[mine], ids[mine], metric)[:k]]  # type: ignore[arg-type]
+        out.append(merged.take(pa.array(best)))
+    return out
+
+
+def search_round(
+    comm: Any, store: ShardStore, queries: npt.NDArray[np.float32] | None, k: int
+) -> list[pa.Table] | None:
+    """Every rank calls this; the root passes the queries and gets one hit table per query."""
+    from mpi4py import MPI
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    header = np.zeros(3, dtype=np.int64)
+    if rank == ROOT:
+        assert queries is not None
+        header[:] = (len(queries), k, queries.shape[1])
+    wait(comm.Ibcast(header, root=ROOT), ROUND_POLL_S)
+    nq, k, dim = (int(v) for v in header)
+    matrix = (
+        np.ascontiguousarray(queries, dtype=np.float32)
+        if rank == ROOT and queries is not None
+        else np.empty((nq, dim), dtype=np.float32)
+    )
+    wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
+    payload = _to_bytes(_local_hits(store, matrix, k, rank))
+    sizes = np.zeros(size, dtype=np.int64)
+    wait(comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=ROOT), ROUND_POLL_S)
+    if rank != ROOT:
+        wait(comm.Igatherv(payload, None, root=ROOT), ROUND_POLL_S)
+        return None
+    displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    received = np.empty(int(sizes.sum()), dtype=np.uint8)
+    wait(
+        comm.Igatherv(payload, [received, sizes, displacements, MPI.BYTE], root=ROOT), ROUND_POLL_S
+    )
+    tables = [
+        pa.ipc.open_stream(pa.py_buffer(received[start : start + length])).read_all()
+        for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
+    ]
+    return _merge(tables, nq, k, store.metric)
