@@ -1,6 +1,10 @@
 """The ``aaflow-stream`` command.
 
   aaflow-stream up TOPOLOGY        ingest the topology's sources into its shards, then exit
+                 [--serve]        ... and answer queries until Ctrl-C
+                 [--detach]       ... in the background, until `aaflow-stream down`
+  aaflow-stream down TOPOLOGY      stop a detached topology
+  aaflow-stream query TEXT         ask a serving topology (--topology or --endpoint)
   aaflow-stream validate TOPOLOGY  check a topology file; start nothing
   aaflow-stream schema             print the topology file's JSON Schema
   aaflow-stream run-graph FILE     run a raw actor graph (stages of module:callable operators)
@@ -25,7 +29,8 @@ from typing import Any
 
 import msgspec
 
-from . import pipeline, report, spec
+from . import daemon, pipeline, report, spec
+from .client import Client, GatewayUnavailable, QueryError
 from .errors import ActorFailed, SpecError
 from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
@@ -114,9 +119,19 @@ def _up(args: argparse.Namespace) -> int:
     topology = spec.load(args.topology)
     pipeline.check_operators(topology)
     pipeline.check_data_dir(topology)
-    graph = pipeline.ingestion_graph(topology)
-    order = pipeline.stage_order(topology)
     run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
+    if args.detach:
+        pid = daemon.detach(
+            args.topology.resolve(),
+            run_dir,
+            topology.query.endpoint,
+            args.log_level,
+            topology.timeouts.start_s + 60,
+        )
+        print(f"serving on {topology.query.endpoint} (pid {pid}; log {run_dir / daemon.LOG_FILE})")
+        return EXIT_OK
+    graph = pipeline.ingestion_graph(topology, serve=args.serve)
+    order = pipeline.stage_order(topology)
     progress = _Progress(order, enabled=not args.quiet)
     import uvloop
 
@@ -156,6 +171,26 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
     }
 
 
+def _query(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        endpoint = args.endpoint
+    elif args.topology:
+        endpoint = spec.load(args.topology).query.endpoint
+    else:
+        raise SpecError("give --endpoint or --topology")
+    with Client(endpoint, timeout_s=args.timeout) as client:
+        reply = client.query_reply(args.text, k=args.k)
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return EXIT_OK
+    for rank, hit in enumerate(reply.hits, start=1):
+        snippet = " ".join(hit.text.split())[:100]
+        print(f"{rank:>3}. {hit.score:8.4f}  {hit.doc_id}#{hit.seq} (shard {hit.shard})  {snippet}")
+    t = reply.timings
+    print(f"embed {t.embed_ms:.2f} ms, retrieve {t.retrieve_ms:.2f} ms, total {t.total_ms:.2f} ms")
+    return EXIT_OK
+
+
 def _run_graph(args: argparse.Namespace) -> int:
     graph = load_graph(args.file)
     order = [s.name for s in graph.stages]
@@ -188,6 +223,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--run-dir", type=Path, help="logs and sockets (default runs/<name>)")
     up.add_argument("--quiet", action="store_true", help="no progress lines")
     up.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    up.add_argument("--serve", action="store_true", help="answer queries until stopped")
+    up.add_argument("--detach", action="store_true", help="serve in the background")
+    down = commands.add_parser("down", help="stop a detached topology")
+    down.add_argument("topology", type=Path)
+    down.add_argument("--run-dir", type=Path)
+    query = commands.add_parser("query", help="query a serving topology")
+    query.add_argument("text")
+    query.add_argument("--k", type=int, default=5)
+    query.add_argument("--topology", type=Path, help="take the endpoint from this topology")
+    query.add_argument("--endpoint", help="the gateway endpoint, e.g. tcp://127.0.0.1:7070")
+    query.add_argument("--timeout", type=float, default=10.0)
+    query.add_argument("--json", action="store_true")
     validate = commands.add_parser("validate", help="check a topology; start nothing")
     validate.add_argument("topology", type=Path)
     commands.add_parser("schema", help="print the topology JSON Schema")
@@ -215,10 +262,20 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "up":
             return _up(args)
+        if args.command == "down":
+            topology = spec.load(args.topology)
+            run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
+            print(daemon.down(run_dir, timeout_s=topology.timeouts.drain_s + 30))
+            return EXIT_OK
+        if args.command == "query":
+            return _query(args)
         return _run_graph(args)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (daemon.DaemonError, GatewayUnavailable, QueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ActorFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

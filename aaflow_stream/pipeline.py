@@ -90,9 +90,13 @@ def stage_order(topology: TopologySpec) -> list[str]:
     return [*(s.name for s in topology.stages), SHARD_STAGE]
 
 
-def ingestion_graph(topology: TopologySpec) -> GraphSpec:
-    """Load → transform → custom stages → embed → upsert → the MPI shard job."""
-    shards = topology.shards
+def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec:
+    """Load → transform → custom stages → embed → upsert → the MPI shard job.
+
+    With ``serve`` the shards answer queries from the start and keep doing so after the
+    ingestion ends, until stopped.
+    """
+    shards, query = topology.shards, topology.query
     shard = StageSpec(
         SHARD_STAGE,
         f"{OPS}.shard:ShardWriter",
@@ -101,10 +105,15 @@ def ingestion_graph(topology: TopologySpec) -> GraphSpec:
             "dim": topology.embedder.dim,
             "index": shards.index,
             "metric": shards.metric,
+            "serve": serve,
+            "query_endpoint": query.endpoint,
+            "max_batch": query.max_batch,
+            "max_wait_ms": query.max_wait_ms,
         },
         shards.count,
         launcher="mpi",
         block_imports=BUILTIN_BLOCKS,
+        linger=serve,
     )
     if any(s.name == SHARD_STAGE for s in topology.stages):
         raise SpecError(f"$.stages: the name {SHARD_STAGE!r} is reserved for the shard job")

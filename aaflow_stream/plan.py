@@ -37,6 +37,8 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     block_imports: list[str] = []
     # Stages run inside this stage's actors, after its operator, in order.
     chain: list[ChainedOperator] = []
+    # Keep running after end of stream, until stopped (a shard that serves queries).
+    linger: bool = False
 
 
 class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -85,6 +87,7 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     block_imports: list[str] = []
     chain: list[ChainedOperator] = []
+    linger: bool = False
 
     @property
     def is_source(self) -> bool:
@@ -181,6 +184,7 @@ def plan_actors(
                     log_level=log_level,
                     block_imports=stage.block_imports,
                     chain=stage.chain,
+                    linger=stage.linger,
                 )
             )
     order = {stage.name: i for i, stage in enumerate(graph.stages)}

@@ -97,6 +97,14 @@ class ShardSpec(_Spec, frozen=True):
     metric: Literal["ip", "l2"] = "ip"
 
 
+class QuerySpec(_Spec, frozen=True):
+    """The gateway on shard rank 0 (when ``up`` serves queries: ``--serve`` or ``--detach``)."""
+
+    endpoint: str = "tcp://127.0.0.1:7070"
+    max_batch: Positive = 64
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+
 class FlowSpec(_Spec, frozen=True):
     window: Positive = 8
     encoding: Literal["auto", "buffers", "ipc"] = "auto"
@@ -130,6 +138,7 @@ class TopologySpec(_Spec, frozen=True):
     limits: LimitSpec = LimitSpec()
     endpoints: EndpointSpec = EndpointSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
+    query: QuerySpec = QuerySpec()
     run_dir: str | None = None
 
     def stage(self, kind: type[Any]) -> Any:

@@ -63,6 +63,14 @@ def _merge(tables: list[pa.Table], nq: int, k: int, metric: str) -> list[pa.Tabl
     return out
 
 
+def count_round(comm: Any, store: ShardStore) -> int | None:
+    """Every rank calls this; the root gets the number of vectors over all shards."""
+    counts = np.zeros(comm.Get_size(), dtype=np.int64)
+    mine = np.array([store.count], dtype=np.int64)
+    wait(comm.Igather(mine, counts, root=ROOT), ROUND_POLL_S)
+    return int(counts.sum()) if comm.Get_rank() == ROOT else None
+
+
 def search_round(
     comm: Any, store: ShardStore, queries: npt.NDArray[np.float32] | None, k: int
 ) -> list[pa.Table] | None:

@@ -84,6 +84,7 @@ class Actor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         self._chain = self._build_chain()
+        assert self._chain is not None
         if spec.input is not None:
             self._inport = InPort(
                 self._ctx,
@@ -108,6 +109,9 @@ class Actor:
             if self._outport is not None:
                 services.append(tg.create_task(self._outport.serve()))
                 await self._outport.open()
+            serve = getattr(self._chain.runs[0].operator, "serve", None)
+            if serve is not None:  # e.g. a shard answering queries beside its ingestion
+                services.append(tg.create_task(serve()))
             self._cpu_at_ready = time.process_time()
             await self._supervisor.send(Ready(actor=spec.name, pid=os.getpid()))
             log.info("ready")
@@ -117,6 +121,9 @@ class Actor:
                 await self._run_source()
             else:
                 await self._run_stage()
+            if spec.linger:
+                log.info("stream ended; serving until stopped")
+                await self._stop.wait()
             for task in services:
                 task.cancel()
         await self._supervisor.send(Done(stats=self.stats()))

@@ -1,0 +1,192 @@
+"""The query path against a real serving topology: gateway, MPI rounds, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+import zmq
+
+from aaflow_stream import daemon
+from aaflow_stream.client import AsyncClient, Client, GatewayUnavailable
+from aaflow_stream.embedders.hash_embedder import HashEmbedder
+from aaflow_stream.query.protocol import ErrorReply, QueryReply, reply_decoder
+from aaflow_stream.synthetic import generate
+
+from ..conftest import REPO_DIR
+from .ingest import jsonl_docs, read_shards, write_topology
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A detached topology over the tiny W1 corpus: (endpoint, data_dir)."""
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "corpus"
+    generate(corpus, "tiny")
+    endpoint = f"ipc://{root}/q.sock"
+    topology = write_topology(
+        root / "t.yaml",
+        corpus,
+        root / "data",
+        shards=4,
+        extra=f"query: {{endpoint: '{endpoint}', max_wait_ms: 2}}\n",
+    )
+    up = subprocess.run(
+        [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--detach"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_DIR,
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        # Serving starts at once; the shards persist when the ingestion is through.
+        deadline = time.monotonic() + 60
+        while len(list((root / "data").glob("shard-*/shard.json"))) < 4:
+            assert time.monotonic() < deadline, "the ingestion did not finish"
+            time.sleep(0.1)
+        yield endpoint, root / "data"
+    finally:
+        down = subprocess.run(
+            [sys.executable, "-m", "aaflow_stream.cli", "down", str(topology)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_DIR,
+        )
+        assert down.returncode == 0, down.stderr
+        assert daemon.running_pid(root / "run") is None
+
+
+def _brute(data_dir: Path, text: str, k: int) -> list[int]:
+    ids, vectors, _ = read_shards(data_dir)
+    query = HashEmbedder(384).embed([text])[0]
+    scores = vectors @ query
+    return ids[np.lexsort((ids, -scores))[:k]].tolist()
+
+
+def test_a_query_gets_the_exact_top_k_over_all_shards(serving: tuple[str, Path]) -> None:
+    endpoint, data_dir = serving
+    texts = [text[100:300] for _, text in jsonl_docs(data_dir.parent / "corpus")[:12]]
+    with Client(endpoint) as client:
+        for text in texts:
+            hits = client.query(text, k=7)
+            assert [h.chunk_id for h in hits] == _brute(data_dir, text, 7)
+            assert all(h.shard == h.chunk_id % 4 for h in hits)
+        stats = client.stats()
+    assert stats.shards == 4 and stats.vectors == len(read_shards(data_dir)[0])
+
+
+def test_a_chunk_finds_itself_first(serving: tuple[str, Path]) -> None:
+    endpoint, data_dir = serving
+    _, _, meta = read_shards(data_dir)
+    row = meta.slice(5, 1).to_pylist()[0]
+    with Client(endpoint) as client:
+        top = client.query(row["text"], k=1)[0]
+    assert (top.chunk_id, top.doc_id, top.seq, top.text) == (
+        row["chunk_id"],
+        row["doc_id"],
+        row["seq"],
+        row["text"],
+    )
+
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+from aaflow_stream.client import AsyncClient
+async def main():
+    texts = json.loads(sys.argv[2])
+    async with AsyncClient(sys.argv[1], timeout_s=60) as client:
+        answers = await client.query_many(texts, k=3)
+    print(json.dumps([[h.chunk_id for h in hits] for hits in answers]))
+asyncio.run(main())
+"""
+
+
+def test_200_concurrent_queries_from_several_processes_are_each_answered_once(
+    serving: tuple[str, Path],
+) -> None:
+    endpoint, data_dir = serving
+    docs = jsonl_docs(data_dir.parent / "corpus")
+    texts = [docs[i % len(docs)][1][(i * 7) % 500 :][:150] for i in range(200)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT_SCRIPT, endpoint, json.dumps(texts[i::4])],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_DIR,
+        )
+        for i in range(4)
+    ]
+    answers: dict[str, list[int]] = {}
+    for i, proc in enumerate(procs):
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        for text, hits in zip(texts[i::4], json.loads(out), strict=True):
+            answers[text] = hits
+    assert len(answers) == len(set(texts))
+    for text in list(answers)[:40]:
+        assert answers[text] == _brute(data_dir, text, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\xff\x00garbage", "Expected `object`"),
+        (b"\xc1", "malformed"),
+        (
+            msgspec.msgpack.encode({"kind": "query", "id": 1, "text": "x", "colour": 1}),
+            "unknown field",
+        ),
+        (msgspec.msgpack.encode({"kind": "query", "id": 2, "text": "x", "k": 0}), "k must be"),
+        (msgspec.msgpack.encode({"kind": "query", "id": 3, "text": "x", "k": 10**6}), "k must be"),
+        (msgspec.msgpack.encode({"kind": "query", "id": 4, "text": "   "}), "empty"),
+        (msgspec.msgpack.encode({"kind": "query", "id": 5, "text": "x" * 200_000}), "characters"),
+        (msgspec.msgpack.encode({"kind": "query", "id": 6, "vector": [0.5] * 7}), "dimension 7"),
+        (msgspec.msgpack.encode({"kind": "query", "id": 7}), "exactly one of text or vector"),
+    ],
+)
+def test_a_bad_request_gets_a_typed_error_and_the_gateway_keeps_serving(
+    serving: tuple[str, Path], body: bytes, message: str
+) -> None:
+    endpoint, _ = serving
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(body)
+        assert sock.poll(10_000), "no reply to a bad request"
+        reply = reply_decoder.decode(sock.recv())
+    finally:
+        sock.close()
+        ctx.term()
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+    assert message in reply.message
+    with Client(endpoint) as client:
+        assert isinstance(client.query_reply("still serving", k=1), QueryReply)
+
+
+def test_a_client_of_a_gateway_that_is_down_gets_a_clear_error(tmp_path: Path) -> None:
+    with (
+        Client(f"ipc://{tmp_path}/nobody.sock", timeout_s=0.5) as client,
+        pytest.raises(GatewayUnavailable, match="no reply"),
+    ):
+        client.query("anything")
+
+    async def ask() -> None:
+        async with AsyncClient(f"ipc://{tmp_path}/nobody.sock", timeout_s=0.5) as client:
+            await client.query("anything")
+
+    with pytest.raises(GatewayUnavailable):
+        asyncio.run(ask())
