@@ -34,7 +34,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@set -e; for script in bench/transport.py bench/ingest.py; do \
+	@set -e; for script in bench/transport.py bench/ingest.py bench/query.py; do \
 		echo "== $$script"; $(PY) $$script --quick; done
 
 clean:

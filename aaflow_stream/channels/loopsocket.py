@@ -8,6 +8,10 @@ removed most of the ~180 µs per message that zmq.asyncio added over plain pyzmq
 ZeroMQ's FD is a notification, not readiness: it fires when the socket's state may have
 changed, and reading ``EVENTS`` consumes the notification. So a waiter always re-checks
 ``EVENTS`` before it sleeps, and the FD callback reads ``EVENTS`` so the loop does not spin.
+Any send or receive may consume a notification too: when one task sends on a socket another
+task waits to read from (the gateway's ROUTER, a link's control socket), the reader would
+never hear of a message that arrived meanwhile. So every completed operation wakes the
+waiters to re-check (as pyzmq's asyncio layer does).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class LoopSocket:
         if self._sock.closed:
             return
         self._sock.getsockopt(zmq.EVENTS)  # consume the notification
+        self._wake()
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -53,24 +60,35 @@ class LoopSocket:
     async def recv_multipart(self, copy: bool = True) -> list[Any]:
         while True:
             try:
-                return self._sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 await self._wait(zmq.POLLIN)
+                continue
+            if self._waiters:
+                self._wake()
+            return frames
 
     async def recv(self) -> bytes:
         while True:
             try:
-                return self._sock.recv(zmq.NOBLOCK)
+                data = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 await self._wait(zmq.POLLIN)
+                continue
+            if self._waiters:
+                self._wake()
+            return data
 
     async def send_multipart(self, parts: list[Any], copy: bool = True) -> None:
         while True:
             try:
                 self._sock.send_multipart(parts, zmq.NOBLOCK, copy=copy)
-                return
             except zmq.Again:
                 await self._wait(zmq.POLLOUT)
+                continue
+            if self._waiters:
+                self._wake()
+            return
 
     async def send(self, data: bytes) -> None:
         await self.send_multipart([data])

@@ -190,3 +190,25 @@ def test_a_client_of_a_gateway_that_is_down_gets_a_clear_error(tmp_path: Path) -
 
     with pytest.raises(GatewayUnavailable):
         asyncio.run(ask())
+
+
+def test_one_async_client_with_64_queries_in_flight_gets_every_answer(
+    serving: tuple[str, Path],
+) -> None:
+    """A ROUTER that both sends and receives must not lose a read notification (it did)."""
+    endpoint, data_dir = serving
+    docs = jsonl_docs(data_dir.parent / "corpus")
+    texts = [docs[i % len(docs)][1][i % 300 :][:120] for i in range(512)]
+
+    async def run() -> int:
+        async with AsyncClient(endpoint, timeout_s=20) as client:
+            window = asyncio.Semaphore(64)  # a sliding window: the next goes as one returns
+
+            async def one(text: str) -> int:
+                async with window:
+                    return len(await client.query(text, k=3))
+
+            answers = await asyncio.gather(*(one(t) for t in texts))
+        return sum(1 for n in answers if n == 3)
+
+    assert asyncio.run(asyncio.wait_for(run(), 120)) == 512
