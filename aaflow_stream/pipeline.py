@@ -6,6 +6,7 @@ Pure apart from reading the small manifests in an existing data directory.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
             "dim": topology.embedder.dim,
             "index": shards.index,
             "metric": shards.metric,
+            "threads": shards.threads or max(1, (os.cpu_count() or 1) // shards.count),
             "serve": serve,
             "query_endpoint": query.endpoint,
             "max_batch": query.max_batch,

@@ -123,7 +123,7 @@ stages:
   - {{operator: upsert, replicas: 2, batch_size: 2048, chain: true}}
 embedder: {{kind: hash, dim: {DIM}}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
-query: {{endpoint: "{endpoint}", max_batch: 64, max_wait_ms: 1}}
+query: {{endpoint: "{endpoint}", max_batch: 64}}
 """
 
 

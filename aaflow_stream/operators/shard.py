@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,18 @@ from .base import OperatorContext
 
 log = logging.getLogger(__name__)
 
-SEARCH = b"search"
-COUNT = b"count"
+# Wake-up messages: b"S" + the round's (queries, k, dim) as 3 int64, so the members need no
+# header broadcast; b"C" for a count round.
+SEARCH = b"S"
+COUNT = b"C"
+
+
+def _member_search(comm: Any, store: ShardStore, k: int, shape: tuple[int, int], _: Any) -> None:
+    search_round(comm, store, None, k, shape)
+
+
+def _member_count(comm: Any, store: ShardStore, _: Any) -> None:
+    count_round(comm, store)
 
 
 def _setup_serving(port: int) -> Any:
@@ -61,10 +72,11 @@ class ShardWriter:
         dim: int,
         index: str = "Flat",
         metric: str = "ip",
+        threads: int = 1,
         serve: bool = False,
         query_endpoint: str = "",
         max_batch: int = 64,
-        max_wait_ms: float = 1.0,
+        max_wait_ms: float = 0.0,
     ) -> None:
         self._mpi = MpiThread()
         rank, size = self._mpi.start()
@@ -76,6 +88,11 @@ class ShardWriter:
             )
         self._rank, self._size = rank, size
         self._dim = dim
+        import faiss
+
+        # OpenMP's thread count is per calling thread: set it where searches run too.
+        faiss.omp_set_num_threads(threads)
+        self._mpi.submit(lambda _: faiss.omp_set_num_threads(threads)).result(timeout=60)
         self._store = ShardStore(
             Path(data_dir) / f"shard-{rank}", dim=dim, index=index, metric=metric
         )
@@ -164,15 +181,20 @@ class ShardWriter:
             assert self._woken is not None
             woken = LoopSocket(self._woken)
             while True:
-                kind = await woken.recv()
-                task = self._member_search if kind == SEARCH else self._member_count
+                message = await woken.recv()
+                if message[:1] == SEARCH:
+                    nq, k, dim = np.frombuffer(message[1:25], dtype=np.int64).tolist()
+                    store, comm = self._store, self._query_comm
+                    task = partial(_member_search, comm, store, k, (nq, dim))
+                else:
+                    task = partial(_member_count, self._query_comm, self._store)
                 await asyncio.wrap_future(self._mpi.submit(task))
 
-    def _wake_members(self, kind: bytes) -> None:
+    def _wake_members(self, message: bytes) -> None:
         # Waking and submitting happen with no await between them, so every rank's MPI
         # thread sees the rounds in the same order.
         for push in self._wake:
-            push.send(kind)
+            push.send(message)
 
     async def _root_count(self) -> int:
         self._wake_members(COUNT)
@@ -182,18 +204,13 @@ class ShardWriter:
         return total
 
     async def _root_round(self, matrix: npt.NDArray[np.float32], k: int) -> list[pa.Table]:
-        self._wake_members(SEARCH)
+        header = np.array([len(matrix), k, matrix.shape[1]], dtype=np.int64)
+        self._wake_members(SEARCH + header.tobytes())
         store, comm = self._store, self._query_comm
-        future = self._mpi.submit(lambda _: search_round(comm, store, matrix, k))
+        future = self._mpi.submit(lambda _: search_round(comm, store, matrix, k, matrix.shape))
         result = await asyncio.wrap_future(future)
         assert result is not None
         return result
-
-    def _member_search(self, _: Any) -> None:
-        search_round(self._query_comm, self._store, None, 0)
-
-    def _member_count(self, _: Any) -> None:
-        count_round(self._query_comm, self._store)
 
     def close(self) -> None:
         for sock in [*self._wake, *([self._woken] if self._woken else [])]:

@@ -72,18 +72,30 @@ def count_round(comm: Any, store: ShardStore) -> int | None:
 
 
 def search_round(
-    comm: Any, store: ShardStore, queries: npt.NDArray[np.float32] | None, k: int
+    comm: Any,
+    store: ShardStore,
+    queries: npt.NDArray[np.float32] | None,
+    k: int,
+    shape: tuple[int, int] | None = None,
 ) -> list[pa.Table] | None:
-    """Every rank calls this; the root passes the queries and gets one hit table per query."""
+    """Every rank calls this; the root passes the queries and gets one hit table per query.
+
+    The other ranks pass ``k`` and the matrix ``shape`` (queries, dim) they were told with
+    their wake-up, or ``shape=None`` to have the root broadcast them (one more collective).
+    """
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    header = np.zeros(3, dtype=np.int64)
-    if rank == ROOT:
-        assert queries is not None
-        header[:] = (len(queries), k, queries.shape[1])
-    wait(comm.Ibcast(header, root=ROOT), ROUND_POLL_S)
-    nq, k, dim = (int(v) for v in header)
+    if shape is None or rank == ROOT:
+        header = np.zeros(3, dtype=np.int64)
+        if rank == ROOT:
+            assert queries is not None
+            header[:] = (len(queries), k, queries.shape[1])
+        if shape is None:
+            wait(comm.Ibcast(header, root=ROOT), ROUND_POLL_S)
+        nq, k, dim = (int(v) for v in header)
+    else:
+        nq, dim = shape
     matrix = (
         np.ascontiguousarray(queries, dtype=np.float32)
         if rank == ROOT and queries is not None
