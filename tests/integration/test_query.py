@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from aaflow_stream.client import AsyncClient, Client, GatewayUnavailable
 from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.query.protocol import ErrorReply, QueryReply, reply_decoder
 from aaflow_stream.synthetic import generate
+from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
 from ..conftest import REPO_DIR
 from .ingest import jsonl_docs, read_shards, write_topology
@@ -212,3 +214,59 @@ def test_one_async_client_with_64_queries_in_flight_gets_every_answer(
         return sum(1 for n in answers if n == 3)
 
     assert asyncio.run(asyncio.wait_for(run(), 120)) == 512
+
+
+def test_queries_while_ingestion_runs_see_a_consistent_prefix(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    generate(corpus, "tiny")
+    endpoint = f"ipc://{tmp_path}/q.sock"
+    stages = (
+        "  - {operator: load, batch_docs: 2}\n  - {operator: transform}\n"
+        "  - {operator: custom, name: slow, ref: 'aaflow_stream.operators.basic:PassThrough',"
+        " params: {delay_ms: 40}}\n"
+        "  - {operator: embed, batch_size: 16}\n  - {operator: upsert, batch_size: 16}\n"
+    )
+    topology = write_topology(
+        tmp_path / "t.yaml",
+        corpus,
+        tmp_path / "data",
+        shards=2,
+        stages=stages,
+        extra=f"query: {{endpoint: '{endpoint}'}}\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--serve", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_DIR,
+    )
+    embedder = HashEmbedder(384)
+    chunk_vectors = {}
+    for doc_id, text in jsonl_docs(corpus):
+        for seq, chunk in enumerate(chunk_windows(normalize_whitespace(text), 512, 64)):
+            chunk_vectors[chunk_id(doc_id, seq)] = embedder.embed([chunk])[0]
+    try:
+        seen: list[int] = []
+        with Client(endpoint, timeout_s=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                count = client.stats().vectors
+                seen.append(count)
+                text = "the quick shard of credit"
+                hits = client.query(text, k=5)
+                query = embedder.embed([text])[0]
+                for hit in hits:  # every hit is a real chunk with its true score
+                    assert hit.chunk_id in chunk_vectors
+                    assert abs(hit.score - float(chunk_vectors[hit.chunk_id] @ query)) < 1e-4
+                scores = [h.score for h in hits]
+                assert scores == sorted(scores, reverse=True)
+                assert min(5, count) <= len(hits) <= 5
+                if count == len(chunk_vectors):
+                    break
+        assert seen == sorted(seen), "the vector count went backwards"
+        assert seen[0] < len(chunk_vectors) == seen[-1], seen
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
