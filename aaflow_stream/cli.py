@@ -34,6 +34,7 @@ from .client import Client, GatewayUnavailable, QueryError
 from .errors import ActorFailed, SpecError
 from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
+from .query.protocol import QueryFilter
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -178,8 +179,11 @@ def _query(args: argparse.Namespace) -> int:
         endpoint = spec.load(args.topology).query.endpoint
     else:
         raise SpecError("give --endpoint or --topology")
+    where = None
+    if args.source or args.from_ms is not None or args.to_ms is not None:
+        where = QueryFilter(sources=args.source, ts_from_ms=args.from_ms, ts_to_ms=args.to_ms)
     with Client(endpoint, timeout_s=args.timeout) as client:
-        reply = client.query_reply(args.text, k=args.k)
+        reply = client.query_reply(args.text, k=args.k, where=where)
     if args.json:
         print(msgspec.json.encode(reply).decode())
         return EXIT_OK
@@ -234,6 +238,9 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--topology", type=Path, help="take the endpoint from this topology")
     query.add_argument("--endpoint", help="the gateway endpoint, e.g. tcp://127.0.0.1:7070")
     query.add_argument("--timeout", type=float, default=10.0)
+    query.add_argument("--source", action="append", help="only chunks of this source")
+    query.add_argument("--from-ms", type=int, help="only chunks with ts >= this (unix ms)")
+    query.add_argument("--to-ms", type=int, help="only chunks with ts <= this (unix ms)")
     query.add_argument("--json", action="store_true")
     validate = commands.add_parser("validate", help="check a topology; start nothing")
     validate.add_argument("topology", type=Path)

@@ -20,6 +20,7 @@ from .errors import AaflowError
 from .query.protocol import (
     ErrorReply,
     Hit,
+    QueryFilter,
     QueryReply,
     QueryRequest,
     Reply,
@@ -42,10 +43,12 @@ class GatewayUnavailable(AaflowError):
     """No reply within the timeout: the gateway is down, not started yet, or overloaded."""
 
 
-def _request(text: str | list[float], k: int, request_id: int) -> QueryRequest:
+def _request(
+    text: str | list[float], k: int, request_id: int, where: QueryFilter | None = None
+) -> QueryRequest:
     if isinstance(text, str):
-        return QueryRequest(id=request_id, text=text, k=k)
-    return QueryRequest(id=request_id, vector=[float(v) for v in text], k=k)
+        return QueryRequest(id=request_id, text=text, k=k, filter=where)
+    return QueryRequest(id=request_id, vector=[float(v) for v in text], k=k, filter=where)
 
 
 def _check(reply: Reply) -> Reply:
@@ -96,13 +99,16 @@ class Client:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(self.endpoint)
 
-    def query(self, text: str | list[float], k: int = 10) -> list[Hit]:
-        reply = self._call(_request(text, k, next(self._ids)))
-        assert isinstance(reply, QueryReply)
-        return reply.hits
+    def query(
+        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+    ) -> list[Hit]:
+        """The top-k hits; ``where`` keeps only chunks of some sources or a time range."""
+        return self.query_reply(text, k, where).hits
 
-    def query_reply(self, text: str | list[float], k: int = 10) -> QueryReply:
-        reply = self._call(_request(text, k, next(self._ids)))
+    def query_reply(
+        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+    ) -> QueryReply:
+        reply = self._call(_request(text, k, next(self._ids), where))
         assert isinstance(reply, QueryReply)
         return reply
 
@@ -180,8 +186,10 @@ class AsyncClient:
         finally:
             self._waiting.pop(request.id, None)
 
-    async def query(self, text: str | list[float], k: int = 10) -> list[Hit]:
-        reply = await self._call(_request(text, k, next(self._ids)))
+    async def query(
+        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+    ) -> list[Hit]:
+        reply = await self._call(_request(text, k, next(self._ids), where))
         assert isinstance(reply, QueryReply)
         return reply.hits
 

@@ -31,6 +31,7 @@ from ..channels.loopsocket import LoopSocket
 from ..errors import SpecError
 from ..mpi.thread import MpiThread, wait
 from ..query.gateway import Gateway
+from ..query.protocol import QueryFilter, encode, filter_decoder
 from ..query.round import ROOT, count_round, search_round
 from ..shard.store import ShardStore
 from .base import OperatorContext
@@ -43,8 +44,15 @@ SEARCH = b"S"
 COUNT = b"C"
 
 
-def _member_search(comm: Any, store: ShardStore, k: int, shape: tuple[int, int], _: Any) -> None:
-    search_round(comm, store, None, k, shape)
+def _member_search(
+    comm: Any,
+    store: ShardStore,
+    k: int,
+    shape: tuple[int, int],
+    allowed: QueryFilter | None,
+    _: Any,
+) -> None:
+    search_round(comm, store, None, k, shape, allowed)
 
 
 def _member_count(comm: Any, store: ShardStore, _: Any) -> None:
@@ -184,8 +192,9 @@ class ShardWriter:
                 message = await woken.recv()
                 if message[:1] == SEARCH:
                     nq, k, dim = np.frombuffer(message[1:25], dtype=np.int64).tolist()
+                    allowed = filter_decoder.decode(message[25:])
                     store, comm = self._store, self._query_comm
-                    task = partial(_member_search, comm, store, k, (nq, dim))
+                    task = partial(_member_search, comm, store, k, (nq, dim), allowed)
                 else:
                     task = partial(_member_count, self._query_comm, self._store)
                 await asyncio.wrap_future(self._mpi.submit(task))
@@ -203,11 +212,15 @@ class ShardWriter:
         assert total is not None
         return total
 
-    async def _root_round(self, matrix: npt.NDArray[np.float32], k: int) -> list[pa.Table]:
+    async def _root_round(
+        self, matrix: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None
+    ) -> list[pa.Table]:
         header = np.array([len(matrix), k, matrix.shape[1]], dtype=np.int64)
-        self._wake_members(SEARCH + header.tobytes())
+        self._wake_members(SEARCH + header.tobytes() + encode(allowed))
         store, comm = self._store, self._query_comm
-        future = self._mpi.submit(lambda _: search_round(comm, store, matrix, k, matrix.shape))
+        future = self._mpi.submit(
+            lambda _: search_round(comm, store, matrix, k, matrix.shape, allowed)
+        )
         result = await asyncio.wrap_future(future)
         assert result is not None
         return result

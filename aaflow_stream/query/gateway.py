@@ -30,6 +30,7 @@ from .protocol import (
     ErrorCode,
     ErrorReply,
     Hit,
+    QueryFilter,
     QueryReply,
     QueryRequest,
     StatsReply,
@@ -41,7 +42,7 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-RunRound = Callable[[npt.NDArray[np.float32], int], Awaitable[list[pa.Table]]]
+RunRound = Callable[[npt.NDArray[np.float32], int, QueryFilter | None], Awaitable[list[pa.Table]]]
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
 MAX_PENDING = 4096
 LATENCY_WINDOW = 10_000
@@ -196,28 +197,36 @@ class Gateway:
     async def _answer(self) -> None:
         while True:
             batch = await self._next_batch()
-            started = time.perf_counter()
-            matrix = self._embed(batch)
-            embedded = time.perf_counter()
-            k = max(p.request.k for p in batch)
-            try:
-                tables = await self._run_round(matrix, k)
-            except Exception as exc:  # a failed round answers its queries, then ends the actor
-                for p in batch:
-                    await self._error(p.client, p.request.id, "internal", f"search failed: {exc}")
-                raise
-            done = time.perf_counter()
-            self.stats.rounds += 1
-            for p, table in zip(batch, tables, strict=True):
-                timings = Timings(
-                    embed_ms=(embedded - started) * 1e3,
-                    retrieve_ms=(done - embedded) * 1e3,
-                    total_ms=(done - p.arrived) * 1e3,
-                    batch=len(batch),
-                )
-                hits = _hits(table.slice(0, p.request.k))
-                await self._reply(p.client, QueryReply(id=p.request.id, hits=hits, timings=timings))
-                self.stats.record(timings.total_ms)
+            # One round per distinct filter: every rank applies one filter to a whole round.
+            groups: dict[bytes, list[_Pending]] = {}
+            for p in batch:
+                groups.setdefault(encode(p.request.filter), []).append(p)
+            for group in groups.values():
+                await self._answer_group(group)
+
+    async def _answer_group(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        matrix = self._embed(batch)
+        embedded = time.perf_counter()
+        k = max(p.request.k for p in batch)
+        try:
+            tables = await self._run_round(matrix, k, batch[0].request.filter)
+        except Exception as exc:  # a failed round answers its queries, then ends the actor
+            for p in batch:
+                await self._error(p.client, p.request.id, "internal", f"search failed: {exc}")
+            raise
+        done = time.perf_counter()
+        self.stats.rounds += 1
+        for p, table in zip(batch, tables, strict=True):
+            timings = Timings(
+                embed_ms=(embedded - started) * 1e3,
+                retrieve_ms=(done - embedded) * 1e3,
+                total_ms=(done - p.arrived) * 1e3,
+                batch=len(batch),
+            )
+            hits = _hits(table.slice(0, p.request.k))
+            await self._reply(p.client, QueryReply(id=p.request.id, hits=hits, timings=timings))
+            self.stats.record(timings.total_ms)
 
     def _embed(self, batch: list[_Pending]) -> npt.NDArray[np.float32]:
         matrix = np.empty((len(batch), self._dim), dtype=np.float32)

@@ -20,6 +20,14 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="k
     pass
 
 
+class QueryFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Only chunks from these sources and/or with ``ts`` in [ts_from_ms, ts_to_ms]."""
+
+    sources: list[str] | None = None
+    ts_from_ms: int | None = None
+    ts_to_ms: int | None = None
+
+
 class QueryRequest(_Msg, tag="query", frozen=True):
     id: int
     text: str | None = None
@@ -27,6 +35,7 @@ class QueryRequest(_Msg, tag="query", frozen=True):
     k: int = 10
     mode: Literal["knowledge"] = "knowledge"
     session: str | None = None
+    filter: QueryFilter | None = None
 
 
 class StatsRequest(_Msg, tag="stats", frozen=True):
@@ -82,8 +91,9 @@ Reply = QueryReply | StatsReply | ErrorReply
 
 _encoder = msgspec.msgpack.Encoder()
 request_decoder: Final = msgspec.msgpack.Decoder(Request)
+filter_decoder: Final = msgspec.msgpack.Decoder(QueryFilter | None)
 reply_decoder: Final = msgspec.msgpack.Decoder(Reply)
 
 
-def encode(msg: msgspec.Struct) -> bytes:
+def encode(msg: msgspec.Struct | None) -> bytes:
     return _encoder.encode(msg)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from ..mpi.thread import wait
 from ..shard.store import ShardStore
 from . import topk
+from .protocol import QueryFilter
 
 ROOT = 0
 # A round is short; poll faster than an idle wait would.
@@ -31,8 +32,14 @@ HIT_FIELDS = [
 ]
 
 
-def _local_hits(store: ShardStore, queries: npt.NDArray[np.float32], k: int, rank: int) -> pa.Table:
-    scores, ids = store.search(queries, k)
+def _local_hits(
+    store: ShardStore,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    rank: int,
+    allowed: QueryFilter | None,
+) -> pa.Table:
+    scores, ids = store.search(queries, k, allowed)
     found = ids >= 0
     query_index = np.nonzero(found)[0].astype(np.int32)
     rows = store.rows(ids[found].tolist())
@@ -77,6 +84,7 @@ def search_round(
     queries: npt.NDArray[np.float32] | None,
     k: int,
     shape: tuple[int, int] | None = None,
+    allowed: QueryFilter | None = None,
 ) -> list[pa.Table] | None:
     """Every rank calls this; the root passes the queries and gets one hit table per query.
 
@@ -102,7 +110,7 @@ def search_round(
         else np.empty((nq, dim), dtype=np.float32)
     )
     wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
-    payload = _to_bytes(_local_hits(store, matrix, k, rank))
+    payload = _to_bytes(_local_hits(store, matrix, k, rank, allowed))
     sizes = np.zeros(size, dtype=np.int64)
     wait(comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=ROOT), ROUND_POLL_S)
     if rank != ROOT:

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import SpecError
 from ..query import topk
+from ..query.protocol import QueryFilter
 from ..query.topk import Ids, Scores
 from ..schemas import EMBEDDING, METADATA
 
@@ -113,7 +115,30 @@ class ShardStore:
         for row, chunk in enumerate(meta.column("chunk_id").to_pylist()):
             self._where[chunk] = start + row
 
-    def search(self, queries: npt.NDArray[np.float32], k: int) -> tuple[Scores, Ids]:
+    def _selector(self, allowed: QueryFilter) -> Any:
+        """A FAISS id selector for the rows that pass ``allowed`` (the caller holds the lock)."""
+        table = pa.Table.from_batches(self._meta, schema=METADATA) if self._meta else None
+        if table is None:
+            return self._faiss.IDSelectorBatch(np.zeros(0, dtype=np.int64))
+        mask = pa.array(np.ones(table.num_rows, dtype=bool))
+        if allowed.sources is not None:
+            mask = pc.and_(mask, pc.is_in(table.column("source"), pa.array(allowed.sources)))
+        ts = table.column("ts").cast(pa.int64())
+        if allowed.ts_from_ms is not None:
+            mask = pc.and_(mask, pc.greater_equal(ts, allowed.ts_from_ms))
+        if allowed.ts_to_ms is not None:
+            mask = pc.and_(mask, pc.less_equal(ts, allowed.ts_to_ms))
+        ids = table.column("chunk_id").filter(mask).to_numpy().view(np.int64)
+        # A replaced row's older copy may pass the filter: keep only ids whose latest row does.
+        rows = np.flatnonzero(np.asarray(mask))
+        latest = [
+            i for i, r in zip(ids.tolist(), rows.tolist(), strict=True) if self._where.get(i) == r
+        ]
+        return self._faiss.IDSelectorBatch(np.array(latest, dtype=np.int64))
+
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
+    ) -> tuple[Scores, Ids]:
         """This shard's exact top-k per query under ``query.topk.order``: (nq, k), -1 padded.
 
         FAISS cuts at k without looking at ids, so a tie at the cut could drop the smaller id:
@@ -124,7 +149,12 @@ class ShardStore:
             if total == 0:
                 nq = len(queries)
                 return np.full((nq, k), np.nan, np.float32), np.full((nq, k), -1, np.int64)
-            scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN))
+            params, selector = None, None
+            if allowed is not None:
+                selector = self._selector(allowed)  # kept alive here for the search
+                params = self._faiss.SearchParameters()
+                params.sel = selector
+            scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN), params=params)
         return topk.select(scores, ids, k, self._metric)  # type: ignore[arg-type]
 
     def rows(self, ids: Sequence[int]) -> pa.Table:

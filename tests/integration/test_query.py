@@ -13,13 +13,14 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pyarrow as pa
 import pytest
 import zmq
 
 from aaflow_stream import daemon
 from aaflow_stream.client import AsyncClient, Client, GatewayUnavailable
 from aaflow_stream.embedders.hash_embedder import HashEmbedder
-from aaflow_stream.query.protocol import ErrorReply, QueryReply, reply_decoder
+from aaflow_stream.query.protocol import ErrorReply, QueryFilter, QueryReply, reply_decoder
 from aaflow_stream.synthetic import generate
 from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
@@ -270,3 +271,28 @@ def test_queries_while_ingestion_runs_see_a_consistent_prefix(tmp_path: Path) ->
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+def test_filters_by_source_and_time_give_the_exact_top_k_of_the_matching_chunks(
+    serving: tuple[str, Path],
+) -> None:
+    endpoint, data_dir = serving
+    ids, vectors, meta = read_shards(data_dir)
+    sources = meta.column("source").to_pylist()
+    ts = meta.column("ts").cast(pa.int64()).to_numpy()
+    wanted_source = sources[0]
+    lo, hi = int(np.percentile(ts, 25)), int(np.percentile(ts, 75))
+    text = "the shards and the credit"
+    query = HashEmbedder(384).embed([text])[0]
+    scores = vectors @ query
+    cases = [
+        (QueryFilter(sources=[wanted_source]), np.array([s == wanted_source for s in sources])),
+        (QueryFilter(ts_from_ms=lo, ts_to_ms=hi), (ts >= lo) & (ts <= hi)),
+        (QueryFilter(sources=["no-such-source"]), np.zeros(len(ids), dtype=bool)),
+    ]
+    with Client(endpoint) as client:
+        for where, mask in cases:
+            hits = client.query(text, k=5, where=where)
+            keep = np.flatnonzero(mask)
+            order = keep[np.lexsort((ids[keep], -scores[keep]))][:5]
+            assert [h.chunk_id for h in hits] == ids[order].tolist()
