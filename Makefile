@@ -36,6 +36,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: $(BENCH_STAMP)
 	@set -e; for script in bench/transport.py bench/ingest.py bench/query.py; do \
 		echo "== $$script"; $(PY) $$script --quick; done
+	@echo "== bench/topk_reduce.py"; $(VENV)/bin/mpiexec -n 4 $(PY) bench/topk_reduce.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
