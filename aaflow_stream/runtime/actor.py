@@ -34,7 +34,7 @@ import zmq.asyncio
 
 from ..channels.inport import InPort
 from ..channels.outport import LinkSpec, OutPort
-from ..errors import OperatorError
+from ..errors import LinkTimeout, OperatorError
 from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
@@ -198,8 +198,17 @@ class Actor:
                 self._rows_out += rows
 
     async def _end_stream(self) -> None:
-        if self._outport is not None:
+        if self._outport is None:
+            return
+        if not self._stop.is_set():
             await self._outport.send_eos(self.spec.eos_timeout_s)
+            return
+        # Draining on a stop request, the downstream may be stopping too (everyone got the
+        # signal when the supervisor died): wait for its acks no longer than the drain allows.
+        try:
+            await self._outport.send_eos(self.spec.drain_timeout_s)
+        except LinkTimeout as exc:
+            log.warning("stopping without every end-of-stream ack: %s", exc)
 
     # --- reporting ----------------------------------------------------------------------------
 
