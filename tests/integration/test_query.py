@@ -71,6 +71,12 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         assert daemon.running_pid(root / "run") is None
 
 
+def _query_texts(data_dir: Path, count: int, width: int) -> list[str]:
+    """``count`` slices of the corpus documents, ``width`` characters each."""
+    docs = jsonl_docs(data_dir.parent / "corpus")
+    return [docs[i % len(docs)][1][(i * 7) % 500 :][:width] for i in range(count)]
+
+
 def _brute(data_dir: Path, text: str, k: int) -> list[int]:
     ids, vectors, _ = read_shards(data_dir)
     query = HashEmbedder(384).embed([text])[0]
@@ -120,8 +126,7 @@ def test_200_concurrent_queries_from_several_processes_are_each_answered_once(
     serving: tuple[str, Path],
 ) -> None:
     endpoint, data_dir = serving
-    docs = jsonl_docs(data_dir.parent / "corpus")
-    texts = [docs[i % len(docs)][1][(i * 7) % 500 :][:150] for i in range(200)]
+    texts = _query_texts(data_dir, 200, 150)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", CLIENT_SCRIPT, endpoint, json.dumps(texts[i::4])],
@@ -200,8 +205,7 @@ def test_one_async_client_with_64_queries_in_flight_gets_every_answer(
 ) -> None:
     """A ROUTER that both sends and receives must not lose a read notification (it did)."""
     endpoint, data_dir = serving
-    docs = jsonl_docs(data_dir.parent / "corpus")
-    texts = [docs[i % len(docs)][1][i % 300 :][:120] for i in range(512)]
+    texts = _query_texts(data_dir, 512, 120)
 
     async def run() -> int:
         async with AsyncClient(endpoint, timeout_s=20) as client:
