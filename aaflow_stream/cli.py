@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,6 +36,10 @@ from .errors import ActorFailed, SpecError
 from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
 from .query.protocol import QueryFilter
+from .spec import RestartSpec
+
+if TYPE_CHECKING:
+    from .runtime.supervisor import Restart
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -94,11 +99,17 @@ async def _run(
     log_level: str,
     progress: _Progress,
     start_timeout_s: float = 60.0,
-) -> tuple[float, dict[str, ActorStats]]:
+    restart: RestartSpec | None = None,
+) -> tuple[float, dict[str, ActorStats], list[Restart]]:
     from .runtime.supervisor import Supervisor
 
     supervisor = Supervisor(
-        graph, run_dir, log_level=log_level, on_stats=progress, start_timeout_s=start_timeout_s
+        graph,
+        run_dir,
+        log_level=log_level,
+        on_stats=progress,
+        start_timeout_s=start_timeout_s,
+        restart=restart,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,12 +124,13 @@ async def _run(
             result = await supervisor.wait()
     finally:
         progress.finish()
-    return result.startup_s, result.stats
+    return result.startup_s, result.stats, result.restarts
 
 
 def _up(args: argparse.Namespace) -> int:
     topology = spec.load(args.topology)
     pipeline.check_operators(topology)
+    pipeline.check_embedder(topology)
     pipeline.check_data_dir(topology)
     run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
     if args.detach:
@@ -136,14 +148,25 @@ def _up(args: argparse.Namespace) -> int:
     progress = _Progress(order, enabled=not args.quiet)
     import uvloop
 
-    startup_s, stats = uvloop.run(
-        _run(graph, run_dir, args.log_level, progress, topology.timeouts.start_s)
+    startup_s, stats, restarts = uvloop.run(
+        _run(
+            graph,
+            run_dir,
+            args.log_level,
+            progress,
+            topology.timeouts.start_s,
+            topology.durability.restart,
+        )
     )
     summary = report.summarize(stats.values(), order)
     if args.json:
-        print(json.dumps(_summary_json(summary, startup_s)))
+        restarted = [dataclasses.asdict(r) for r in restarts]
+        print(json.dumps({**_summary_json(summary, startup_s), "restarts": restarted}))
     else:
         print(report.table(summary, startup_s))
+        for restart in restarts:
+            took = restart.ready_at - restart.detected_at
+            print(f"restarted in {took:.2f}s after: {restart.reason}")
         print(f"data directory {pipeline.data_dir(topology)}")
     return EXIT_OK
 
@@ -172,13 +195,23 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
     }
 
 
-def _query(args: argparse.Namespace) -> int:
+def _gateway_endpoint(args: argparse.Namespace) -> str:
     if args.endpoint:
-        endpoint = args.endpoint
-    elif args.topology:
-        endpoint = spec.load(args.topology).query.endpoint
-    else:
-        raise SpecError("give --endpoint or --topology")
+        return str(args.endpoint)
+    if args.topology:
+        return spec.load(args.topology).query.endpoint
+    raise SpecError("give --endpoint or --topology")
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+        removed = client.delete(args.doc_ids)
+    print(f"removed {removed} chunks of {len(args.doc_ids)} document(s)")
+    return EXIT_OK
+
+
+def _query(args: argparse.Namespace) -> int:
+    endpoint = _gateway_endpoint(args)
     where = None
     if args.source or args.from_ms is not None or args.to_ms is not None:
         where = QueryFilter(sources=args.source, ts_from_ms=args.from_ms, ts_to_ms=args.to_ms)
@@ -201,7 +234,7 @@ def _run_graph(args: argparse.Namespace) -> int:
     progress = _Progress(order, enabled=False)
     import uvloop
 
-    _, stats = uvloop.run(_run(graph, args.run_dir.resolve(), args.log_level, progress))
+    _, stats, _ = uvloop.run(_run(graph, args.run_dir.resolve(), args.log_level, progress))
     print("finished")
     for name, s in sorted(stats.items()):
         print(
@@ -242,6 +275,13 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--from-ms", type=int, help="only chunks with ts >= this (unix ms)")
     query.add_argument("--to-ms", type=int, help="only chunks with ts <= this (unix ms)")
     query.add_argument("--json", action="store_true")
+    delete = commands.add_parser(
+        "delete", help="remove documents from a serving topology (returns once durable)"
+    )
+    delete.add_argument("doc_ids", nargs="+")
+    delete.add_argument("--topology", type=Path, help="take the endpoint from this topology")
+    delete.add_argument("--endpoint", help="the gateway endpoint, e.g. tcp://127.0.0.1:7070")
+    delete.add_argument("--timeout", type=float, default=30.0)
     validate = commands.add_parser("validate", help="check a topology; start nothing")
     validate.add_argument("topology", type=Path)
     commands.add_parser("schema", help="print the topology JSON Schema")
@@ -261,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             topology = spec.load(args.topology)
             pipeline.check_operators(topology)
+            pipeline.check_embedder(topology)
             pipeline.check_data_dir(topology)
             print(
                 f"{args.topology}: ok ({len(topology.stages)} stages, "
@@ -276,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "query":
             return _query(args)
+        if args.command == "delete":
+            return _delete(args)
         return _run_graph(args)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ import zmq.asyncio
 
 from .errors import AaflowError
 from .query.protocol import (
+    DeleteReply,
+    DeleteRequest,
     ErrorReply,
     Hit,
     QueryFilter,
@@ -129,6 +131,13 @@ class Client:
                 replies[reply.id] = reply.hits
         return [replies[i] for i in ids]
 
+    def delete(self, doc_ids: list[str]) -> int:
+        """Remove these documents everywhere; returns once the removal is durable on every
+        shard, with the number of chunks removed."""
+        reply = self._call(DeleteRequest(id=next(self._ids), doc_ids=list(doc_ids)))
+        assert isinstance(reply, DeleteReply)
+        return reply.removed
+
     def stats(self) -> StatsReply:
         reply = self._call(StatsRequest(id=next(self._ids)))
         assert isinstance(reply, StatsReply)
@@ -197,6 +206,12 @@ class AsyncClient:
         import asyncio
 
         return list(await asyncio.gather(*(self.query(t, k) for t in texts)))
+
+    async def delete(self, doc_ids: list[str]) -> int:
+        """See ``Client.delete``."""
+        reply = await self._call(DeleteRequest(id=next(self._ids), doc_ids=list(doc_ids)))
+        assert isinstance(reply, DeleteReply)
+        return reply.removed
 
     async def stats(self) -> StatsReply:
         reply = await self._call(StatsRequest(id=next(self._ids)))

@@ -9,6 +9,8 @@
     │   ├── LinkClosed       the local end was closed
     │   └── LinkTimeout      a peer did not answer within a deadline
     ├── OperatorError        a user operator could not be loaded or configured
+    │   └── EmbedderError    an embedder cannot be built (package or model missing, wrong dim)
+    ├── StorageError         a shard's files cannot be written or are damaged (names the file)
     └── ActorFailed          an actor process ended abnormally (exit code, last error)
 
 Foreign exceptions (zmq, pyarrow, msgspec) are translated at the boundary that met them,
@@ -52,6 +54,14 @@ class LinkTimeout(LinkError):
 
 class OperatorError(AaflowError):
     """A user operator reference could not be imported or built."""
+
+
+class EmbedderError(OperatorError):
+    """An embedder cannot be built: its package or model is missing, or its dim is wrong."""
+
+
+class StorageError(AaflowError):
+    """A shard's files cannot be written, or what is on disk is damaged; names the file."""
 
 
 class ActorFailed(AaflowError):

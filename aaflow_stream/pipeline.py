@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from .errors import OperatorError, SpecError
+from .embedders import factory as embedders
+from .errors import EmbedderError, OperatorError, SpecError
 from .operators.base import resolve
 from .plan import ChainedOperator, GraphSpec, StageSpec
 from .shard.store import MANIFEST_FILE
@@ -58,6 +59,11 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                 "batch_docs": stage.batch_docs,
                 "max_doc_bytes": topology.limits.max_doc_bytes,
                 "dead_letter_dir": str(data_dir(topology) / "deadletter"),
+                "checkpoint": {
+                    "dir": str(data_dir(topology) / "checkpoints"),
+                    "shards": shards.count,
+                    "interval_ms": topology.durability.checkpoint_interval_ms,
+                },
             }
             return _builtin(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
         case TransformStage():
@@ -69,8 +75,15 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
             }
             return _builtin(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
         case EmbedStage():
-            params = {"batch_size": stage.batch_size, "dim": topology.embedder.dim}
-            return _builtin(stage.name, f"{OPS}.embed:EmbedChunks", params, stage.replicas)
+            embedder = topology.embedder
+            params = {
+                "batch_size": stage.batch_size,
+                "embedder": embedders.to_params(embedder),
+                "threads": embedders.threads_per_replica(embedder, stage.replicas),
+            }
+            blocks = embedders.blocked_imports(embedder, BUILTIN_BLOCKS)
+            operator = f"{OPS}.embed:EmbedChunks"
+            return StageSpec(stage.name, operator, params, stage.replicas, block_imports=blocks)
         case UpsertStage():
             params = {"shards": shards.count, "batch_size": stage.batch_size}
             return _builtin(stage.name, f"{OPS}.upsert:ShardRouter", params, stage.replicas)
@@ -97,13 +110,14 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
     With ``serve`` the shards answer queries from the start and keep doing so after the
     ingestion ends, until stopped.
     """
-    shards, query = topology.shards, topology.query
+    shards, query, durability = topology.shards, topology.query, topology.durability
     shard = StageSpec(
         SHARD_STAGE,
         f"{OPS}.shard:ShardWriter",
         {
             "data_dir": str(data_dir(topology)),
-            "dim": topology.embedder.dim,
+            "dim": embedder_dim(topology),
+            "embedder": embedders.to_params(topology.embedder),  # the gateway embeds queries
             "index": shards.index,
             "metric": shards.metric,
             "threads": shards.threads or max(1, (os.cpu_count() or 1) // shards.count),
@@ -111,11 +125,17 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
             "query_endpoint": query.endpoint,
             "max_batch": query.max_batch,
             "max_wait_ms": query.max_wait_ms,
+            "wal_sync": durability.wal_sync,
+            "sync_interval_ms": durability.sync_interval_ms,
+            "snapshot_interval_s": durability.snapshot_interval_s,
+            "snapshot_wal_mb": durability.snapshot_wal_mb,
+            "full_disk_wait_s": durability.full_disk_wait_s,
         },
         shards.count,
         launcher="mpi",
-        block_imports=BUILTIN_BLOCKS,
+        block_imports=embedders.blocked_imports(topology.embedder, BUILTIN_BLOCKS),
         linger=serve,
+        acks_to=topology.stages[0].name,
     )
     if any(s.name == SHARD_STAGE for s in topology.stages):
         raise SpecError(f"$.stages: the name {SHARD_STAGE!r} is reserved for the shard job")
@@ -156,6 +176,22 @@ def check_operators(topology: TopologySpec) -> None:
             sys.path.remove(cwd)
 
 
+def embedder_dim(topology: TopologySpec) -> int:
+    """The shards' dim: the embedder's, known without loading a model."""
+    try:
+        return embedders.dim(topology.embedder)
+    except EmbedderError as exc:
+        raise SpecError(f"$.embedder: {exc}") from exc
+
+
+def check_embedder(topology: TopologySpec) -> None:
+    """Refuse now an embedder the embed actors could not build (package, model, dim)."""
+    try:
+        embedders.check(topology.embedder)
+    except EmbedderError as exc:
+        raise SpecError(f"$.embedder: {exc}") from exc
+
+
 def check_data_dir(topology: TopologySpec) -> None:
     """Refuse, before anything starts, a data directory built with another shape."""
     root = data_dir(topology)
@@ -169,7 +205,7 @@ def check_data_dir(topology: TopologySpec) -> None:
             "chunks are placed by chunk_id % shards, so the count cannot change in place; "
             "use another data_dir"
         )
-    expected = {"dim": topology.embedder.dim, "index": shards.index, "metric": shards.metric}
+    expected = {"dim": embedder_dim(topology), "index": shards.index, "metric": shards.metric}
     for manifest in existing:
         saved = json.loads(manifest.read_text())
         found = {key: saved.get(key) for key in expected}

@@ -39,6 +39,8 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chain: list[ChainedOperator] = []
     # Keep running after end of stream, until stopped (a shard that serves queries).
     linger: bool = False
+    # The stage whose replicas this stage acknowledges durable rows to (its source).
+    acks_to: str | None = None
 
 
 class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -88,6 +90,10 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     block_imports: list[str] = []
     chain: list[ChainedOperator] = []
     linger: bool = False
+    # A source that receives acknowledgements binds this PULL endpoint ...
+    ack_endpoint: str | None = None
+    # ... and a stage that sends them connects to every source replica's, by replica.
+    ack_peers: list[str] = []
 
     @property
     def is_source(self) -> bool:
@@ -119,6 +125,8 @@ def validate_graph(graph: GraphSpec) -> list[str]:
             problems.append(f"{where}.replicas: must be >= 1, got {stage.replicas}")
         if ":" not in stage.operator:
             problems.append(f"{where}.operator: {stage.operator!r} is not 'module:callable'")
+        if stage.acks_to is not None and stage.acks_to not in {s.name for s in graph.stages}:
+            problems.append(f"{where}.acks_to: no stage named {stage.acks_to!r}")
     return problems
 
 
@@ -144,6 +152,8 @@ def plan_actors(
             )
         return f"ipc://{path}"
 
+    acked = {s.acks_to: s for s in graph.stages if s.acks_to is not None}
+    by_name = {s.name: s for s in graph.stages}
     actors: list[ActorSpec] = []
     for index, stage in enumerate(graph.stages):
         upstream = graph.stages[index - 1] if index > 0 else None
@@ -163,6 +173,12 @@ def plan_actors(
                 for r in range(downstream.replicas):
                     peer = actor_name(downstream.name, r)
                     outputs.append(OutputLink(endpoint(peer, "d"), endpoint(peer, "c"), peer))
+            ack_peers = []
+            if stage.acks_to is not None:
+                source = by_name[stage.acks_to]
+                ack_peers = [
+                    endpoint(actor_name(source.name, r), "a") for r in range(source.replicas)
+                ]
             actors.append(
                 ActorSpec(
                     name=name,
@@ -185,6 +201,8 @@ def plan_actors(
                     block_imports=stage.block_imports,
                     chain=stage.chain,
                     linger=stage.linger,
+                    ack_endpoint=endpoint(name, "a") if stage.name in acked else None,
+                    ack_peers=ack_peers,
                 )
             )
     order = {stage.name: i for i, stage in enumerate(graph.stages)}

@@ -6,6 +6,8 @@ Three conversations use them:
   buffers follow (see ``frames``);
 * link control (receiver ROUTER ↔ sender DEALER): ``Hello`` opens a link, ``Credit`` grants
   batches, ``EosAck`` confirms that the sender's end of stream arrived;
+* delivery acks (shard PUSH → source PULL): ``Ack`` says which documents' rows a shard made
+  durable;
 * actor control (supervisor ROUTER ↔ actor DEALER): ``Ready``, ``Stats``, ``Done`` and
   ``Failed`` go up; ``Start`` and ``Stop`` come down.
 
@@ -84,6 +86,22 @@ class EosAck(_Msg, tag="eos_ack", frozen=True):
 
 
 LinkControl = Hello | Credit | EosAck
+
+
+# --- delivery acks ----------------------------------------------------------------------------
+
+
+class Ack(_Msg, tag="ack", frozen=True):
+    """Shard ``shard`` made durable ``counts[i]`` chunks of the document at source offset
+    ``offsets[i]`` (which has ``totals[i]`` chunks), and the tombstones of the documents at
+    ``tombstones``. Arrays travel as little-endian bytes: int64 offsets, int32 counts."""
+
+    sender: str
+    shard: int
+    offsets: bytes = b""
+    counts: bytes = b""
+    totals: bytes = b""
+    tombstones: bytes = b""
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -186,3 +204,4 @@ data_decoder: Final = msgspec.msgpack.Decoder(DataMessage)
 link_control_decoder: Final = msgspec.msgpack.Decoder(LinkControl)
 actor_up_decoder: Final = msgspec.msgpack.Decoder(ActorUp)
 actor_down_decoder: Final = msgspec.msgpack.Decoder(ActorDown)
+ack_decoder: Final = msgspec.msgpack.Decoder(Ack)

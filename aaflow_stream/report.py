@@ -114,7 +114,8 @@ def summarize(stats: Iterable[ActorStats], order: Sequence[str]) -> RunSummary:
         stages=stages,
         documents=int(sum(o.extra.get("documents", 0) for o in first)),
         chunks=stages[1].rows_out if len(stages) > 1 else 0,
-        vectors=sum(o.rows_in for o in last),
+        # Chunk rows the shards applied (their input also carries tombstone rows).
+        vectors=sum(int(o.extra.get("upserted", o.rows_in)) for o in last),
         dead_letters=int(sum(o.extra.get("dead_letters", 0) for o in first)),
         total_s=max(0.0, end - start) if start and end else 0.0,
     )

@@ -86,7 +86,26 @@ class HashEmbedderSpec(_Spec, tag="hash", tag_field="kind", frozen=True):
     dim: Positive = 384
 
 
-Embedder = HashEmbedderSpec
+class SentenceTransformerSpec(_Spec, tag="sentence-transformers", tag_field="kind", frozen=True):
+    """A sentence-transformers model, loaded offline (``embedders/sentence_transformer.py``).
+
+    ``model``: a packaged model (``all-MiniLM-L6-v2``, from the ``minilm`` extra) or a local
+    model directory. ``dim``: known for packaged models, required for others; the model is
+    checked against it when it loads, before the stage is ready.
+    """
+
+    model: str = "all-MiniLM-L6-v2"
+    dim: Positive | None = None
+    device: Annotated[str, msgspec.Meta(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
+    batch_size: Positive = 64  # rows per forward pass (model.encode's batch_size)
+    normalize: bool = True  # unit vectors, so inner product is cosine similarity
+    # torch and tokenizer threads per embed replica; default: the cores divided among the
+    # embed replicas, at least 1 (replicas x threads beyond the cores only contend).
+    threads: Positive | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+Embedder = HashEmbedderSpec | SentenceTransformerSpec
 
 
 class ShardSpec(_Spec, frozen=True):
@@ -133,6 +152,36 @@ class TimeoutSpec(_Spec, frozen=True):
     eos_s: PositiveFloat = 120.0
 
 
+class RestartSpec(_Spec, frozen=True):
+    """After a crash the supervisor restarts the failed region this many times, waiting
+    ``backoff_s`` (doubled each time, at most ``max_backoff_s``) before each try."""
+
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    max_backoff_s: PositiveFloat = 5.0
+
+
+class DurabilitySpec(_Spec, frozen=True):
+    """How shards make upserts durable before they acknowledge them (DESIGN.md section 6).
+
+    ``wal_sync``: ``batch`` fsyncs the write-ahead log after every batch; ``interval`` fsyncs
+    at most every ``sync_interval_ms`` (group commit: fewer fsyncs, acks wait for the next one).
+    A snapshot (index + metadata) is taken every ``snapshot_interval_s`` or once the log has
+    grown by ``snapshot_wal_mb``, whichever comes first, and the log is truncated after it.
+    """
+
+    wal_sync: Literal["batch", "interval"] = "interval"
+    sync_interval_ms: PositiveFloat = 20.0
+    snapshot_interval_s: PositiveFloat = 300.0
+    snapshot_wal_mb: PositiveFloat = 512.0
+    # A shard whose disk is full pauses ingestion (backpressure) and retries; it gives up
+    # (the actor fails) after this long.
+    full_disk_wait_s: PositiveFloat = 600.0
+    # How often a source persists its checkpoint (the contiguous acknowledged prefix).
+    checkpoint_interval_ms: PositiveFloat = 200.0
+    restart: RestartSpec = RestartSpec()
+
+
 class TopologySpec(_Spec, frozen=True):
     name: Name
     sources: list[SourceSpec]
@@ -145,6 +194,7 @@ class TopologySpec(_Spec, frozen=True):
     endpoints: EndpointSpec = EndpointSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     query: QuerySpec = QuerySpec()
+    durability: DurabilitySpec = DurabilitySpec()
     run_dir: str | None = None
 
     def stage(self, kind: type[Any]) -> Any:

@@ -11,8 +11,8 @@ measured, per system (median over its verified runs):
 - chunks and chunks/s (chunks / total_s).
 - verified, the W1 check: the stored ids equal the expected chunk ids exactly (none lost,
   none twice, each in shard `id % 4`). For the engine the shards are read back from disk
-  (`index.faiss` ids, and the `chunk_id` column of `meta.arrow`). A run that fails the
-  check, or that fails, has no time.
+  (`shard-<r>/snapshot/index.faiss` ids, and the `chunk_id` column of its `meta.arrow`). A
+  run that fails the check, or that fails, has no time.
 - stages: busy seconds of load, transform, embed and upsert, summed over workers. The
   engine's upsert is the shuffle (`upsert` busy) plus the shard ranks' busy time less
   their final flush (persisting to disk plus an MPI all-reduce), which is shown apart.
@@ -177,7 +177,7 @@ def stored_shard_ids(data_dir: Path, n_shards: int) -> list[Ids] | None:
 
     out: list[Ids] = []
     for s in range(n_shards):
-        shard_dir = data_dir / f"shard-{s}"
+        shard_dir = data_dir / f"shard-{s}" / "snapshot"
         index = faiss.read_index(str(shard_dir / "index.faiss"))
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         if index.ntotal != len(ids):

@@ -1,8 +1,8 @@
 """Q1 retrieval (BENCH.md): the engine's query path next to in-process FAISS baselines.
 
 The engine (`aaflow-stream up --detach`) ingests a W1 corpus into 4 `IndexFlatIP` shard ranks
-and serves queries on the topology's endpoint; once every shard has persisted
-(`<data_dir>/shard-*/shard.json`), the shards are read back from disk and the same vectors
+and serves queries on the topology's endpoint; once every shard has taken its end-of-stream
+snapshot (`<data_dir>/shard-*/snapshot/`), the shards are read back from disk and the same vectors
 are loaded in this process for the baselines. Query texts are deterministic 100-300
 character slices of the corpus's documents. Measured, on the same query texts:
 
@@ -136,11 +136,16 @@ def cli() -> str:
     return exe
 
 
+def _drained(shard_dir: Path) -> bool:
+    info = shard_dir / "snapshot" / "snapshot.json"
+    return info.exists() and json.loads(info.read_text())["reason"] == "drain"
+
+
 def wait_persisted(data_dir: Path, timeout_s: float) -> float:
-    """Wait for every shard's shard.json (ingestion over); returns the seconds waited."""
+    """Wait for every shard's end-of-stream snapshot; returns the seconds waited."""
     t0 = time.perf_counter()
     while True:
-        if all((data_dir / f"shard-{r}" / "shard.json").exists() for r in range(N_SHARDS)):
+        if all(_drained(data_dir / f"shard-{r}") for r in range(N_SHARDS)):
             return time.perf_counter() - t0
         if time.perf_counter() - t0 > timeout_s:
             raise SystemExit(f"shards not persisted within {timeout_s}s")
@@ -148,12 +153,12 @@ def wait_persisted(data_dir: Path, timeout_s: float) -> float:
 
 
 def load_shards(data_dir: Path) -> list[tuple[I64, F32]]:
-    """Each shard's (ids, vectors) read back from `index.faiss`."""
+    """Each shard's (ids, vectors) read back from its snapshot's `index.faiss`."""
     import faiss
 
     out = []
     for r in range(N_SHARDS):
-        index = faiss.read_index(str(data_dir / f"shard-{r}" / "index.faiss"))
+        index = faiss.read_index(str(data_dir / f"shard-{r}" / "snapshot" / "index.faiss"))
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         vecs = index.index.reconstruct_n(0, index.ntotal).astype(np.float32)
         out.append((ids, vecs))

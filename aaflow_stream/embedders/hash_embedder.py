@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from .base import to_arrow
+
 __all__ = ["HashEmbedder"]
 
 _TOKEN_BYTES = frozenset((string.ascii_lowercase + string.digits).encode())
@@ -108,4 +110,4 @@ class HashEmbedder:
 
     def embed_to_arrow(self, texts: Sequence[str]) -> pa.FixedSizeListArray:
         """Embed `texts` as a `fixed_size_list<float32>[dim]` column, sharing the matrix."""
-        return pa.FixedSizeListArray.from_arrays(pa.array(self.embed(texts).ravel()), self.dim)
+        return to_arrow(self.embed(texts))

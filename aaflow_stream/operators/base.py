@@ -45,6 +45,9 @@ class OperatorContext:
     replica: int
     replicas: int
     run_dir: Path
+    # Where a sink acknowledges durable rows: one endpoint per replica of the source stage
+    # (see ``durability.acks``). Empty when nothing is acknowledged.
+    ack_peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""General-purpose operators: a synthetic source, a pass-through and an Arrow file sink.
+"""General-purpose operators: a synthetic source, an Arrow file source, a pass-through and an
+Arrow file sink.
 
 They are what a load test or a smoke test of a topology needs, and what the runtime's own tests
 run on.
@@ -54,6 +55,32 @@ class SyntheticSource:
                     "embedding": self._embedding,
                 }
             )
+
+
+class ArrowFileSource:
+    """The rows of an Arrow IPC file (``path``), in batches of ``rows`` rows.
+
+    Replica r of R sends the batches whose index is r mod R. The file is memory-mapped and
+    batches are slices of it (one file batch may give a slice in parts). A benchmark feeds a
+    stage from here.
+    """
+
+    def __init__(self, context: OperatorContext, *, path: str, rows: int = 1024) -> None:
+        if rows <= 0:
+            raise ValueError(f"rows must be > 0, got {rows}")
+        self._context = context
+        self._rows = rows
+        self._map = pa.memory_map(path)  # the batches point into it: closed in close()
+        self._table = pa.ipc.open_file(self._map).read_all()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        ctx = self._context
+        starts = range(0, self._table.num_rows, self._rows)
+        for start in starts[ctx.replica :: ctx.replicas]:
+            yield from self._table.slice(start, self._rows).to_batches()
+
+    def close(self) -> None:
+        self._map.close()
 
 
 class PassThrough:

@@ -4,18 +4,25 @@ The embed batch size is independent of the size of arriving batches (the paper's
 gathered across arriving batches and embedded ``batch_size`` at a time; what is left at end of
 stream goes out in ``flush``. Gathering copies nothing: a micro-batch is a list of slices of
 the arriving batches, and it leaves as one message of those slices, each with its share of the
-embedding matrix (a zero-copy slice of one ``fixed_size_list`` column). The embedder is built
-once per actor, before it takes work.
+embedding matrix (a zero-copy slice of one ``fixed_size_list`` column built over the embedder's
+matrix). The embedder is built once per actor, before it takes work (``embedders.factory``:
+a model loads here, before the actor reports ready), with ``threads`` threads.
+
+A model embedder batches again inside (``embedder.batch_size`` rows per forward pass, sorted by
+length), so a stage ``batch_size`` of several forward passes pads less than one of exactly one.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
-from ..embedders.hash_embedder import HashEmbedder
+from ..embedders import factory
+from ..embedders.base import to_arrow
 from ..schemas import EMBEDDING
 from .base import OperatorContext
 
@@ -23,9 +30,20 @@ Message = list[pa.RecordBatch]
 
 
 class EmbedChunks:
-    def __init__(self, context: OperatorContext, *, batch_size: int = 256, dim: int = 384) -> None:
+    def __init__(
+        self,
+        context: OperatorContext,
+        *,
+        batch_size: int = 256,
+        embedder: dict[str, Any] | None = None,
+        threads: int = 1,
+    ) -> None:
         self._batch_size = batch_size
-        self._embedder = HashEmbedder(dim)
+        started = time.perf_counter()
+        self._embedder = factory.build(
+            factory.from_params(embedder or {"kind": "hash"}), threads=threads
+        )
+        self._load_s = time.perf_counter() - started
         self._pending: deque[pa.RecordBatch] = deque()
         self._pending_rows = 0
 
@@ -46,7 +64,7 @@ class EmbedChunks:
         texts: list[str] = []
         for part in parts:
             texts += part.column("text").to_pylist()
-        vectors = self._embedder.embed_to_arrow(texts)
+        vectors = to_arrow(self._embedder.embed(texts))
         field = pa.field(EMBEDDING, vectors.type)
         out, offset = [], 0
         for part in parts:
@@ -59,6 +77,9 @@ class EmbedChunks:
             yield self._embed(self._take(self._batch_size))
         if final and self._pending_rows:
             yield self._embed(self._take(self._pending_rows))
+
+    def metrics(self) -> dict[str, float]:
+        return {"embedder_load_s": self._load_s}
 
     def process(self, batch: pa.RecordBatch) -> Iterable[Message]:
         self._pending.append(batch)

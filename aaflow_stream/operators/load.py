@@ -10,6 +10,7 @@ to the dead-letter file ``<dead_letter_dir>/<actor>.jsonl`` with its reason; the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -19,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
+from ..durability import acks
+from ..durability.checkpoint import CheckpointFile
+from ..durability.progress import SourceProgress
+from ..protocol import Ack
 from ..schemas import DOCUMENT
 from .base import OperatorContext
 
@@ -78,8 +84,22 @@ def _check_text(text: str, limit: int) -> None:
         raise BadDocument(f"document of {len(text)} characters exceeds the limit of {limit}")
 
 
+@dataclass(frozen=True)
+class _Dead:
+    source: Path
+    reason: str
+    line: int | None = None
+    doc_id: str | None = None
+
+
 class FileLoader:
-    """Source operator: documents from files, ``batch_docs`` per batch."""
+    """Source operator: documents from files, ``batch_docs`` per batch.
+
+    Every document and every dead letter takes the next offset of this replica's stream (the
+    files are read in a fixed order). With ``checkpoint`` set, the shards' acknowledgements
+    (``acknowledge``) advance a persisted checkpoint, and a restarted loader skips what it
+    covers.
+    """
 
     def __init__(
         self,
@@ -89,6 +109,7 @@ class FileLoader:
         dead_letter_dir: str,
         batch_docs: int = 64,
         max_doc_bytes: int = 10 * 1024 * 1024,
+        checkpoint: dict[str, Any] | None = None,
     ) -> None:
         self._context = context
         files = sorted(
@@ -102,31 +123,97 @@ class FileLoader:
         self._dead_letters = 0
         self._documents = 0
         self._dead_file: Any = None
+        self._replica = context.replica
+        self._checkpoint: CheckpointFile | None = None
+        self._progress: SourceProgress | None = None
+        self._save_every_s = 0.0
+        self._saved_at = 0.0
+        start = 0
+        if checkpoint is not None:
+            path = Path(checkpoint["dir"]) / f"{context.actor}.json"
+            self._checkpoint = CheckpointFile(path, self._fingerprint(context))
+            start = self._checkpoint.load()
+            self._progress = SourceProgress(start, shards=int(checkpoint["shards"]))
+            self._save_every_s = float(checkpoint.get("interval_ms", 200.0)) / 1000.0
+        self._start = start
+        self._exhausted = False  # every file read to its end
+
+    def _fingerprint(self, context: OperatorContext) -> str:
+        """What this replica's offsets number: its files, their sizes and change times."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{context.replica}/{context.replicas}/{self._limit}".encode())
+        for root, path in self._files:
+            try:
+                stat = path.stat()
+                digest.update(f"|{root}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            except OSError:
+                digest.update(f"|{root}|{path}|missing".encode())
+        return digest.hexdigest()
 
     def metrics(self) -> dict[str, float]:
-        return {
+        out: dict[str, float] = {
             "documents": self._documents,
             "dead_letters": self._dead_letters,
             "files": len(self._files),
         }
+        if self._progress is not None:
+            out.update(
+                resumed_from=self._start,
+                acknowledged=self._progress.prefix,
+                unacknowledged=self._progress.outstanding,
+            )
+        return out
 
-    def _dead_letter(
-        self, source: Path, reason: str, line: int | None = None, doc_id: str | None = None
-    ) -> None:
+    # --- delivery ----------------------------------------------------------------------------
+
+    def acknowledge(self, ack: Ack) -> None:
+        """A shard made rows of ours durable; persist the checkpoint now and then."""
+        if self._progress is None or self._checkpoint is None:
+            return
+        acks.apply(self._progress, ack)
+        now = time.monotonic()
+        if now - self._saved_at >= self._save_every_s:
+            self._checkpoint.save(self._progress.prefix)
+            self._saved_at = now
+
+    def unacknowledged(self) -> int:
+        return self._progress.outstanding if self._progress is not None else 0
+
+    def end_feed(self) -> None:
+        """The stream ended: a feed read to its end and fully acknowledged removes its
+        checkpoint; otherwise the checkpoint is saved for the next run to resume from."""
+        if self._progress is None or self._checkpoint is None:
+            return
+        if self._exhausted and self._progress.outstanding == 0:
+            self._checkpoint.remove()
+            log.info("feed complete: every document acknowledged")
+        else:
+            self._checkpoint.save(self._progress.prefix)
+            log.warning(
+                "stream ended with %d documents not acknowledged; the checkpoint (offset %d) "
+                "resumes them",
+                self._progress.outstanding,
+                self._progress.prefix,
+            )
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _dead_letter(self, dead: _Dead) -> None:
         if self._dead_file is None:
             self._dead_path.parent.mkdir(parents=True, exist_ok=True)
             self._dead_file = open(self._dead_path, "a", encoding="utf-8")  # closed in close()
         record = {
-            "source": str(source),
-            "line": line,
-            "doc_id": doc_id,
-            "reason": reason,
+            "source": str(dead.source),
+            "line": dead.line,
+            "doc_id": dead.doc_id,
+            "reason": dead.reason,
             "at": time.time(),
         }
         self._dead_file.write(json.dumps(record) + "\n")
         self._dead_file.flush()
         self._dead_letters += 1
-        log.warning("dead letter: %s%s: %s", source, f":{line}" if line else "", reason)
+        where = f"{dead.source}:{dead.line}" if dead.line else str(dead.source)
+        log.warning("dead letter: %s: %s", where, dead.reason)
 
     def _read_plain(self, root: Path, path: Path) -> Iterator[_Doc]:
         size = path.stat().st_size
@@ -142,7 +229,7 @@ class FileLoader:
         _check_text(text, self._limit)
         yield _Doc(str(path.relative_to(root)), text, str(path), int(path.stat().st_mtime * 1000))
 
-    def _read_jsonl(self, path: Path) -> Iterator[_Doc]:
+    def _read_jsonl(self, path: Path) -> Iterator[_Doc | _Dead]:
         mtime_ms = int(path.stat().st_mtime * 1000)
         with open(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
@@ -161,41 +248,54 @@ class FileLoader:
                         raise BadDocument("empty doc_id")
                     _check_text(doc.text, self._limit)
                 except BadDocument as exc:
-                    self._dead_letter(path, str(exc), number, doc_id)
+                    yield _Dead(path, str(exc), number, doc_id)
                     continue
                 ts_ms = int(doc.ts * 1000) if doc.ts is not None else mtime_ms
                 yield _Doc(doc.doc_id, doc.text, doc.source or path.name, ts_ms)
 
-    def _documents_of(self, root: Path, path: Path) -> Iterator[_Doc]:
+    def _items_of(self, root: Path, path: Path) -> Iterator[_Doc | _Dead]:
         try:
             if path.suffix == ".jsonl":
                 yield from self._read_jsonl(path)
             else:
                 yield from self._read_plain(root, path)
         except BadDocument as exc:
-            self._dead_letter(path, str(exc))
+            yield _Dead(path, str(exc))
         except OSError as exc:
-            self._dead_letter(path, f"cannot read: {exc.strerror or exc}")
+            yield _Dead(path, f"cannot read: {exc.strerror or exc}")
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        pending: list[_Doc] = []
+        pending: list[tuple[_Doc, int]] = []
+        position = 0
         for root, path in self._files:
-            for doc in self._documents_of(root, path):
-                pending.append(doc)
+            for item in self._items_of(root, path):
+                position += 1
+                if position <= self._start:
+                    continue  # acknowledged before a restart
+                if isinstance(item, _Dead):
+                    self._dead_letter(item)
+                    if self._progress is not None:
+                        self._progress.skip()
+                    continue
+                offset = self._progress.emit() if self._progress is not None else position - 1
+                pending.append((item, offset))
                 if len(pending) >= self._batch_docs:
                     yield self._batch(pending)
                     pending = []
         if pending:
             yield self._batch(pending)
+        self._exhausted = True
 
-    def _batch(self, docs: list[_Doc]) -> pa.RecordBatch:
+    def _batch(self, docs: list[tuple[_Doc, int]]) -> pa.RecordBatch:
         self._documents += len(docs)
         return pa.record_batch(
             [
-                pa.array([d.doc_id for d in docs], pa.string()),
-                pa.array([d.text for d in docs], pa.large_string()),
-                pa.array([d.source for d in docs], pa.string()),
-                pa.array([d.ts_ms for d in docs], pa.timestamp("ms")),
+                pa.array([d.doc_id for d, _ in docs], pa.string()),
+                pa.array([d.text for d, _ in docs], pa.large_string()),
+                pa.array([d.source for d, _ in docs], pa.string()),
+                pa.array([d.ts_ms for d, _ in docs], pa.timestamp("ms")),
+                pa.array(np.full(len(docs), self._replica, dtype=np.int32)),
+                pa.array(np.fromiter((o for _, o in docs), dtype=np.int64, count=len(docs))),
             ],
             schema=DOCUMENT,
         )

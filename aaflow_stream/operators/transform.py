@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from ..schemas import CHUNK
@@ -26,7 +27,8 @@ def doc_version(text: str) -> int:
         data = text.encode()
     except UnicodeEncodeError:  # lone surrogates (from JSON escapes) still hash stably
         data = text.encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & _MASK63
+    # Never 0: a tombstone keeping version 0 (schemas.DELETE_ALL) removes every chunk.
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & _MASK63 or 1
 
 
 class Chunker:
@@ -84,10 +86,26 @@ class Chunker:
                 batch.column("source").take(take),
                 batch.column("ts").take(take),
                 pa.array(np.array(versions, dtype=np.uint64)),
+                *self._delivery(batch, take, counts),
             ],
             schema=CHUNK,
         )
         return (out,)
+
+    @staticmethod
+    def _delivery(
+        batch: pa.RecordBatch, take: pa.Array, counts: npt.NDArray[np.int64]
+    ) -> list[pa.Array]:
+        """The source's delivery columns per chunk, plus each document's chunk count."""
+        chunks = pa.array(np.repeat(counts, counts).astype(np.int32))
+        if "src_offset" not in batch.schema.names:  # a source without acknowledgements
+            n = len(take)
+            return [pa.nulls(n, pa.int32()), pa.nulls(n, pa.int64()), chunks]
+        return [
+            batch.column("src_replica").take(take),
+            batch.column("src_offset").take(take),
+            chunks,
+        ]
 
     def flush(self) -> Iterable[pa.RecordBatch]:
         return ()

@@ -22,11 +22,14 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ..channels.loopsocket import LoopSocket
-from ..embedders.hash_embedder import HashEmbedder
+from ..embedders.base import TextEmbedder
 from .protocol import (
+    MAX_DELETE_IDS,
     MAX_K,
     MAX_REQUEST_BYTES,
     MAX_TEXT_CHARS,
+    DeleteReply,
+    DeleteRequest,
     ErrorCode,
     ErrorReply,
     Hit,
@@ -80,21 +83,24 @@ class Gateway:
         self,
         sock: LoopSocket,
         *,
-        dim: int,
+        embedder: TextEmbedder,
         max_batch: int,
         max_wait_s: float,
         run_round: RunRound,
         shards: int,
         vectors: Callable[[], Awaitable[int]],
+        delete: Callable[[list[str]], Awaitable[int]] | None = None,
     ) -> None:
         self._sock = sock
-        self._dim = dim
-        self._embedder = HashEmbedder(dim)
+        # The topology's embedder, built by the same factory as the embed stage's.
+        self._embedder = embedder
+        self._dim = embedder.dim
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._run_round = run_round
         self._shards = shards
         self._vectors = vectors
+        self._delete = delete
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
         self.stats = GatewayStats()
@@ -130,6 +136,9 @@ class Gateway:
             except msgspec.DecodeError as exc:
                 await self._error(client, _peek_id(body), "bad_request", str(exc))
                 continue
+            if isinstance(request, DeleteRequest):
+                await self._handle_delete(client, request)
+                continue
             if isinstance(request, StatsRequest):
                 await self._reply(client, await self._stats(request.id))
                 continue
@@ -143,6 +152,22 @@ class Gateway:
                 continue
             self._pending.append(_Pending(client, request, time.perf_counter()))
             self._arrived.set()
+
+    async def _handle_delete(self, client: bytes, request: DeleteRequest) -> None:
+        ids = request.doc_ids
+        if not ids or len(ids) > MAX_DELETE_IDS or not all(ids):
+            await self._error(
+                client,
+                request.id,
+                "bad_request",
+                f"give between 1 and {MAX_DELETE_IDS} non-empty doc ids, got {len(ids)}",
+            )
+            return
+        if self._delete is None:
+            await self._error(client, request.id, "unavailable", "this gateway takes no deletes")
+            return
+        removed = await self._delete(list(dict.fromkeys(ids)))
+        await self._reply(client, DeleteReply(id=request.id, removed=removed))
 
     def _validate(self, request: QueryRequest) -> None:
         if not 1 <= request.k <= MAX_K:

@@ -42,7 +42,18 @@ class StatsRequest(_Msg, tag="stats", frozen=True):
     id: int
 
 
-Request = QueryRequest | StatsRequest
+MAX_DELETE_IDS: Final = 100_000
+
+
+class DeleteRequest(_Msg, tag="delete", frozen=True):
+    """Remove every chunk of these documents from every shard; the reply comes once every
+    shard has logged (durably) and applied the removal."""
+
+    id: int
+    doc_ids: list[str]
+
+
+Request = QueryRequest | StatsRequest | DeleteRequest
 
 
 class Hit(msgspec.Struct, frozen=True):
@@ -78,6 +89,11 @@ class StatsReply(_Msg, tag="stats_reply", frozen=True):
     p99_ms: float
 
 
+class DeleteReply(_Msg, tag="deleted", frozen=True):
+    id: int
+    removed: int  # chunks removed over every shard
+
+
 ErrorCode = Literal["bad_request", "unavailable", "internal"]
 
 
@@ -87,7 +103,7 @@ class ErrorReply(_Msg, tag="error", frozen=True):
     message: str
 
 
-Reply = QueryReply | StatsReply | ErrorReply
+Reply = QueryReply | StatsReply | DeleteReply | ErrorReply
 
 _encoder = msgspec.msgpack.Encoder()
 request_decoder: Final = msgspec.msgpack.Decoder(Request)

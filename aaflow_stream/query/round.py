@@ -39,10 +39,10 @@ def _local_hits(
     rank: int,
     allowed: QueryFilter | None,
 ) -> pa.Table:
-    scores, ids = store.search(queries, k, allowed)
+    # One lock hold: a delete between the search and the row lookup cannot orphan an id.
+    scores, ids, rows = store.search_rows(queries, k, allowed)
     found = ids >= 0
     query_index = np.nonzero(found)[0].astype(np.int32)
-    rows = store.rows(ids[found].tolist())
     return (
         rows.append_column("query", pa.array(query_index))
         .append_column("score", pa.array(scores[found].astype(np.float32)))
@@ -75,6 +75,17 @@ def count_round(comm: Any, store: ShardStore) -> int | None:
     counts = np.zeros(comm.Get_size(), dtype=np.int64)
     mine = np.array([store.count], dtype=np.int64)
     wait(comm.Igather(mine, counts, root=ROOT), ROUND_POLL_S)
+    return int(counts.sum()) if comm.Get_rank() == ROOT else None
+
+
+def delete_round(comm: Any, store: ShardStore, doc_ids: list[str]) -> int | None:
+    """Every rank removes the documents' chunks, durably (logged and synced), then the root
+    gets the number of chunks removed over all shards: once it returns, every shard is done."""
+    removed = store.chunks_of(doc_ids)
+    store.delete_docs(doc_ids)
+    store.sync()
+    counts = np.zeros(comm.Get_size(), dtype=np.int64)
+    wait(comm.Igather(np.array([removed], dtype=np.int64), counts, root=ROOT), ROUND_POLL_S)
     return int(counts.sum()) if comm.Get_rank() == ROOT else None
 
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import zmq
 import zmq.asyncio
 
+from ..channels.acks import AckInbox
 from ..channels.inport import InPort
 from ..channels.outport import LinkSpec, OutPort
 from ..errors import LinkTimeout, OperatorError
@@ -64,6 +65,7 @@ class Actor:
         self._chain: Chain | None = None
         self._inport: InPort | None = None
         self._outport: OutPort | None = None
+        self._acks: AckInbox | None = None
         self._supervisor = SupervisorLink(ctx, spec.supervisor_endpoint, spec.name)
         self._batches_out = 0
         self._rows_out = 0
@@ -94,6 +96,8 @@ class Actor:
                 window=spec.input.window,
                 expected_senders=spec.input.senders,
             )
+        if spec.ack_endpoint is not None:
+            self._acks = AckInbox(self._ctx, spec.name, spec.ack_endpoint, self._chain.runs[0])
         if spec.outputs:
             links = [LinkSpec(o.data_endpoint, o.control_endpoint, o.peer) for o in spec.outputs]
             self._outport = OutPort(
@@ -109,6 +113,8 @@ class Actor:
             if self._outport is not None:
                 services.append(tg.create_task(self._outport.serve()))
                 await self._outport.open()
+            if self._acks is not None:
+                services.append(tg.create_task(self._acks.serve()))
             serve = getattr(self._chain.runs[0].operator, "serve", None)
             if serve is not None:  # e.g. a shard answering queries beside its ingestion
                 services.append(tg.create_task(serve()))
@@ -134,7 +140,12 @@ class Actor:
 
         def context(stage: str) -> OperatorContext:
             return OperatorContext(
-                spec.name, stage, spec.replica, spec.replicas, Path(spec.run_dir)
+                spec.name,
+                stage,
+                spec.replica,
+                spec.replicas,
+                Path(spec.run_dir),
+                tuple(spec.ack_peers),
             )
 
         runs = [
@@ -160,6 +171,11 @@ class Actor:
             await self._emit(outputs)
         await self._emit(self._chain.flush())
         await self._end_stream()
+        if self._acks is not None:
+            # A finite feed is done once the shards acknowledged all of it (a stop request
+            # only saves the checkpoint: what is unacknowledged is resumed next time).
+            wait_s = 0.0 if self._stop.is_set() else self.spec.eos_timeout_s
+            await self._acks.settle(wait_s, self._stop)
 
     async def _run_stage(self) -> None:
         assert self._inport is not None and self._chain is not None
@@ -259,7 +275,7 @@ class Actor:
             )
 
     def close(self, linger_ms: int) -> None:
-        for port in (self._inport, self._outport):
+        for port in (self._inport, self._outport, self._acks):
             if port is not None:
                 port.close(linger_ms)
         self._supervisor.close(linger_ms)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ from ..channels import sockets
 from ..errors import ActorFailed, SpecError
 from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
+from ..spec import RestartSpec
 from .actor import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,32 @@ def mpiexec_path() -> str:
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not reaped by its parent) counts as gone
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def _in_stages(stages: set[str], actor: ActorProcess) -> bool:
     return actor.spec.stage in stages
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One restart of the graph: the crash it answered, and when (epoch seconds) the crash was
+    seen and the restarted graph was ready again."""
+
+    reason: str
+    detected_at: float
+    ready_at: float
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,7 @@ class RunReport:
     exit_codes: dict[str, int]
     startup_s: float
     run_s: float
+    restarts: list[Restart] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +158,7 @@ class Supervisor:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
         on_stats: Callable[[ActorStats], None] | None = None,
+        restart: RestartSpec | None = None,
     ) -> None:
         self.graph = graph
         self.run_dir = run_dir
@@ -139,6 +167,9 @@ class Supervisor:
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._on_stats = on_stats
+        self._restart_policy = restart
+        self.restarts: list[Restart] = []
+        self._specs: list[ActorSpec] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._socket_dir: Path | None = None
@@ -181,21 +212,29 @@ class Supervisor:
         self._ctx = zmq.asyncio.Context()
         endpoint = f"ipc://{self._socket_dir / 'supervisor'}"
         self._router = sockets.control_socket(self._ctx, zmq.ROUTER, bind=endpoint)
-        specs = plan_actors(
+        self._specs = plan_actors(
             self.graph,
             self.run_dir,
             self._socket_dir,
             supervisor_endpoint=endpoint,
             log_level=self._log_level,
         )
+        self._launch_all()
+        await self._await_ready()
+        self._clock.ready_at = time.perf_counter()
+        log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
+
+    def _launch_all(self) -> None:
         stages = {s.name: s for s in self.graph.stages}
-        for stage_name in dict.fromkeys(spec.stage for spec in specs):
-            stage_specs = [spec for spec in specs if spec.stage == stage_name]
+        for stage_name in dict.fromkeys(spec.stage for spec in self._specs):
+            stage_specs = [spec for spec in self._specs if spec.stage == stage_name]
             if stages[stage_name].launcher == "mpi":
                 self._launch_mpi_job(stage_specs)
             else:
                 for spec in stage_specs:
                     self._launch(spec)
+
+    async def _await_ready(self) -> None:
         deadline = time.monotonic() + self._start_timeout_s
         while not all(a.ready for a in self._actors.values()):
             self._raise_on_crash()
@@ -207,20 +246,51 @@ class Supervisor:
                     f"not ready after {self._start_timeout_s}s (waiting for {waiting})",
                 )
             await self._pump(POLL_S)
-        self._clock.ready_at = time.perf_counter()
-        log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """``<run_dir>/actors/pids.json``: each actor's process id, for tools and operators."""
+        pids = {name: a.pid for name, a in self._actors.items()}
+        path = self.run_dir / "actors" / "pids.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(pids))
+        os.replace(tmp, path)
 
     @property
     def startup_s(self) -> float:
         return self._clock.ready_at - self._clock.started if self._clock.ready_at else 0.0
 
     async def wait(self) -> RunReport:
-        """Let sources run; return when every actor ended cleanly. Raises ActorFailed on a crash."""
+        """Let sources run; return when every actor ended cleanly.
+
+        A crash raises ActorFailed, unless the restart policy allows another try: then the
+        whole graph is restarted (see ``_restart``) and the wait goes on.
+        """
+        await self._start_sources()
+        run_started = time.perf_counter()
+        while True:
+            try:
+                await self._watch()
+                break
+            except ActorFailed as error:
+                if self._stop_requested.is_set() or not self._may_restart():
+                    raise
+                await self._restart(error)
+        return RunReport(
+            stats={n: a.stats for n, a in self._actors.items() if a.stats is not None},
+            exit_codes={n: a.exit_code or 0 for n, a in self._actors.items()},
+            startup_s=self.startup_s,
+            run_s=time.perf_counter() - run_started,
+            restarts=list(self.restarts),
+        )
+
+    async def _start_sources(self) -> None:
         assert self._router is not None
         for a in self._actors.values():
             if a.spec.wait_for_start:
                 await self._router.send_multipart([a.spec.name.encode(), encode(Start())])
-        run_started = time.perf_counter()
+
+    async def _watch(self) -> None:
         while any(a.exit_code is None for a in self._actors.values()):
             if self._stop_requested.is_set():
                 await self.stop()
@@ -229,12 +299,60 @@ class Supervisor:
             await self._pump(POLL_S)
         await self._pump(0)  # final Done messages
         self._raise_on_crash()
-        return RunReport(
-            stats={n: a.stats for n, a in self._actors.items() if a.stats is not None},
-            exit_codes={n: a.exit_code or 0 for n, a in self._actors.items()},
-            startup_s=self.startup_s,
-            run_s=time.perf_counter() - run_started,
+
+    def _may_restart(self) -> bool:
+        return self._restart_policy is not None and (
+            len(self.restarts) < self._restart_policy.max_restarts
         )
+
+    async def _restart(self, error: ActorFailed) -> None:
+        """Kill every actor, wait the backoff, start the graph again and restart its sources.
+
+        The whole graph is the unit of restart (as a pipelined region is in Flink): a stage's
+        links hold credits and end-of-stream state of their peers, and shards rebuild from
+        their logs while sources resume from their checkpoints, so a fresh start of
+        everything is exact and simple. What was in flight is sent again (idempotent).
+        """
+        detected_at = time.time()
+        policy = self._restart_policy
+        assert policy is not None
+        attempt = len(self.restarts) + 1
+        backoff = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
+        log.error(
+            "restarting the graph after %s (restart %d of at most %d, in %.2fs)",
+            error,
+            attempt,
+            policy.max_restarts,
+            backoff,
+        )
+        await self._kill_all()
+        await asyncio.sleep(backoff)
+        self._actors = {}
+        self._crashed = False
+        self._launch_all()
+        await self._await_ready()
+        self.restarts.append(Restart(str(error), detected_at, time.time()))
+        await self._start_sources()
+        log.info("graph restarted: %d actors ready", len(self._actors))
+
+    async def _kill_all(self) -> None:
+        """SIGKILL every actor (MPI ranks by their own pid: killing mpiexec may orphan them)."""
+        for a in self._actors.values():
+            if a.pid is not None and a.exit_code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(a.pid, signal.SIGKILL)
+        for launch in self._launches():
+            if launch.popen.poll() is None:
+                launch.popen.kill()
+        for launch in self._launches():
+            await asyncio.to_thread(launch.popen.wait)
+            launch.log_file.close()
+        # Ranks are not our children: make sure they are gone before their ports are reused.
+        deadline = time.monotonic() + self._stop_timeout_s
+        while any(_alive(a.pid) for a in self._actors.values() if a.pid is not None):
+            if time.monotonic() > deadline:
+                raise ActorFailed("supervisor", None, "actors outlived SIGKILL")
+            await asyncio.sleep(POLL_S)
 
     async def stop(self) -> None:
         """Sources first, then stage by stage; SIGKILL whatever outlives the deadline.

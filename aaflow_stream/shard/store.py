@@ -1,40 +1,60 @@
-"""One shard's FAISS index and row metadata, with their files on disk.
+"""One shard's FAISS index and row metadata, made durable by a write-ahead log and snapshots.
 
 The index is ``IndexIDMap2(index_factory(dim, description, metric))`` keyed by ``chunk_id``;
-the metadata (doc_id, seq, text, source, ts, doc_version per chunk) is an Arrow table. On disk:
-``<dir>/index.faiss`` (open with ``faiss.read_index``) and ``<dir>/meta.arrow`` (an Arrow IPC
-file; ``pyarrow.ipc.open_file``), each written to a temporary name and renamed into place.
+the metadata (doc_id, seq, text, source, ts, doc_version per chunk) is an Arrow table.
 
-Upserts are idempotent by chunk_id: a row whose id is already present replaces the old one.
+On disk, under ``<data_dir>/shard-<r>/``:
+
+- ``shard.json``: the shard's shape (dim, index, metric), written when the shard is created;
+  a topology of another shape is refused.
+- ``wal/wal-<NNNNNNNN>.log``: every batch applied since the snapshot (``wal.py``).
+- ``snapshot/{index.faiss, meta.arrow, snapshot.json}`` (``snapshot.py``): open with
+  ``faiss.read_index`` and ``pyarrow.ipc.open_file``.
+
+Opening loads the snapshot and replays the log. ``append`` logs a batch, then applies it: an
+upsert batch (with ``embedding``) is idempotent by chunk_id; a tombstone batch
+(``schemas.TOMBSTONE``, recognised by its ``keep_version`` column) removes, per row, every
+chunk of ``doc_id`` whose ``doc_version`` differs from ``keep_version`` (all of them for
+``DELETE_ALL``). With ``wal_sync="batch"`` the record is synced before it is applied; with
+``"interval"`` it is applied at once and made durable by the caller's next ``sync()``.
+
+Threads: ingestion (the actor's loop), queries (the MPI thread) and snapshots (a worker)
+share the store. ``_lock`` guards the index and metadata (held by queries and applies, never
+across an fsync or a file write); ``_write_lock`` keeps WAL order equal to apply order and lets
+a snapshot cut both at one point; ``_snapshot_lock`` runs one snapshot at a time.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
-import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import SpecError
+from ..errors import SpecError, StorageError
 from ..query import topk
 from ..query.protocol import QueryFilter
 from ..query.topk import Ids, Scores
-from ..schemas import EMBEDDING, METADATA
+from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
+from . import snapshot as snap
+from .fsio import make_dir, write_atomic
+from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-META_FILE = "meta.arrow"
 MANIFEST_FILE = "shard.json"
+WAL_DIR = "wal"
 TIE_MARGIN = 16
+WalSync = Literal["batch", "interval"]
 
 
 def _metric(name: str) -> int:
@@ -43,8 +63,20 @@ def _metric(name: str) -> int:
     return {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[name]
 
 
+def is_tombstone(batch: pa.RecordBatch) -> bool:
+    return "keep_version" in batch.schema.names
+
+
 class ShardStore:
-    def __init__(self, directory: Path, *, dim: int, index: str, metric: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        dim: int,
+        index: str,
+        metric: str,
+        wal_sync: WalSync = "batch",
+    ) -> None:
         import faiss
 
         self._faiss = faiss
@@ -52,34 +84,74 @@ class ShardStore:
         self.dim = dim
         self._description = index
         self._metric = metric
+        self._sync_each = wal_sync == "batch"
         self._meta: list[pa.RecordBatch] = []
         self._starts: list[int] = []  # first row of each metadata batch in the whole table
-        self._where: dict[int, int] = {}  # chunk id -> its latest row in the whole table
-        self._replaced = False
-        # Ingestion (the actor's loop) and queries (the MPI thread) share the index.
+        self._where: dict[int, int] = {}  # live chunk id -> its latest row in the whole table
+        self._docs: dict[str, dict[int, int]] = {}  # doc_id -> {live chunk id: doc_version}
+        self._dead_rows = False  # some rows of ``_meta`` are replaced or removed
         self._lock = threading.Lock()
-        self.index = self._open()
+        self._write_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        try:
+            make_dir(directory)
+            self._check_manifest()
+            found = snap.recover(directory)
+            self.index = self._load_base(found)
+            info = found or snap.EMPTY
+            self._wal = WriteAheadLog.open(
+                directory / WAL_DIR,
+                first_segment=info.wal_segment,
+                after_lsn=info.lsn,
+                apply=self._replay,
+            )
+            self._wal.drop_before(info.wal_segment)  # covered; a crash left them behind
+        except OSError as exc:  # e.g. an unwritable data directory
+            raise StorageError(f"cannot open the shard in {directory}: {exc}") from exc
+        self._snapshot_lsn = info.lsn
+        self._snapshot_logged = 0
+        self._snapshot_at = time.monotonic()
+        replayed = self._wal.last_lsn - info.lsn
+        log.info(
+            "%s: %d vectors (snapshot LSN %d, %d records replayed)",
+            directory,
+            self.count,
+            info.lsn,
+            replayed,
+        )
 
-    def _open(self) -> Any:
-        faiss = self._faiss
+    # --- opening -----------------------------------------------------------------------------
+
+    def _check_manifest(self) -> None:
         manifest = self.directory / MANIFEST_FILE
-        if manifest.exists():
-            saved = json.loads(manifest.read_text())
-            expected = {"dim": self.dim, "index": self._description, "metric": self._metric}
-            if {k: saved.get(k) for k in expected} != expected:
-                raise SpecError(
-                    f"shard data in {self.directory} was built with {saved}, "
-                    f"the topology asks for {expected}: use another data_dir or remove it"
-                )
-            index = faiss.read_index(str(self.directory / INDEX_FILE))
-            with pa.ipc.open_file(self.directory / META_FILE) as reader:
-                table = reader.read_all()
-            for batch in table.to_batches():
-                self._remember(batch)
-            log.info("loaded %d vectors from %s", index.ntotal, self.directory)
-            return index
-        inner = faiss.index_factory(self.dim, self._description, _metric(self._metric))
-        return faiss.IndexIDMap2(inner)
+        expected = {"dim": self.dim, "index": self._description, "metric": self._metric}
+        if not manifest.exists():
+            write_atomic(manifest, json.dumps(expected).encode())
+            return
+        saved = json.loads(manifest.read_text())
+        if {k: saved.get(k) for k in expected} != expected:
+            raise SpecError(
+                f"shard data in {self.directory} was built with {saved}, "
+                f"the topology asks for {expected}: use another data_dir or remove it"
+            )
+
+    def _load_base(self, info: snap.SnapshotInfo | None) -> Any:
+        if info is not None:
+            index, table = snap.load(self.directory / snap.SNAPSHOT_DIR, info.vectors)
+        elif (self.directory / snap.INDEX_FILE).exists():  # the layout before the WAL
+            index, table = snap.load(self.directory, None)
+        else:
+            inner = self._faiss.index_factory(self.dim, self._description, _metric(self._metric))
+            return self._faiss.IndexIDMap2(inner)
+        for batch in table.cast(METADATA).to_batches():
+            self._remember(batch)
+        return index
+
+    def _replay(self, _lsn: int, batch: pa.RecordBatch) -> None:
+        # Copy the metadata out: kept as is, it would pin the whole segment's bytes.
+        self._apply(batch, copy=True)
+
+    # --- state -------------------------------------------------------------------------------
 
     @property
     def metric(self) -> str:
@@ -89,37 +161,184 @@ class ShardStore:
     def count(self) -> int:
         return int(self.index.ntotal)
 
-    def upsert(self, batch: pa.RecordBatch) -> None:
-        """Add rows (with an ``embedding`` column); rows with known chunk ids replace old ones."""
+    @property
+    def last_lsn(self) -> int:
+        """The LSN of the last batch appended (and applied)."""
+        return self._wal.last_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every batch up to this LSN is on disk and survives a crash."""
+        return self._wal.durable_lsn
+
+    @property
+    def snapshot_lsn(self) -> int:
+        """The last LSN the newest snapshot covers."""
+        return self._snapshot_lsn
+
+    @property
+    def wal_bytes(self) -> int:
+        """Bytes logged since the last snapshot (recovered ones included)."""
+        return self._wal.logged_bytes - self._snapshot_logged
+
+    @property
+    def snapshot_age_s(self) -> float:
+        return time.monotonic() - self._snapshot_at
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def append(self, batch: pa.RecordBatch) -> int:
+        """Log ``batch`` (upsert or tombstone), then apply it; its LSN.
+
+        A batch that could not be applied is refused before it is logged: a logged record
+        must replay.
+        """
+        self._check(batch)
+        with self._write_lock:
+            lsn = self._wal.append(batch)
+            if self._sync_each:
+                self._wal.sync()
+            self._apply(batch)
+        return lsn
+
+    def upsert(self, batch: pa.RecordBatch) -> int:
+        """``append`` for a batch of rows with embeddings."""
+        if is_tombstone(batch):
+            raise ValueError("upsert() got a tombstone batch: use append()")
+        return self.append(batch)
+
+    def chunks_of(self, doc_ids: Sequence[str]) -> int:
+        """How many chunks of these documents this shard holds."""
+        with self._lock:
+            return sum(len(self._docs.get(doc_id, ())) for doc_id in set(doc_ids))
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> int:
+        """Remove every chunk of these documents (a logged tombstone batch); its LSN."""
+        n = len(doc_ids)
+        columns = [
+            pa.array(doc_ids, pa.string()),
+            pa.array(np.full(n, DELETE_ALL, np.uint64)),
+            *(pa.nulls(n, f.type) for f in list(TOMBSTONE)[2:]),
+        ]
+        return self.append(pa.record_batch(columns, schema=TOMBSTONE))
+
+    def sync(self) -> int:
+        """fsync the log now; the durable LSN."""
+        return self._wal.sync()
+
+    def _check(self, batch: pa.RecordBatch) -> None:
+        schema = batch.schema
+        if is_tombstone(batch):
+            needed = [TOMBSTONE.field("doc_id"), TOMBSTONE.field("keep_version")]
+        else:
+            needed = [*METADATA, pa.field(EMBEDDING, pa.list_(pa.float32(), self.dim))]
+        for field in needed:
+            if field.name not in schema.names:
+                raise ValueError(f"a batch for {self.directory} lacks column {field.name!r}")
+            got = schema.field(field.name).type
+            if got != field.type:
+                raise ValueError(
+                    f"a batch for {self.directory}: column {field.name!r} is {got}, "
+                    f"expected {field.type}"
+                )
+        keys = ["doc_id", "keep_version"] if is_tombstone(batch) else ["chunk_id", EMBEDDING]
+        for key in keys:
+            if batch.column(key).null_count:
+                raise ValueError(f"a batch for {self.directory} has nulls in {key!r}")
+
+    def _apply(self, batch: pa.RecordBatch, *, copy: bool = False) -> None:
+        if is_tombstone(batch):
+            self._apply_tombstones(batch)
+        else:
+            self._apply_upsert(batch, copy=copy)
+
+    def _apply_upsert(self, batch: pa.RecordBatch, *, copy: bool) -> None:
         ids = batch.column("chunk_id").to_numpy().view(np.int64)
+        if len(np.unique(ids)) != len(ids):  # keep each id's last row, as if sent one by one
+            _, first = np.unique(ids[::-1], return_index=True)
+            batch = batch.take(pa.array(np.sort(len(ids) - 1 - first)))
+            ids = batch.column("chunk_id").to_numpy().view(np.int64)
         column = batch.column(EMBEDDING)
-        if column.type.list_size != self.dim:
-            raise ValueError(f"embedding dim {column.type.list_size} != shard dim {self.dim}")
         flat = column.values.slice(column.offset * self.dim, len(column) * self.dim)
         vectors = flat.to_numpy(zero_copy_only=True).reshape(-1, self.dim)
+        meta = batch.select(METADATA.names)
+        if copy:
+            meta = meta.take(pa.array(np.arange(meta.num_rows)))
         id_list = ids.tolist()
         with self._lock:
             present = [i for i in id_list if i in self._where]
             if present:
                 self.index.remove_ids(np.array(present, dtype=np.int64))
-                self._replaced = True
+                self._dead_rows = True
             if not self.index.is_trained:
                 self.index.train(vectors)
             self.index.add_with_ids(vectors, ids)
-            self._remember(batch.select(METADATA.names))
+            self._remember(meta)
+
+    def _apply_tombstones(self, batch: pa.RecordBatch) -> None:
+        doc_ids = batch.column("doc_id").to_pylist()
+        keep = batch.column("keep_version").to_pylist()
+        with self._lock:
+            doomed: list[int] = []
+            for doc_id, version in zip(doc_ids, keep, strict=True):
+                chunks = self._docs.get(doc_id)
+                if not chunks:
+                    continue
+                gone = [c for c, v in chunks.items() if version == DELETE_ALL or v != version]
+                for chunk in gone:
+                    del chunks[chunk]
+                    del self._where[chunk]
+                if not chunks:
+                    del self._docs[doc_id]
+                doomed.extend(gone)
+            if doomed:
+                self.index.remove_ids(np.array(doomed, dtype=np.int64))
+                self._dead_rows = True
 
     def _remember(self, meta: pa.RecordBatch) -> None:
+        """Index ``meta``'s rows (the caller holds the lock or owns the store)."""
         start = self._starts[-1] + self._meta[-1].num_rows if self._meta else 0
         self._meta.append(meta)
         self._starts.append(start)
-        for row, chunk in enumerate(meta.column("chunk_id").to_pylist()):
+        chunks = meta.column("chunk_id").to_pylist()
+        docs = meta.column("doc_id").to_pylist()
+        versions = meta.column("doc_version").to_pylist()
+        for row, (chunk, doc, version) in enumerate(zip(chunks, docs, versions, strict=True)):
+            old = self._where.get(chunk)
+            mine = self._docs.setdefault(doc, {})
+            if old is not None and chunk not in mine:  # the id moved to another document
+                self._forget(self._value(old, "doc_id"), chunk)
             self._where[chunk] = start + row
+            mine[chunk] = version
+
+    def _forget(self, doc_id: str, chunk: int) -> None:
+        chunks = self._docs.get(doc_id, {})
+        chunks.pop(chunk, None)
+        if not chunks:
+            self._docs.pop(doc_id, None)
+
+    def _value(self, row: int, column: str) -> Any:
+        i = bisect.bisect_right(self._starts, row) - 1
+        return self._meta[i].column(column)[row - self._starts[i]].as_py()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _table(self) -> pa.Table:
+        return pa.Table.from_batches(self._meta, schema=METADATA)
+
+    def _live_positions(self) -> npt.NDArray[np.int64] | None:
+        """The rows of live chunks, or None when every row is live (the caller holds the lock)."""
+        if not self._dead_rows:
+            return None
+        rows = np.fromiter(self._where.values(), dtype=np.int64, count=len(self._where))
+        rows.sort()
+        return rows
 
     def _selector(self, allowed: QueryFilter) -> Any:
-        """A FAISS id selector for the rows that pass ``allowed`` (the caller holds the lock)."""
-        table = pa.Table.from_batches(self._meta, schema=METADATA) if self._meta else None
-        if table is None:
+        """A FAISS id selector for the live rows passing ``allowed`` (the caller holds the lock)."""
+        if not self._meta:
             return self._faiss.IDSelectorBatch(np.zeros(0, dtype=np.int64))
+        table = self._table()
         mask = pa.array(np.ones(table.num_rows, dtype=bool))
         if allowed.sources is not None:
             mask = pc.and_(mask, pc.is_in(table.column("source"), pa.array(allowed.sources)))
@@ -129,12 +348,28 @@ class ShardStore:
         if allowed.ts_to_ms is not None:
             mask = pc.and_(mask, pc.less_equal(ts, allowed.ts_to_ms))
         ids = table.column("chunk_id").filter(mask).to_numpy().view(np.int64)
-        # A replaced row's older copy may pass the filter: keep only ids whose latest row does.
+        # A replaced row's older copy, or a removed chunk's row, may pass the filter: keep
+        # only ids whose live row is the one that passed.
         rows = np.flatnonzero(np.asarray(mask))
         latest = [
             i for i, r in zip(ids.tolist(), rows.tolist(), strict=True) if self._where.get(i) == r
         ]
         return self._faiss.IDSelectorBatch(np.array(latest, dtype=np.int64))
+
+    def _search(
+        self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None
+    ) -> tuple[Scores, Ids]:
+        total = self.count
+        if total == 0:
+            nq = len(queries)
+            return np.full((nq, k), np.nan, np.float32), np.full((nq, k), -1, np.int64)
+        params, selector = None, None
+        if allowed is not None:
+            selector = self._selector(allowed)  # kept alive here for the search
+            params = self._faiss.SearchParameters()
+            params.sel = selector
+        scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN), params=params)
+        return topk.select(scores, ids, k, self._metric)  # type: ignore[arg-type]
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
@@ -145,53 +380,70 @@ class ShardStore:
         ask for ``TIE_MARGIN`` more and re-order. (Ties wider than that are not resolved.)
         """
         with self._lock:
-            total = self.count
-            if total == 0:
-                nq = len(queries)
-                return np.full((nq, k), np.nan, np.float32), np.full((nq, k), -1, np.int64)
-            params, selector = None, None
-            if allowed is not None:
-                selector = self._selector(allowed)  # kept alive here for the search
-                params = self._faiss.SearchParameters()
-                params.sel = selector
-            scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN), params=params)
-        return topk.select(scores, ids, k, self._metric)  # type: ignore[arg-type]
+            return self._search(queries, k, allowed)
+
+    def search_rows(
+        self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
+    ) -> tuple[Scores, Ids, pa.Table]:
+        """``search`` plus the metadata rows of the ids found (``ids >= 0``, row-major), in
+        one hold of the lock: a removal between the two cannot leave an id without its row."""
+        with self._lock:
+            scores, ids = self._search(queries, k, allowed)
+            return scores, ids, self._rows(ids[ids >= 0].tolist())
 
     def rows(self, ids: Sequence[int]) -> pa.Table:
         """The metadata rows of ``ids`` (all stored here), in that order."""
         with self._lock:
-            table = pa.Table.from_batches(self._meta, schema=METADATA)
+            return self._rows(ids)
+
+    def _rows(self, ids: Sequence[int]) -> pa.Table:
+        try:
             positions = [self._where[i] for i in ids]
-        return table.take(pa.array(positions, pa.int64()))
+        except KeyError as exc:
+            raise KeyError(f"chunk id {exc.args[0]} is not stored in {self.directory}") from None
+        return self._table().take(pa.array(positions, pa.int64()))
 
     def metadata(self) -> pa.Table:
-        """One row per chunk id (the latest version of a replaced row)."""
-        if not self._meta:
-            return METADATA.empty_table()
-        table = pa.Table.from_batches(self._meta, schema=METADATA)
-        if self._replaced:
-            ids = table.column("chunk_id").to_numpy()
-            reversed_ids = ids[::-1]
-            _, first = np.unique(reversed_ids, return_index=True)
-            keep = np.sort(len(ids) - 1 - first)
-            table = table.take(pa.array(keep))
-        return table
-
-    def persist(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """One row per live chunk id (the latest version of a replaced row)."""
         with self._lock:
-            table = self.metadata()
-        tmp_index = self.directory / (INDEX_FILE + ".tmp")
-        self._faiss.write_index(self.index, str(tmp_index))
-        tmp_meta = self.directory / (META_FILE + ".tmp")
-        with pa.OSFile(str(tmp_meta), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp_index, self.directory / INDEX_FILE)
-        os.replace(tmp_meta, self.directory / META_FILE)
-        manifest = {
-            "dim": self.dim,
-            "index": self._description,
-            "metric": self._metric,
-            "vectors": self.count,
-        }
-        (self.directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+            if not self._meta:
+                return METADATA.empty_table()
+            table, live = self._table(), self._live_positions()
+        return table if live is None else table.take(pa.array(live))
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self, reason: str, *, force: bool = False) -> snap.SnapshotInfo | None:
+        """Write a snapshot of everything applied so far, then drop the log it covers.
+
+        Skipped (None) when nothing was appended since the last one, unless ``force``.
+        Ingestion and queries pause only while the log is cut and the index copied in memory.
+        """
+        with self._snapshot_lock:
+            with self._write_lock:
+                if self._wal.last_lsn == self._snapshot_lsn and not force:
+                    return None
+                segment = self._wal.rotate()  # later records go to a segment it does not cover
+                lsn, logged = self._wal.last_lsn, self._wal.logged_bytes
+                with self._lock:
+                    index = self._faiss.clone_index(self.index)
+                    batches, live = list(self._meta), self._live_positions()
+            table = pa.Table.from_batches(batches, schema=METADATA)
+            if live is not None:
+                table = table.take(pa.array(live))
+            info = snap.now_info(int(index.ntotal), segment, lsn, reason)
+            snap.write(self.directory, index, table, info)
+            self._wal.drop_before(segment)
+            for legacy in (snap.INDEX_FILE, snap.META_FILE):
+                (self.directory / legacy).unlink(missing_ok=True)
+            self._snapshot_lsn, self._snapshot_logged = lsn, logged
+            self._snapshot_at = time.monotonic()
+            return info
+
+    def close(self) -> None:
+        """Sync and close the log (waits for a snapshot in progress). Idempotent."""
+        with self._snapshot_lock:
+            try:
+                self._wal.sync()
+            finally:
+                self._wal.close()

@@ -69,17 +69,23 @@ def up(topology: Path, *args: str, timeout_s: float = 120) -> UpResult:
 
 
 def read_shards(data_dir: Path) -> tuple[np.ndarray, np.ndarray, pa.Table]:
-    """(ids, vectors, metadata) over every shard, in shard order."""
+    """(ids, vectors, metadata) over every shard's snapshot, in shard order."""
     import faiss
 
     ids, vectors, metas = [], [], []
     for shard in sorted(data_dir.glob("shard-*")):
-        index = faiss.read_index(str(shard / "index.faiss"))
+        index = faiss.read_index(str(shard / "snapshot" / "index.faiss"))
         ids.append(faiss.vector_to_array(index.id_map).astype(np.int64))
         vectors.append(index.index.reconstruct_n(0, index.ntotal))
-        with pa.ipc.open_file(shard / "meta.arrow") as reader:
+        with pa.ipc.open_file(shard / "snapshot" / "meta.arrow") as reader:
             metas.append(reader.read_all())
     return np.concatenate(ids), np.concatenate(vectors), pa.concat_tables(metas)
+
+
+def drained_shards(data_dir: Path) -> int:
+    """How many shards hold the snapshot taken at the end of their stream."""
+    infos = [p.read_text() for p in data_dir.glob("shard-*/snapshot/snapshot.json")]
+    return sum(json.loads(info)["reason"] == "drain" for info in infos)
 
 
 def expected_chunks(docs: list[tuple[str, str]]) -> dict[int, np.ndarray]:

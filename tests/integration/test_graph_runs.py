@@ -11,6 +11,8 @@ import pytest
 from aaflow_stream.errors import ActorFailed
 from aaflow_stream.plan import StageSpec
 from aaflow_stream.protocol import ActorStats
+from aaflow_stream.runtime.supervisor import Restart
+from aaflow_stream.spec import RestartSpec
 
 from .graphs import BASIC, SUPPORT, graph, run, sink, sink_seqs, source, supervisor
 
@@ -74,6 +76,30 @@ def test_a_crashing_actor_is_reported_and_the_rest_stop_in_bounded_time(run_dir:
     assert failure.exit_code == 1
     assert "RuntimeError: boom at 20" in failure.last_error
     assert stop_s < 15
+    assert not (run_dir / "sock").exists()
+
+
+def test_restarts_are_bounded_with_backoff_and_then_fail_clearly(run_dir: Path) -> None:
+    g = graph(
+        source(batches=10**6, rows=16),
+        StageSpec("crash", f"{SUPPORT}:Crash", {"after": 5, "message": "boom again"}),
+        sink(run_dir / "out"),
+    )
+    policy = RestartSpec(max_restarts=2, backoff_s=0.2, max_backoff_s=5.0)
+
+    async def main() -> tuple[ActorFailed, list[Restart]]:
+        sup = supervisor(g, run_dir, stop_timeout_s=8.0, restart=policy)
+        async with sup:
+            with pytest.raises(ActorFailed) as failed:
+                await sup.wait()
+        return failed.value, sup.restarts
+
+    failure, restarts = asyncio.run(asyncio.wait_for(main(), 120))
+    assert "boom again" in failure.last_error
+    assert len(restarts) == 2 and all("boom again" in r.reason for r in restarts)
+    # The second restart waited twice the first one's backoff.
+    assert restarts[0].ready_at - restarts[0].detected_at >= 0.2
+    assert restarts[1].ready_at - restarts[1].detected_at >= 0.4
     assert not (run_dir / "sock").exists()
 
 

@@ -42,7 +42,7 @@ def _check_shards(data_dir: Path, corpus: Path, shards: int) -> None:
 def read_shards_one(data_dir: Path, shard: int) -> tuple[list[int], None, None]:
     import faiss
 
-    index = faiss.read_index(str(data_dir / f"shard-{shard}" / "index.faiss"))
+    index = faiss.read_index(str(data_dir / f"shard-{shard}" / "snapshot" / "index.faiss"))
     return faiss.vector_to_array(index.id_map).tolist(), None, None
 
 

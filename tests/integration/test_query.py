@@ -25,7 +25,7 @@ from aaflow_stream.synthetic import generate
 from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
 from ..conftest import REPO_DIR
-from .ingest import jsonl_docs, read_shards, write_topology
+from .ingest import drained_shards, jsonl_docs, read_shards, write_topology
 
 pytestmark = pytest.mark.mpi
 
@@ -53,9 +53,9 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        # Serving starts at once; the shards persist when the ingestion is through.
+        # Serving starts at once; the shards snapshot when the ingestion is through.
         deadline = time.monotonic() + 60
-        while len(list((root / "data").glob("shard-*/shard.json"))) < 4:
+        while drained_shards(root / "data") < 4:
             assert time.monotonic() < deadline, "the ingestion did not finish"
             time.sleep(0.1)
         yield endpoint, root / "data"

@@ -17,7 +17,7 @@ import pyarrow as pa
 from mpi4py import MPI
 
 from aaflow_stream.query.round import search_round
-from aaflow_stream.schemas import embedded
+from aaflow_stream.schemas import stored
 from aaflow_stream.shard.store import ShardStore
 
 DIM, N = 32, 3000
@@ -45,7 +45,7 @@ def batch(vectors: np.ndarray, ids: np.ndarray) -> pa.RecordBatch:
             pa.array(np.zeros(n, np.uint64)),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
         ],
-        schema=embedded(DIM),
+        schema=stored(DIM),
     )
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from aaflow_stream.query import topk
-from aaflow_stream.schemas import embedded
+from aaflow_stream.schemas import stored
 from aaflow_stream.shard.store import ShardStore
 
 
@@ -44,7 +44,7 @@ def _store(tmp_path: Path, metric: str) -> tuple[ShardStore, np.ndarray, np.ndar
             pa.array(np.zeros(n, np.uint64)),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 8),
         ],
-        schema=embedded(8),
+        schema=stored(8),
     )
     store = ShardStore(tmp_path / metric, dim=8, index="Flat", metric=metric)
     store.upsert(batch)
