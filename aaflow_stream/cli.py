@@ -3,8 +3,12 @@
   aaflow-stream up TOPOLOGY        ingest the topology's sources into its shards, then exit
                  [--serve]        ... and answer queries until Ctrl-C
                  [--detach]       ... in the background, until `aaflow-stream down`
+                 [--trace F]      ... and write the stage timing trace to F (Parquet)
   aaflow-stream down TOPOLOGY      stop a detached topology
+  aaflow-stream status             a running topology's live figures (--topology or --run-dir)
   aaflow-stream query TEXT         ask a serving topology (--topology or --endpoint)
+  aaflow-stream ingest FILES...    send documents (JSONL files, text files, - for stdin JSONL)
+                                   to a running topology's ingest endpoint; returns once durable
   aaflow-stream validate TOPOLOGY  check a topology file; start nothing
   aaflow-stream schema             print the topology file's JSON Schema
   aaflow-stream run-graph FILE     run a raw actor graph (stages of module:callable operators)
@@ -13,6 +17,7 @@ Exit codes:
   0  the run finished (or was interrupted and drained) cleanly
   1  an actor failed; the supervisor stopped the rest
   2  the command line, the topology or its data directory is invalid; nothing was started
+  3  ingest: some documents were rejected (the others are durable)
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ import msgspec
 from . import daemon, pipeline, report, spec
 from .client import Client, GatewayUnavailable, QueryError
 from .errors import ActorFailed, SpecError
+from .observe.status import StatusUnavailable
 from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
 from .query.protocol import QueryFilter
-from .spec import RestartSpec
+from .spec import MetricsSpec, RestartSpec
 
 if TYPE_CHECKING:
     from .runtime.supervisor import Restart
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_REJECTED = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_EVERY_S = 1.0
 
@@ -100,6 +107,8 @@ async def _run(
     progress: _Progress,
     start_timeout_s: float = 60.0,
     restart: RestartSpec | None = None,
+    metrics: MetricsSpec | None = None,
+    trace_dir: Path | None = None,
 ) -> tuple[float, dict[str, ActorStats], list[Restart]]:
     from .runtime.supervisor import Supervisor
 
@@ -110,6 +119,8 @@ async def _run(
         on_stats=progress,
         start_timeout_s=start_timeout_s,
         restart=restart,
+        metrics=metrics,
+        trace_dir=trace_dir,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,6 +144,9 @@ def _up(args: argparse.Namespace) -> int:
     pipeline.check_embedder(topology)
     pipeline.check_data_dir(topology)
     run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
+    if args.trace and args.detach:
+        raise SpecError("--trace needs a run in the foreground (not --detach)")
+    trace_dir = run_dir / "trace" if args.trace else None
     if args.detach:
         pid = daemon.detach(
             args.topology.resolve(),
@@ -156,18 +170,49 @@ def _up(args: argparse.Namespace) -> int:
             progress,
             topology.timeouts.start_s,
             topology.durability.restart,
+            topology.metrics,
+            trace_dir,
         )
     )
     summary = report.summarize(stats.values(), order)
+    timing = None
+    if trace_dir is not None:
+        from .observe import trace as tracing
+
+        table = tracing.collect(trace_dir, args.trace)
+        timing = tracing.summarize(table, order)
     if args.json:
         restarted = [dataclasses.asdict(r) for r in restarts]
-        print(json.dumps({**_summary_json(summary, startup_s), "restarts": restarted}))
+        out = {**_summary_json(summary, startup_s), "restarts": restarted}
+        if timing is not None:
+            out["trace"] = {"file": str(args.trace), **timing.as_json()}
+        print(json.dumps(out))
     else:
         print(report.table(summary, startup_s))
         for restart in restarts:
             took = restart.ready_at - restart.detected_at
             print(f"restarted in {took:.2f}s after: {restart.reason}")
+        if timing is not None:
+            from .observe.trace import table_text
+
+            print(f"\nstage timing trace {args.trace}:\n{table_text(timing)}")
         print(f"data directory {pipeline.data_dir(topology)}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .observe import view
+
+    if args.run_dir:
+        run_dir = args.run_dir.resolve()
+    elif args.topology:
+        run_dir = pipeline.run_dir(spec.load(args.topology))
+    else:
+        raise SpecError("give --topology or --run-dir")
+    try:
+        view.show(run_dir, as_json=args.json, watch=args.watch)
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 
@@ -201,6 +246,33 @@ def _gateway_endpoint(args: argparse.Namespace) -> str:
     if args.topology:
         return spec.load(args.topology).query.endpoint
     raise SpecError("give --endpoint or --topology")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from .ingest.inputs import LocalReject, read_documents
+
+    endpoint = args.endpoint
+    if not endpoint and args.topology:
+        ingest = spec.load(args.topology).ingest
+        if ingest is None:
+            raise SpecError(f"{args.topology}: no ingest endpoint (add ingest: {{}})")
+        endpoint = ingest.endpoint
+    if not endpoint:
+        raise SpecError("give --endpoint or --topology")
+    try:
+        items = list(read_documents(args.files))
+    except OSError as exc:
+        raise SpecError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    docs = [d for d in items if not isinstance(d, LocalReject)]
+    local = [d for d in items if isinstance(d, LocalReject)]
+    with Client(None, ingest_endpoint=endpoint) as client:
+        result = client.ingest(docs, timeout_s=args.timeout)
+    for reject in local:
+        print(f"rejected {reject.where}: {reject.reason}")
+    for rejected in result.rejected:
+        print(f"rejected {rejected.doc_id or f'document {rejected.index}'}: {rejected.reason}")
+    print(f"accepted {result.accepted}, rejected {len(local) + len(result.rejected)} (durable)")
+    return EXIT_REJECTED if local or result.rejected else EXIT_OK
 
 
 def _delete(args: argparse.Namespace) -> int:
@@ -262,6 +334,19 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     up.add_argument("--serve", action="store_true", help="answer queries until stopped")
     up.add_argument("--detach", action="store_true", help="serve in the background")
+    up.add_argument(
+        "--trace", type=Path, metavar="FILE", help="write the stage timing trace (Parquet)"
+    )
+    up.add_argument(  # also accepted after the subcommand; reaches every actor
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    status = commands.add_parser("status", help="live figures of a running topology")
+    status.add_argument("--topology", type=Path, help="the topology's run directory")
+    status.add_argument("--run-dir", type=Path)
+    status.add_argument("--json", action="store_true", help="one JSON object per refresh")
+    status.add_argument("--watch", action="store_true", help="refresh every second")
     down = commands.add_parser("down", help="stop a detached topology")
     down.add_argument("topology", type=Path)
     down.add_argument("--run-dir", type=Path)
@@ -282,6 +367,13 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--topology", type=Path, help="take the endpoint from this topology")
     delete.add_argument("--endpoint", help="the gateway endpoint, e.g. tcp://127.0.0.1:7070")
     delete.add_argument("--timeout", type=float, default=30.0)
+    ingest = commands.add_parser(
+        "ingest", help="send documents to a running topology (returns once durable)"
+    )
+    ingest.add_argument("files", nargs="+", help="JSONL or text files; - reads JSONL on stdin")
+    ingest.add_argument("--topology", type=Path, help="take the endpoint from this topology")
+    ingest.add_argument("--endpoint", help="the ingest endpoint, e.g. tcp://127.0.0.1:7071")
+    ingest.add_argument("--timeout", type=float, default=60.0)
     validate = commands.add_parser("validate", help="check a topology; start nothing")
     validate.add_argument("topology", type=Path)
     commands.add_parser("schema", help="print the topology JSON Schema")
@@ -319,11 +411,15 @@ def main(argv: list[str] | None = None) -> int:
             return _query(args)
         if args.command == "delete":
             return _delete(args)
+        if args.command == "ingest":
+            return _ingest(args)
+        if args.command == "status":
+            return _status(args)
         return _run_graph(args)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (daemon.DaemonError, GatewayUnavailable, QueryError) as exc:
+    except (daemon.DaemonError, GatewayUnavailable, QueryError, StatusUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except ActorFailed as exc:

@@ -1,5 +1,11 @@
 """Query clients for a running topology's gateway: ``Client`` (blocking), ``AsyncClient``.
 
+Both also ingest (``ingest(docs)``) through the topology's ingest endpoint (``ingest_endpoint``):
+the call returns once every accepted document is durable on the shards, with the rejected ones
+by doc_id. Documents are split into requests of at most ``INGEST_BATCH_DOCS`` documents (and
+about ``INGEST_BATCH_BYTES``), a few in flight at once; an ``unavailable`` answer is retried
+with backoff until the timeout.
+
 Only the wire protocol and sockets live here, never the runtime: any program on the host can
 use them. Errors: ``GatewayUnavailable`` (nothing answered within the timeout: the gateway is
 down or not started), ``QueryError`` (the gateway answered with an error, ``code`` says which).
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +24,8 @@ import zmq
 import zmq.asyncio
 
 from .errors import AaflowError
+from .ingest import protocol as ingest_protocol
+from .ingest.protocol import Document, IngestError, IngestResult, Rejected
 from .query.protocol import (
     DeleteReply,
     DeleteRequest,
@@ -33,6 +42,11 @@ from .query.protocol import (
 )
 
 DEFAULT_TIMEOUT_S = 10.0
+INGEST_TIMEOUT_S = 60.0
+INGEST_BATCH_DOCS = 256
+INGEST_BATCH_BYTES = 4 * 2**20
+INGEST_IN_FLIGHT = 4
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 
 
 class QueryError(AaflowError):
@@ -59,16 +73,102 @@ def _check(reply: Reply) -> Reply:
     return reply
 
 
-class Client:
-    """Blocking client. One request in flight at a time; use several clients for concurrency."""
+IngestDoc = Document | Mapping[str, Any]
 
-    def __init__(self, endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+
+def _ingest_parts(docs: Iterable[IngestDoc]) -> list[tuple[int, list[bytes]]]:
+    """(index of the first document, encoded documents) per request."""
+    parts: list[tuple[int, list[bytes]]] = []
+    current: list[bytes] = []
+    first = size = 0
+    for index, doc in enumerate(docs):
+        raw = ingest_protocol.encode(doc if isinstance(doc, Document) else dict(doc))
+        if current and (len(current) >= INGEST_BATCH_DOCS or size + len(raw) > INGEST_BATCH_BYTES):
+            parts.append((first, current))
+            current, first, size = [], index, 0
+        current.append(raw)
+        size += len(raw)
+    if current:
+        parts.append((first, current))
+    return parts
+
+
+class _IngestRound:
+    """The bookkeeping of one ``ingest`` call: what is unsent, in flight, answered."""
+
+    def __init__(self, docs: Iterable[IngestDoc], ids: Any) -> None:
+        self.unsent = [(next(ids), first, raw) for first, raw in _ingest_parts(docs)]
+        self.unsent.reverse()  # pop() from the end keeps the order
+        self.in_flight: dict[int, tuple[int, list[bytes]]] = {}
+        self.accepted = 0
+        self.rejected: list[Rejected] = []
+        self.retry_s = _RETRY_FIRST_S
+
+    def next_to_send(self) -> tuple[int, bytes] | None:
+        if not self.unsent or len(self.in_flight) >= INGEST_IN_FLIGHT:
+            return None
+        request_id, first, raw = self.unsent.pop()
+        self.in_flight[request_id] = (first, raw)
+        return request_id, ingest_protocol.encode_raw_request(request_id, raw)
+
+    @property
+    def done(self) -> bool:
+        return not self.unsent and not self.in_flight
+
+    def answer(self, reply: ingest_protocol.IngestReply) -> bool:
+        """Apply a reply; True when the engine asked to try that request again later."""
+        sent = self.in_flight.pop(reply.id, None)
+        if sent is None:
+            return False  # a late answer to an earlier call
+        first, raw = sent
+        if isinstance(reply, IngestError):
+            if reply.code == "unavailable":
+                self.unsent.append((reply.id, first, raw))
+                return True
+            raise QueryError(reply.code, reply.message)
+        self.retry_s = _RETRY_FIRST_S
+        self.accepted += reply.accepted
+        self.rejected += [Rejected(r.index + first, r.doc_id, r.reason) for r in reply.rejected]
+        return False
+
+    def backoff(self) -> float:
+        wait, self.retry_s = self.retry_s, min(self.retry_s * 2, _RETRY_MAX_S)
+        return wait
+
+    def result(self) -> IngestResult:
+        return IngestResult(id=0, accepted=self.accepted, rejected=self.rejected)
+
+
+def _ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
+    try:
+        return ingest_protocol.reply_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise QueryError("internal", f"undecodable ingest reply: {exc}") from exc
+
+
+class Client:
+    """Blocking client. One request in flight at a time; use several clients for concurrency.
+
+    ``endpoint``: the query gateway (None: ingest only); ``ingest_endpoint``: the topology's
+    ingest endpoint, for ``ingest``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        ingest_endpoint: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        if endpoint is not None:
+            self._sock.connect(endpoint)
+        self._ingest_sock: zmq.Socket[Any] | None = None
         self._ids = itertools.count(1)
 
     def __enter__(self) -> Client:
@@ -99,7 +199,8 @@ class Client:
         self._sock.close(linger=0)
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(self.endpoint)
+        if self.endpoint is not None:
+            self._sock.connect(self.endpoint)
 
     def query(
         self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
@@ -143,22 +244,66 @@ class Client:
         assert isinstance(reply, StatsReply)
         return reply
 
+    def ingest(
+        self, docs: Iterable[IngestDoc], *, timeout_s: float = INGEST_TIMEOUT_S
+    ) -> IngestResult:
+        """Ingest documents (``Document`` or ``{doc_id, text, source?, ts?}``); returns once
+        every accepted one is durable, with the rejected ones (index, doc_id, reason).
+        ``GatewayUnavailable`` when the endpoint made no progress for ``timeout_s``."""
+        sock = self._ingest_socket()
+        work = _IngestRound(docs, self._ids)
+        deadline = time.monotonic() + timeout_s
+        while not work.done:
+            while (sending := work.next_to_send()) is not None:
+                sock.send(sending[1])
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000)):
+                self._ingest_sock = None
+                sock.close(linger=0)
+                raise GatewayUnavailable(
+                    f"no answer from the ingest endpoint {self.ingest_endpoint} in {timeout_s}s"
+                )
+            reply = _ingest_reply(sock.recv())
+            if work.answer(reply):
+                time.sleep(work.backoff())
+            else:
+                deadline = time.monotonic() + timeout_s
+        return work.result()
+
+    def _ingest_socket(self) -> zmq.Socket[Any]:
+        if self.ingest_endpoint is None:
+            raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
+        if self._ingest_sock is None:
+            self._ingest_sock = self._ctx.socket(zmq.DEALER)
+            self._ingest_sock.setsockopt(zmq.LINGER, 0)
+            self._ingest_sock.connect(self.ingest_endpoint)
+        return self._ingest_sock
+
     def close(self) -> None:
-        if not self._sock.closed:
-            self._sock.close(linger=0)
+        for sock in (self._sock, self._ingest_sock):
+            if sock is not None and not sock.closed:
+                sock.close(linger=0)
         self._ctx.term()
 
 
 class AsyncClient:
     """asyncio client; many queries may be in flight at once from one client."""
 
-    def __init__(self, endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        endpoint: str | None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        ingest_endpoint: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        if endpoint is not None:
+            self._sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._waiting: dict[int, Any] = {}
         self._reader: Any = None
@@ -217,6 +362,34 @@ class AsyncClient:
         reply = await self._call(StatsRequest(id=next(self._ids)))
         assert isinstance(reply, StatsReply)
         return reply
+
+    async def ingest(
+        self, docs: Iterable[IngestDoc], *, timeout_s: float = INGEST_TIMEOUT_S
+    ) -> IngestResult:
+        """See ``Client.ingest``. Each call uses a socket of its own, so calls may overlap."""
+        import asyncio
+
+        if self.ingest_endpoint is None:
+            raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.ingest_endpoint)
+        try:
+            work = _IngestRound(docs, self._ids)
+            while not work.done:
+                while (sending := work.next_to_send()) is not None:
+                    await sock.send(sending[1])
+                try:
+                    raw = await asyncio.wait_for(sock.recv(), timeout_s)
+                except TimeoutError as exc:
+                    raise GatewayUnavailable(
+                        f"no answer from the ingest endpoint {self.ingest_endpoint} in {timeout_s}s"
+                    ) from exc
+                if work.answer(_ingest_reply(raw)):
+                    await asyncio.sleep(work.backoff())
+            return work.result()
+        finally:
+            sock.close(linger=0)
 
     async def aclose(self) -> None:
         if self._reader is not None and not self._reader.done():

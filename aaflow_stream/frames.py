@@ -96,6 +96,7 @@ def batch_message(
     seq: int,
     fingerprint: str,
     encoding: str,
+    origin_at: float = 0.0,
 ) -> list[Any]:
     """Frames for one or more batches of one schema. ``buffers`` references, never copies."""
     parts = [batches] if isinstance(batches, pa.RecordBatch) else list(batches)
@@ -110,6 +111,7 @@ def batch_message(
             encoding=IPC,
             parts=many,
             sent_at=time.time(),
+            origin_at=origin_at,
         )
         return [encode(header), *(b.serialize() for b in parts)]
     nodes: list[tuple[int, int, int]] = []
@@ -127,6 +129,7 @@ def batch_message(
         present=[b is not None for b in bufs],
         parts=many,
         sent_at=time.time(),
+        origin_at=origin_at,
     )
     return [encode(header), *(b for b in bufs if b is not None)]
 

@@ -50,7 +50,7 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
     shards = topology.shards
     match stage:
         case LoadStage():
-            sources = [
+            sources: list[dict[str, Any]] = [
                 {"paths": [str(Path(p).resolve()) for p in s.paths], "formats": s.formats}
                 for s in topology.sources
             ]
@@ -65,6 +65,13 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                     "interval_ms": topology.durability.checkpoint_interval_ms,
                 },
             }
+            if topology.continuous:  # watched sources, the ingest endpoint: until stopped
+                for entry, source in zip(sources, topology.sources, strict=True):
+                    entry.update(watch=source.watch, deletes=source.deletes)
+                if topology.ingest is not None:
+                    params["ingest"] = msgspec.to_builtins(topology.ingest)
+                operator = f"{OPS}.feed:ContinuousLoader"
+                return _builtin(stage.name, operator, params, stage.replicas)
             return _builtin(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
         case TransformStage():
             params = {
@@ -152,6 +159,7 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
         encoding=topology.flow.encoding,
         eos_timeout_s=topology.timeouts.eos_s,
         drain_timeout_s=topology.timeouts.drain_s,
+        flush_ms=topology.flow.flush_ms,
     )
 
 

@@ -52,6 +52,8 @@ class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eos_timeout_s: float = 60.0
     drain_timeout_s: float = 10.0
     stats_interval_s: float = 0.5
+    # A stage holding rows back for batching releases them after this long without input.
+    flush_ms: float = 50.0
 
 
 class InputSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,6 +88,7 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eos_timeout_s: float = 60.0
     drain_timeout_s: float = 10.0
     stats_interval_s: float = 0.5
+    flush_ms: float = 50.0
     log_level: str = "INFO"
     block_imports: list[str] = []
     chain: list[ChainedOperator] = []
@@ -94,6 +97,8 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ack_endpoint: str | None = None
     # ... and a stage that sends them connects to every source replica's, by replica.
     ack_peers: list[str] = []
+    # Record the stage timing trace into this directory (observe/trace.py); None: off.
+    trace_dir: str | None = None
 
     @property
     def is_source(self) -> bool:
@@ -111,6 +116,8 @@ def validate_graph(graph: GraphSpec) -> list[str]:
         problems.append("$.stages: a graph needs at least one stage")
     if graph.window < 1:
         problems.append(f"$.window: must be >= 1, got {graph.window}")
+    if graph.flush_ms <= 0:
+        problems.append(f"$.flush_ms: must be > 0, got {graph.flush_ms}")
     if graph.encoding not in ("auto", "buffers", "ipc"):
         problems.append(f"$.encoding: expected auto, buffers or ipc, got {graph.encoding!r}")
     seen: set[str] = set()
@@ -137,6 +144,7 @@ def plan_actors(
     *,
     supervisor_endpoint: str | None,
     log_level: str = "INFO",
+    trace_dir: Path | None = None,
 ) -> list[ActorSpec]:
     """The actors of ``graph``, sinks first (the order to start them in)."""
     problems = validate_graph(graph)
@@ -197,12 +205,14 @@ def plan_actors(
                     eos_timeout_s=graph.eos_timeout_s,
                     drain_timeout_s=graph.drain_timeout_s,
                     stats_interval_s=graph.stats_interval_s,
+                    flush_ms=graph.flush_ms,
                     log_level=log_level,
                     block_imports=stage.block_imports,
                     chain=stage.chain,
                     linger=stage.linger,
                     ack_endpoint=endpoint(name, "a") if stage.name in acked else None,
                     ack_peers=ack_peers,
+                    trace_dir=str(trace_dir) if trace_dir is not None else None,
                 )
             )
     order = {stage.name: i for i, stage in enumerate(graph.stages)}

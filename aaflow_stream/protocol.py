@@ -57,6 +57,8 @@ class BatchHeader(_Msg, tag="batch", frozen=True):
     present: list[bool] = []
     parts: list[int] = []
     sent_at: float = 0.0
+    # When the source read the oldest document in the message (the stage timing trace).
+    origin_at: float = 0.0
 
 
 class EosHeader(_Msg, tag="eos", frozen=True):

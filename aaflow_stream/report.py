@@ -63,19 +63,25 @@ class _Share:
     rejected: int  # frames its input dropped: charged to its first operator
 
 
+def operators_of(actor: ActorStats) -> list[OperatorStats]:
+    """The actor's operators (several when stages are chained); one from its totals when it
+    reported none."""
+    return actor.operators or [
+        OperatorStats(
+            stage=actor.stage,
+            busy_s=actor.busy_s,
+            rows_in=actor.input.rows,
+            rows_out=actor.rows_out,
+            first_work_at=actor.first_work_at,
+            last_work_at=actor.last_work_at,
+            extra=actor.extra,
+        )
+    ]
+
+
 def _shares(stats: Iterable[ActorStats]) -> Iterator[_Share]:
     for actor in stats:
-        ops = actor.operators or [
-            OperatorStats(
-                stage=actor.stage,
-                busy_s=actor.busy_s,
-                rows_in=actor.input.rows,
-                rows_out=actor.rows_out,
-                first_work_at=actor.first_work_at,
-                last_work_at=actor.last_work_at,
-                extra=actor.extra,
-            )
-        ]
+        ops = operators_of(actor)
         for index, op in enumerate(ops):
             yield _Share(
                 op,

@@ -28,12 +28,19 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class SourceSpec(_Spec, frozen=True):
-    """Files and directories (searched recursively) to ingest; .txt, .md and .jsonl."""
+    """Files and directories (searched recursively) to ingest; .txt, .md and .jsonl.
+
+    ``watch``: after the initial scan keep watching (``operators/feed.py``): new and changed
+    files are ingested, ``up`` runs until stopped. ``deletes: follow`` removes the documents
+    of a deleted file (``keep`` leaves them).
+    """
 
     paths: list[str]
     formats: list[Literal["txt", "md", "jsonl"]] = msgspec.field(
         default_factory=lambda: ["txt", "md", "jsonl"]
     )
+    watch: bool = False
+    deletes: Literal["keep", "follow"] = "keep"
 
 
 class _Stage(_Spec, frozen=True):
@@ -133,6 +140,24 @@ class QuerySpec(_Spec, frozen=True):
 class FlowSpec(_Spec, frozen=True):
     window: Positive = 8
     encoding: Literal["auto", "buffers", "ipc"] = "auto"
+    # Rows a stage holds back for batching (embed micro-batches, upsert per-shard batches)
+    # go out after at most this long without input, so a trickle is not stuck in them.
+    flush_ms: PositiveFloat = 50.0
+
+
+class IngestSpec(_Spec, frozen=True):
+    """The ingest endpoint (a ROUTER on load replica 0): ``Client.ingest`` / ``aaflow-stream
+    ingest`` send documents, the reply comes once they are durable.
+
+    ``max_pending``: requests read and not yet durable; while that many are, the endpoint
+    reads no more (a flooding client is slowed; ZeroMQ holds at most ``max_queued`` messages
+    per client connection). ``max_request_mb``: larger messages are dropped by ZeroMQ.
+    """
+
+    endpoint: str = "tcp://127.0.0.1:7071"
+    max_pending: Positive = 32
+    max_queued: Positive = 4
+    max_request_mb: PositiveFloat = 32.0
 
 
 class LimitSpec(_Spec, frozen=True):
@@ -161,6 +186,14 @@ class RestartSpec(_Spec, frozen=True):
     max_backoff_s: PositiveFloat = 5.0
 
 
+class MetricsSpec(_Spec, frozen=True):
+    """The supervisor's Prometheus endpoint (``observe/metrics.py``): ``http://host:port/metrics``.
+    No ``metrics`` section: no endpoint. ``port: 0``: a free port, shown in ``status.json``."""
+
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    host: str = "127.0.0.1"
+
+
 class DurabilitySpec(_Spec, frozen=True):
     """How shards make upserts durable before they acknowledge them (DESIGN.md section 6).
 
@@ -182,9 +215,9 @@ class DurabilitySpec(_Spec, frozen=True):
     restart: RestartSpec = RestartSpec()
 
 
-class TopologySpec(_Spec, frozen=True):
+class TopologySpec(_Spec, frozen=True, kw_only=True):
     name: Name
-    sources: list[SourceSpec]
+    sources: list[SourceSpec] = []
     stages: list[Stage]
     data_dir: str
     embedder: Embedder = HashEmbedderSpec()
@@ -195,7 +228,14 @@ class TopologySpec(_Spec, frozen=True):
     timeouts: TimeoutSpec = TimeoutSpec()
     query: QuerySpec = QuerySpec()
     durability: DurabilitySpec = DurabilitySpec()
+    ingest: IngestSpec | None = None
+    metrics: MetricsSpec | None = None
     run_dir: str | None = None
+
+    @property
+    def continuous(self) -> bool:
+        """A watched source or an ingest endpoint: the feed runs until stopped."""
+        return self.ingest is not None or any(s.watch for s in self.sources)
 
     def stage(self, kind: type[Any]) -> Any:
         return next(s for s in self.stages if isinstance(s, kind))
@@ -265,8 +305,8 @@ def problems(topology: TopologySpec) -> list[str]:
                 f"before, so it needs its replicas ({topology.stages[i - 1].replicas}), "
                 f"got {stage.replicas}"
             )
-    if not topology.sources:
-        found.append("$.sources: at least one source is needed")
+    if not topology.sources and topology.ingest is None:
+        found.append("$.sources: at least one source is needed (or an ingest endpoint)")
     for i, source in enumerate(topology.sources):
         if not source.paths:
             found.append(f"$.sources[{i}].paths: at least one path is needed")

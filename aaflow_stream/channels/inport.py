@@ -12,8 +12,9 @@ port keeps serving good traffic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ class Received:
     seq: int
     sent_at: float
     frames: list[Any]
+    origin_at: float = 0.0  # when the source read the oldest document in it (trace)
 
     @property
     def batch(self) -> pa.RecordBatch:
@@ -190,9 +192,28 @@ class InPort:
 
     async def __aiter__(self) -> AsyncIterator[Received]:
         """Batches until every expected sender has ended its stream."""
+        async for item in self.items():
+            if item is not None:
+                yield item
+
+    async def items(
+        self, idle_s: Callable[[], float | None] = lambda: None
+    ) -> AsyncIterator[Received | None]:
+        """Like iterating the port, but yields None when nothing arrived for ``idle_s()``
+        seconds (None: wait as long as it takes), so a consumer can release what it holds.
+        A receive cut by the timeout loses nothing: it only waits for the socket's FD."""
         while not self._all_ended():
             await self._unblock_starved_senders()
-            message = await self._data.recv_multipart(copy=False)
+            wait_s = idle_s()
+            if wait_s is None:
+                message = await self._data.recv_multipart(copy=False)
+            else:
+                try:
+                    async with asyncio.timeout(wait_s):
+                        message = await self._data.recv_multipart(copy=False)
+                except TimeoutError:
+                    yield None
+                    continue
             try:
                 item = await self._accept(message)
             except FrameError as exc:
@@ -260,7 +281,9 @@ class InPort:
         c.batches += 1
         c.rows += header.rows
         c.bytes += sum(len(f) for f in payload)
-        return Received(batches, header.sender, header.seq, header.sent_at, message)
+        return Received(
+            batches, header.sender, header.seq, header.sent_at, message, header.origin_at
+        )
 
     # --- state --------------------------------------------------------------------------------
 

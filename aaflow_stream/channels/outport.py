@@ -89,6 +89,13 @@ class OutPort:
         for link in self._links:
             await link.control.send(encode(Hello(sender=self._sender)))
 
+    async def wait_open(self, timeout_s: float) -> None:
+        """Until every receiver granted its initial window (``serve`` must be running): an
+        actor that says Ready before would send its first batches to whichever link opened
+        first, not to the one with most credit."""
+        for link in self._links:
+            await self._await_ack(link, link.opened, timeout_s, "initial credit")
+
     @property
     def blocked_s(self) -> float:
         """Seconds ``send`` spent waiting because no link had credit."""
@@ -164,7 +171,11 @@ class OutPort:
         self._schema = schema
 
     async def send(
-        self, batch: pa.RecordBatch | Sequence[pa.RecordBatch], link_index: int | None = None
+        self,
+        batch: pa.RecordBatch | Sequence[pa.RecordBatch],
+        link_index: int | None = None,
+        *,
+        origin_at: float = 0.0,
     ) -> None:
         """Send one message on link ``link_index``, or else on the link with the most credit.
 
@@ -187,7 +198,7 @@ class OutPort:
         link.credits.spend()
         self._seq += 1
         msg = frames.batch_message(
-            parts, self._sender, self._seq, self._schema_fp, self._schema_encoding
+            parts, self._sender, self._seq, self._schema_fp, self._schema_encoding, origin_at
         )
         await link.data.send_multipart(msg, copy=False)
         link.batches_sent += 1

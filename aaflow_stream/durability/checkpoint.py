@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from .fsio import make_dir, write_atomic
+
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointFile:
@@ -56,15 +49,9 @@ class CheckpointFile:
         """Durably record that every offset below ``next_offset`` is complete."""
         if next_offset == self._saved:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        make_dir(self.path.parent)
         data = json.dumps({"next_offset": next_offset, "fingerprint": self._fingerprint})
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        write_atomic(self.path, data.encode())
         self._saved = next_offset
 
     def remove(self) -> None:

@@ -14,6 +14,7 @@ acknowledgement of an earlier run can reach a later one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,12 @@ class _Pending:
 
 
 class SourceProgress:
-    def __init__(self, start: int, shards: int) -> None:
+    def __init__(
+        self, start: int, shards: int, on_complete: Callable[[int], None] | None = None
+    ) -> None:
+        # ``on_complete(offset)``: each offset as it completes (a continuous source answers a
+        # client or records a file as ingested then).
+        self._on_complete = on_complete
         self._next_to_emit = start
         self._prefix = start
         self._shards = shards
@@ -50,11 +56,13 @@ class SourceProgress:
         """Emitted documents not complete yet."""
         return self._next_to_emit - self._prefix - len(self._complete)
 
-    def emit(self) -> int:
-        """A new document enters the pipeline: its offset."""
+    def emit(self, chunks: int = -1) -> int:
+        """A new document enters the pipeline: its offset. ``chunks=0``: a delete, complete
+        once every shard acknowledged its tombstone (by default the chunk count is learnt
+        from the acknowledgements)."""
         offset = self._next_to_emit
         self._next_to_emit += 1
-        self._pending[offset] = _Pending()
+        self._pending[offset] = _Pending(chunks_expected=chunks)
         return offset
 
     def skip(self) -> int:
@@ -97,6 +105,8 @@ class SourceProgress:
             self._mark_complete(offset)
 
     def _mark_complete(self, offset: int) -> None:
+        if self._on_complete is not None:
+            self._on_complete(offset)
         if offset != self._prefix:
             self._complete.add(offset)
             return

@@ -9,10 +9,19 @@ at a time, and only when a downstream link has credit, so a source is paced by b
 may block for the time one batch takes to produce. Between batches the actor checks for a stop
 request; a source with nothing left simply ends its iterator.
 
+A source that waits for its input (a directory watch, a network endpoint) has
+``abatches() -> AsyncIterator[RecordBatch]`` instead: an async generator, awaited on the actor's
+loop, which it must not block; a stop request cancels its wait for input. Its time waiting is
+not counted as busy. Such a source may also have ``serve()``, a coroutine run beside it from
+before Ready until the actor stops (watchers, sockets).
+
 A **stage** (any later stage, sinks included) has ``process(batch) -> Iterable[RecordBatch]``,
 called once per arriving batch, in arrival order, on the actor's event loop (it may use the CPU;
 it must not wait on other actors), and ``flush() -> Iterable[RecordBatch]``, called once after
 end of stream arrived from every upstream replica: return what was held back for batching.
+Optional ``idle() -> Iterable[RecordBatch]``: called when no input arrived for the topology's
+``flow.flush_ms`` since a batch (unlike ``flush``, any number of times): return what was held
+back, so a trickle of input is not stuck in a partial batch.
 Output of a sink is ignored. An output item may be a list of batches of one schema (they
 travel as one message, not concatenated), or a ``Routed(replica, batch)`` instead of a
 plain batch: it then goes to that replica of the next stage (a shuffle), waiting for that
@@ -26,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +73,11 @@ Output = pa.RecordBatch | Sequence[pa.RecordBatch] | Routed
 @runtime_checkable
 class Source(Protocol):
     def batches(self) -> Iterator[pa.RecordBatch]: ...
+
+
+@runtime_checkable
+class AsyncSource(Protocol):
+    def abatches(self) -> AsyncIterator[pa.RecordBatch]: ...
 
 
 @runtime_checkable
@@ -109,9 +123,9 @@ def build(reference: str, context: OperatorContext, params: dict[str, Any], *, s
     except ValueError:
         pass  # no introspectable signature (a builtin): let the call decide
     operator = factory(context, **params)
-    needed = Source if source else Stage
-    if not isinstance(operator, needed):
-        hooks = "batches()" if source else "process(batch) and flush()"
+    ok = isinstance(operator, (Source, AsyncSource)) if source else isinstance(operator, Stage)
+    if not ok:
+        hooks = "batches() or abatches()" if source else "process(batch) and flush()"
         raise OperatorError(
             f"operator {reference!r} built a {type(operator).__name__} without {hooks}; "
             f"a {'source' if source else 'stage'} needs them"

@@ -8,6 +8,9 @@ embedding matrix (a zero-copy slice of one ``fixed_size_list`` column built over
 matrix). The embedder is built once per actor, before it takes work (``embedders.factory``:
 a model loads here, before the actor reports ready), with ``threads`` threads.
 
+``idle()`` (no input for the flow's ``flush_ms``) embeds what is pending, so a trickle of
+chunks is not stuck in a partial micro-batch.
+
 A model embedder batches again inside (``embedder.batch_size`` rows per forward pass, sorted by
 length), so a stage ``batch_size`` of several forward passes pads less than one of exactly one.
 """
@@ -87,4 +90,7 @@ class EmbedChunks:
         return list(self._ready(final=False))
 
     def flush(self) -> Iterable[Message]:
+        return list(self._ready(final=True))
+
+    def idle(self) -> list[Message]:
         return list(self._ready(final=True))

@@ -46,9 +46,9 @@ _json_doc = msgspec.json.Decoder(_JsonDoc)
 
 
 @dataclass(frozen=True)
-class _Doc:
+class Doc:
     doc_id: str
-    text: str
+    text: str | None  # None: a delete of the document (continuous sources, operators/feed.py)
     source: str
     ts_ms: int
 
@@ -84,12 +84,116 @@ def _check_text(text: str, limit: int) -> None:
         raise BadDocument(f"document of {len(text)} characters exceeds the limit of {limit}")
 
 
+def check_document(doc_id: str, text: str, limit: int) -> None:
+    """The checks every document passes (files, JSONL lines, the ingest endpoint)."""
+    if not doc_id:
+        raise BadDocument("empty doc_id")
+    _check_text(text, limit)
+
+
 @dataclass(frozen=True)
-class _Dead:
+class Dead:
     source: Path
     reason: str
     line: int | None = None
     doc_id: str | None = None
+
+
+def _read_plain(root: Path, path: Path, limit: int) -> Iterator[Doc]:
+    size = path.stat().st_size
+    if size > limit:
+        raise BadDocument(f"file of {size} bytes exceeds the limit of {limit}")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise BadDocument("binary content (NUL bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadDocument(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    _check_text(text, limit)
+    yield Doc(str(path.relative_to(root)), text, str(path), int(path.stat().st_mtime * 1000))
+
+
+def _read_jsonl(path: Path, limit: int) -> Iterator[Doc | Dead]:
+    mtime_ms = int(path.stat().st_mtime * 1000)
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            doc_id = None
+            try:
+                if len(line) > limit:
+                    raise BadDocument(f"line of {len(line)} bytes exceeds the limit")
+                try:
+                    doc = _json_doc.decode(line)
+                except msgspec.DecodeError as exc:
+                    raise BadDocument(f"not a valid document object: {exc}") from exc
+                doc_id = doc.doc_id
+                check_document(doc.doc_id, doc.text, limit)
+            except BadDocument as exc:
+                yield Dead(path, str(exc), number, doc_id)
+                continue
+            ts_ms = int(doc.ts * 1000) if doc.ts is not None else mtime_ms
+            yield Doc(doc.doc_id, doc.text, doc.source or path.name, ts_ms)
+
+
+def read_items(root: Path, path: Path, limit: int) -> Iterator[Doc | Dead]:
+    """The documents of one file, and a dead letter for each bad one (or for the file)."""
+    try:
+        if path.suffix == ".jsonl":
+            yield from _read_jsonl(path, limit)
+        else:
+            yield from _read_plain(root, path, limit)
+    except BadDocument as exc:
+        yield Dead(path, str(exc))
+    except OSError as exc:
+        yield Dead(path, f"cannot read: {exc.strerror or exc}")
+
+
+def document_batch(docs: list[tuple[Doc, int]], replica: int) -> pa.RecordBatch:
+    """(document, offset) pairs as one ``schemas.DOCUMENT`` batch of this source replica."""
+    return pa.record_batch(
+        [
+            pa.array([d.doc_id for d, _ in docs], pa.string()),
+            pa.array([d.text for d, _ in docs], pa.large_string()),
+            pa.array([d.source for d, _ in docs], pa.string()),
+            pa.array([d.ts_ms for d, _ in docs], pa.timestamp("ms")),
+            pa.array(np.full(len(docs), replica, dtype=np.int32)),
+            pa.array(np.fromiter((o for _, o in docs), dtype=np.int64, count=len(docs))),
+        ],
+        schema=DOCUMENT,
+    )
+
+
+class DeadLetters:
+    """Appends dead letters to ``<dir>/<actor>.jsonl`` (opened on the first one)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: Any = None
+        self.count = 0
+
+    def write(self, dead: Dead) -> None:
+        if self._file is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._path, "a", encoding="utf-8")  # closed in close()
+        record = {
+            "source": str(dead.source),
+            "line": dead.line,
+            "doc_id": dead.doc_id,
+            "reason": dead.reason,
+            "at": time.time(),
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self.count += 1
+        where = f"{dead.source}:{dead.line}" if dead.line else str(dead.source)
+        log.warning("dead letter: %s: %s", where, dead.reason)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class FileLoader:
@@ -119,10 +223,8 @@ class FileLoader:
         self._files = files[context.replica :: context.replicas]
         self._batch_docs = batch_docs
         self._limit = max_doc_bytes
-        self._dead_path = Path(dead_letter_dir) / f"{context.actor}.jsonl"
-        self._dead_letters = 0
+        self._dead = DeadLetters(Path(dead_letter_dir) / f"{context.actor}.jsonl")
         self._documents = 0
-        self._dead_file: Any = None
         self._replica = context.replica
         self._checkpoint: CheckpointFile | None = None
         self._progress: SourceProgress | None = None
@@ -153,7 +255,7 @@ class FileLoader:
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {
             "documents": self._documents,
-            "dead_letters": self._dead_letters,
+            "dead_letters": self._dead.count,
             "files": len(self._files),
         }
         if self._progress is not None:
@@ -198,81 +300,21 @@ class FileLoader:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _dead_letter(self, dead: _Dead) -> None:
-        if self._dead_file is None:
-            self._dead_path.parent.mkdir(parents=True, exist_ok=True)
-            self._dead_file = open(self._dead_path, "a", encoding="utf-8")  # closed in close()
-        record = {
-            "source": str(dead.source),
-            "line": dead.line,
-            "doc_id": dead.doc_id,
-            "reason": dead.reason,
-            "at": time.time(),
-        }
-        self._dead_file.write(json.dumps(record) + "\n")
-        self._dead_file.flush()
-        self._dead_letters += 1
-        where = f"{dead.source}:{dead.line}" if dead.line else str(dead.source)
-        log.warning("dead letter: %s: %s", where, dead.reason)
+    def _dead_letter(self, dead: Dead) -> None:
+        self._dead.write(dead)
 
-    def _read_plain(self, root: Path, path: Path) -> Iterator[_Doc]:
-        size = path.stat().st_size
-        if size > self._limit:
-            raise BadDocument(f"file of {size} bytes exceeds the limit of {self._limit}")
-        raw = path.read_bytes()
-        if b"\x00" in raw:
-            raise BadDocument("binary content (NUL bytes)")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadDocument(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
-        _check_text(text, self._limit)
-        yield _Doc(str(path.relative_to(root)), text, str(path), int(path.stat().st_mtime * 1000))
-
-    def _read_jsonl(self, path: Path) -> Iterator[_Doc | _Dead]:
-        mtime_ms = int(path.stat().st_mtime * 1000)
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                doc_id = None
-                try:
-                    if len(line) > self._limit:
-                        raise BadDocument(f"line of {len(line)} bytes exceeds the limit")
-                    try:
-                        doc = _json_doc.decode(line)
-                    except msgspec.DecodeError as exc:
-                        raise BadDocument(f"not a valid document object: {exc}") from exc
-                    doc_id = doc.doc_id
-                    if not doc_id:
-                        raise BadDocument("empty doc_id")
-                    _check_text(doc.text, self._limit)
-                except BadDocument as exc:
-                    yield _Dead(path, str(exc), number, doc_id)
-                    continue
-                ts_ms = int(doc.ts * 1000) if doc.ts is not None else mtime_ms
-                yield _Doc(doc.doc_id, doc.text, doc.source or path.name, ts_ms)
-
-    def _items_of(self, root: Path, path: Path) -> Iterator[_Doc | _Dead]:
-        try:
-            if path.suffix == ".jsonl":
-                yield from self._read_jsonl(path)
-            else:
-                yield from self._read_plain(root, path)
-        except BadDocument as exc:
-            yield _Dead(path, str(exc))
-        except OSError as exc:
-            yield _Dead(path, f"cannot read: {exc.strerror or exc}")
+    def _items_of(self, root: Path, path: Path) -> Iterator[Doc | Dead]:
+        return read_items(root, path, self._limit)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        pending: list[tuple[_Doc, int]] = []
+        pending: list[tuple[Doc, int]] = []
         position = 0
         for root, path in self._files:
             for item in self._items_of(root, path):
                 position += 1
                 if position <= self._start:
                     continue  # acknowledged before a restart
-                if isinstance(item, _Dead):
+                if isinstance(item, Dead):
                     self._dead_letter(item)
                     if self._progress is not None:
                         self._progress.skip()
@@ -286,21 +328,9 @@ class FileLoader:
             yield self._batch(pending)
         self._exhausted = True
 
-    def _batch(self, docs: list[tuple[_Doc, int]]) -> pa.RecordBatch:
+    def _batch(self, docs: list[tuple[Doc, int]]) -> pa.RecordBatch:
         self._documents += len(docs)
-        return pa.record_batch(
-            [
-                pa.array([d.doc_id for d, _ in docs], pa.string()),
-                pa.array([d.text for d, _ in docs], pa.large_string()),
-                pa.array([d.source for d, _ in docs], pa.string()),
-                pa.array([d.ts_ms for d, _ in docs], pa.timestamp("ms")),
-                pa.array(np.full(len(docs), self._replica, dtype=np.int32)),
-                pa.array(np.fromiter((o for _, o in docs), dtype=np.int64, count=len(docs))),
-            ],
-            schema=DOCUMENT,
-        )
+        return document_batch(docs, self._replica)
 
     def close(self) -> None:
-        if self._dead_file is not None:
-            self._dead_file.close()
-            self._dead_file = None
+        self._dead.close()

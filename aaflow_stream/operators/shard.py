@@ -213,6 +213,8 @@ class ShardWriter:
     def metrics(self) -> dict[str, float]:
         out = {
             "vectors": self._store.count,
+            "bytes": self._store.memory_bytes,
+            "wal_bytes": self._store.wal_bytes,
             "last_applied_at": self._applied_at,
             "persist_s": self._persist_s,
             "flush_s": self._persist_s,

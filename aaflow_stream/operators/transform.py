@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from ..schemas import CHUNK
+from ..schemas import CHUNK, DELETE_ALL
 from ..text.chunking import chunk_boundaries, chunk_id, chunk_windows, normalize_whitespace
 from .base import OperatorContext
 
@@ -66,6 +66,12 @@ class Chunker:
         versions: list[int] = []
         chunk_texts: list[str] = []
         for row, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
+            if text is None:  # a delete (operators/feed.py): the upsert makes it a tombstone
+                counts[row] = 1
+                chunk_texts.append("")
+                ids.append(chunk_id(doc_id, 0))
+                versions.append(DELETE_ALL)
+                continue
             chunks = self._chunks(text)
             n = counts[row] = len(chunks)
             chunk_texts += chunks

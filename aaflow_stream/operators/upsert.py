@@ -7,6 +7,10 @@ Every document also sends every shard a tombstone (``schemas.TOMBSTONE``): "keep
 version of the document". A changed document that got shorter thus loses its old tail chunks
 on every shard, also on shards that receive none of its new chunks. A shard's tombstones go out
 just before its next bulk batch, so they cost a message per bulk batch, not per document.
+
+A delete row (``doc_version == DELETE_ALL``, from the transform of a deleted document) becomes
+only a tombstone keeping nothing, on every shard. ``idle()`` (no input for the flow's
+``flush_ms``) sends what is pending, so a trickle of documents is not held back.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schemas import TOMBSTONE
+from ..schemas import DELETE_ALL, TOMBSTONE
 from .base import OperatorContext, Routed
 
 
@@ -69,6 +73,9 @@ class ShardRouter:
 
     def process(self, batch: pa.RecordBatch) -> Iterable[Routed]:
         self._tombstones.append(tombstones(batch))
+        deletes = pc.equal(batch.column("doc_version"), DELETE_ALL)
+        if pc.any(deletes).as_py():  # delete rows travel as their tombstones only
+            batch = batch.filter(pc.invert(deletes))
         ids = batch.column("chunk_id").to_numpy()
         destination = (ids % np.uint64(self._shards)).astype(np.int64)
         # One stable sort, then contiguous slices: no per-shard filtering pass.
@@ -91,3 +98,7 @@ class ShardRouter:
                 yield from self._drain(shard)
             else:
                 yield from self._tombstones_for(shard)
+
+    def idle(self) -> list[Routed]:
+        """No input for a while: send every shard what it has pending."""
+        return list(self.flush()) if self._tombstones or any(self._rows) else []

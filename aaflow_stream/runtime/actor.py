@@ -5,7 +5,13 @@ its operator; a stage consumes its input port), drain (flush the operator, end t
 downstream and wait for it to be confirmed), stop (close sockets with a chosen linger).
 
 SIGTERM or a ``Stop`` from the supervisor drains: a source stops reading at once; a stage keeps
-consuming until its upstream ends, for at most ``drain_timeout_s``. Then exit 0.
+consuming until its upstream ends, for at most ``drain_timeout_s``. Then exit 0. An async
+source (``abatches()``: a directory watch, the ingest endpoint) never ends by itself: a stop
+cuts its wait for input, and its in-flight documents get up to ``drain_timeout_s`` to be
+acknowledged before its checkpoint is saved.
+
+A stage whose operators hold rows back for batching (they have ``idle()``) gets ``idle()``
+called once no input arrived for ``flush_ms``, so a trickle is not stuck in a partial batch.
 An exception in any task ends the actor: logged once with its reason, reported to the
 supervisor, exit code 1 (2 when the operator could not even be built).
 
@@ -33,14 +39,17 @@ import zmq
 import zmq.asyncio
 
 from ..channels.acks import AckInbox
-from ..channels.inport import InPort
+from ..channels.inport import InPort, Received
 from ..channels.outport import LinkSpec, OutPort
 from ..errors import LinkTimeout, OperatorError
+from ..observe.events import SLOW_CONSUMER_S, event
+from ..observe.trace import Arrival, TraceRecorder
 from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
 from . import imports
 from .chain import Chain, OperatorRun
+from .procs import alive
 from .supervisor_link import SupervisorLink
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,9 @@ class Actor:
         self._batches_out = 0
         self._rows_out = 0
         self._cpu_at_ready = 0.0
+        self._trace: TraceRecorder | None = None
+        # Origin time (trace) of the oldest input not yet passed on in a sent message.
+        self._origin = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -113,6 +125,7 @@ class Actor:
             if self._outport is not None:
                 services.append(tg.create_task(self._outport.serve()))
                 await self._outport.open()
+                await self._outport.wait_open(spec.eos_timeout_s)
             if self._acks is not None:
                 services.append(tg.create_task(self._acks.serve()))
             serve = getattr(self._chain.runs[0].operator, "serve", None)
@@ -120,7 +133,7 @@ class Actor:
                 services.append(tg.create_task(serve()))
             self._cpu_at_ready = time.process_time()
             await self._supervisor.send(Ready(actor=spec.name, pid=os.getpid()))
-            log.info("ready")
+            self._event(logging.INFO, "actor_ready", pid=os.getpid())
             if spec.wait_for_start:
                 await self._start.wait()
             if spec.is_source:
@@ -134,6 +147,10 @@ class Actor:
                 task.cancel()
         await self._supervisor.send(Done(stats=self.stats()))
         log.info("done: %s", self.summary())
+        self._event(logging.INFO, "actor_stop")
+
+    def _event(self, level: int, name: str, **fields: object) -> None:
+        event(log, level, name, actor=self.spec.name, replica=self.spec.replica, **fields)
 
     def _build_chain(self) -> Chain:
         spec = self.spec
@@ -160,11 +177,21 @@ class Actor:
                     link.stage, build(link.operator, context(link.stage), link.params, source=False)
                 )
             )
+        if spec.trace_dir is not None:
+            self._trace = TraceRecorder(Path(spec.trace_dir), spec.name, spec.replica)
+            for run in runs:
+                run.trace = self._trace.call
         return Chain(runs, source=spec.is_source)
 
     async def _run_source(self) -> None:
         assert self._chain is not None
+        if self._chain.async_source:
+            await self._run_async_source()
+            return
         while not self._stop.is_set():
+            self._origin = time.time()  # what this read returns is born now (trace)
+            if self._trace is not None:
+                self._trace.arrived(Arrival(origin_at=self._origin))
             outputs = self._chain.next_from_source()
             if outputs is None:
                 break
@@ -177,6 +204,33 @@ class Actor:
             wait_s = 0.0 if self._stop.is_set() else self.spec.eos_timeout_s
             await self._acks.settle(wait_s, self._stop)
 
+    async def _run_async_source(self) -> None:
+        """A source that awaits its input; only a stop (or its own end) ends it."""
+        assert self._chain is not None
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            # Only the wait for input is cut by a stop, never a send half done.
+            try:
+                async with asyncio.timeout(None) as waiting:
+                    self._on_stop = lambda: waiting.reschedule(loop.time())
+                    outputs = await self._chain.anext_from_source()
+            except TimeoutError:
+                if not waiting.expired():
+                    raise
+                break
+            finally:
+                self._on_stop = lambda: None
+            if outputs is None:
+                break
+            self._origin = time.time()  # what this read returns is born now (trace)
+            await self._emit(outputs)
+        await self._emit(self._chain.flush())
+        await self._end_stream()
+        if self._acks is not None:
+            # What is in flight usually becomes durable within moments: wait for it (bounded)
+            # so that the checkpoint covers it and nothing is ingested twice next time.
+            await self._acks.settle(self.spec.drain_timeout_s, asyncio.Event())
+
     async def _run_stage(self) -> None:
         assert self._inport is not None and self._chain is not None
         loop = asyncio.get_running_loop()
@@ -185,9 +239,14 @@ class Actor:
                 self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
                 if self._stop.is_set():
                     self._on_stop()
-                async for item in self._inport:
+                chain, flush_s = self._chain, self.spec.flush_ms / 1000.0
+                async for item in self._inport.items(lambda: flush_s if chain.holding else None):
+                    if item is None:  # idle: release what is held back for batching
+                        await self._emit(chain.idle())
+                        continue
+                    self._arrived(item)
                     for batch in item.batches:
-                        await self._emit(self._chain.process(batch))
+                        await self._emit(chain.process(batch))
                     await self._inport.finished(item)
         except TimeoutError:
             log.warning(
@@ -200,7 +259,16 @@ class Actor:
         await self._emit(self._chain.flush())
         await self._end_stream()
 
+    def _arrived(self, item: Received) -> None:
+        if item.origin_at and (not self._origin or item.origin_at < self._origin):
+            self._origin = item.origin_at
+        if self._trace is not None:
+            self._trace.arrived(
+                Arrival(item.sender, item.seq, item.origin_at, item.sent_at, time.time())
+            )
+
     async def _emit(self, outputs: Iterable[Output]) -> None:
+        blocked = 0.0
         for item in outputs:
             batch, target = (item.batch, item.replica) if isinstance(item, Routed) else (item, None)
             rows = (
@@ -209,9 +277,23 @@ class Actor:
                 else sum(b.num_rows for b in batch)
             )
             if self._outport is not None and rows:
-                await self._outport.send(batch, target)
+                before = self._outport.blocked_s
+                await self._outport.send(batch, target, origin_at=self._origin)
+                waited = self._outport.blocked_s - before
+                if waited >= SLOW_CONSUMER_S:
+                    self._event(
+                        logging.WARNING,
+                        "slow_consumer",
+                        waited_s=waited,
+                        link="any" if target is None else self.spec.outputs[target].peer,
+                    )
+                blocked += waited
                 self._batches_out += 1
                 self._rows_out += rows
+                if not self.spec.is_source:
+                    self._origin = 0.0  # passed on; the next input starts the next message
+        if self._trace is not None and self._chain is not None:
+            self._trace.sent(blocked, self._chain.runs[-1].stage)
 
     async def _end_stream(self) -> None:
         if self._outport is None:
@@ -262,11 +344,13 @@ class Actor:
         supervisor = _supervisor_pid()
         while True:
             await asyncio.sleep(self.spec.stats_interval_s)
-            if supervisor is not None and not _alive(supervisor):
+            if supervisor is not None and not alive(supervisor):
                 log.warning("supervisor %d is gone", supervisor)
                 self.request_stop()
                 supervisor = None
             await self._supervisor.send(Stats(stats=self.stats()))
+            if self._trace is not None:
+                self._trace.flush()  # a crash loses at most one interval of trace rows
 
     async def report_failure(self, reason: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -282,6 +366,8 @@ class Actor:
         if self._chain is not None:
             for error in self._chain.close():
                 log.error("operator close() failed: %r", error)
+        if self._trace is not None:
+            self._trace.close()
 
 
 def _ignore_stop_signals() -> None:
@@ -310,6 +396,7 @@ async def run_actor(spec: ActorSpec) -> int:
         log.error(
             "actor failed: %s\n%s", reason, "".join(traceback.format_exception(cause)).rstrip()
         )
+        actor._event(logging.ERROR, "actor_crash", reason=reason)
         await actor.report_failure(reason)
         linger = 500
     finally:
@@ -322,16 +409,6 @@ async def run_actor(spec: ActorSpec) -> int:
 def _supervisor_pid() -> int | None:
     value = os.environ.get(PARENT_PID_ENV)
     return int(value) if value else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _die_with_parent() -> None:

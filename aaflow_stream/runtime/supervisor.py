@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import msgspec
 import zmq
@@ -38,10 +38,16 @@ import zmq.asyncio
 
 from ..channels import sockets
 from ..errors import ActorFailed, SpecError
+from ..observe.events import event
+from ..observe.status import StatusBoard
 from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
-from ..spec import RestartSpec
+from ..spec import MetricsSpec, RestartSpec
 from .actor import PARENT_PID_ENV
+from .procs import alive
+
+if TYPE_CHECKING:
+    from ..observe.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +108,6 @@ def mpiexec_path() -> str:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped by its parent) counts as gone
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _in_stages(stages: set[str], actor: ActorProcess) -> bool:
     return actor.spec.stage in stages
 
@@ -159,6 +151,8 @@ class Supervisor:
         stop_timeout_s: float = 15.0,
         on_stats: Callable[[ActorStats], None] | None = None,
         restart: RestartSpec | None = None,
+        metrics: MetricsSpec | None = None,
+        trace_dir: Path | None = None,
     ) -> None:
         self.graph = graph
         self.run_dir = run_dir
@@ -178,6 +172,13 @@ class Supervisor:
         self._clock = _Clock()
         self._closed = False
         self._crashed = False
+        # Observability (observe/): status.json, the metrics endpoint, the trace, events.
+        self._metrics_spec = metrics
+        self._metrics: MetricsServer | None = None
+        self._trace_dir = trace_dir
+        self.board = StatusBoard(graph, run_dir)
+        self._exited: set[str] = set()  # actors whose exit was logged (or caused by us)
+        self._dead_letters: dict[str, int] = {}
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -208,6 +209,7 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "actors").mkdir(exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
+        self._start_observing()
         self._socket_dir = self._make_socket_dir()
         self._ctx = zmq.asyncio.Context()
         endpoint = f"ipc://{self._socket_dir / 'supervisor'}"
@@ -218,9 +220,11 @@ class Supervisor:
             self._socket_dir,
             supervisor_endpoint=endpoint,
             log_level=self._log_level,
+            trace_dir=self._trace_dir,
         )
         self._launch_all()
         await self._await_ready()
+        self.board.run_state("running")
         self._clock.ready_at = time.perf_counter()
         log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
 
@@ -233,6 +237,56 @@ class Supervisor:
             else:
                 for spec in stage_specs:
                     self._launch(spec)
+        for a in self._actors.values():
+            self._event(logging.INFO, "actor_start", a, pid=a.popen.pid)
+            self.board.actor_state(a.spec.name, "starting", a.popen.pid)
+
+    # --- observability ------------------------------------------------------------------------
+
+    def _event(self, level: int, name: str, actor: ActorProcess, **fields: object) -> None:
+        event(log, level, name, actor=actor.spec.name, replica=actor.spec.replica, **fields)
+
+    def _start_observing(self) -> None:
+        if self._trace_dir is not None:
+            shutil.rmtree(self._trace_dir, ignore_errors=True)  # a trace is of one run
+            self._trace_dir.mkdir(parents=True)
+        if self._metrics_spec is not None and self._metrics is None:
+            from ..observe.metrics import MetricsServer  # prometheus_client only when asked
+
+            board = self.board
+            self._metrics = MetricsServer(
+                lambda: board.latest, self._metrics_spec.host, self._metrics_spec.port
+            )
+            self.board.metrics_url = self._metrics.url
+            log.info("metrics on %s", self._metrics.url)
+        self.board.write()
+
+    def _observe(self) -> None:
+        """Log exits not logged yet; write status.json when due. Runs on every pump."""
+        for name, a in self._actors.items():
+            code = a.exit_code
+            if code is None or name in self._exited:
+                continue
+            self._exited.add(name)
+            if code == 0:
+                self._event(logging.INFO, "actor_stop", a, code=0)
+                self.board.actor_state(name, "stopped")
+            else:
+                self._event(logging.ERROR, "actor_crash", a, code=code, reason=a.last_error())
+                self.board.actor_state(name, "crashed")
+        if self.board.due():
+            self.board.write()
+
+    def _on_actor_stats(self, actor: ActorProcess, stats: ActorStats) -> None:
+        actor.stats = stats
+        self.board.on_stats(stats)
+        dead = int(stats.extra.get("dead_letters", 0))
+        before = self._dead_letters.get(actor.spec.name, 0)
+        if dead > before:
+            self._event(logging.WARNING, "dead_letter", actor, count=dead - before, total=dead)
+        self._dead_letters[actor.spec.name] = dead
+        if self._on_stats is not None:
+            self._on_stats(stats)
 
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self._start_timeout_s
@@ -325,12 +379,29 @@ class Supervisor:
             policy.max_restarts,
             backoff,
         )
+        event(
+            log,
+            logging.WARNING,
+            "graph_restart",
+            attempt=attempt,
+            backoff_s=backoff,
+            actor=error.actor,
+            reason=str(error),
+        )
+        self.board.run_state("restarting")
+        self.board.restarted(str(error))
+        self._exited.update(self._actors)  # killed by us: not crashes of their own
         await self._kill_all()
         await asyncio.sleep(backoff)
         self._actors = {}
+        self._exited = set()
+        self._dead_letters = {}
         self._crashed = False
         self._launch_all()
+        for a in self._actors.values():
+            self._event(logging.WARNING, "actor_restart", a, attempt=attempt)
         await self._await_ready()
+        self.board.run_state("running")
         self.restarts.append(Restart(str(error), detected_at, time.time()))
         await self._start_sources()
         log.info("graph restarted: %d actors ready", len(self._actors))
@@ -349,7 +420,7 @@ class Supervisor:
             launch.log_file.close()
         # Ranks are not our children: make sure they are gone before their ports are reused.
         deadline = time.monotonic() + self._stop_timeout_s
-        while any(_alive(a.pid) for a in self._actors.values() if a.pid is not None):
+        while any(alive(a.pid) for a in self._actors.values() if a.pid is not None):
             if time.monotonic() > deadline:
                 raise ActorFailed("supervisor", None, "actors outlived SIGKILL")
             await asyncio.sleep(POLL_S)
@@ -360,6 +431,7 @@ class Supervisor:
         After a crash the order cannot help (a stage behind the dead one never gets end of
         stream, one before it never gets credit): every actor is asked to drain at once.
         """
+        self.board.run_state("stopping")
         names = [s.name for s in self.graph.stages]
         groups = [set(names)] if self._crashed else [{name} for name in names]
         deadline = time.monotonic() + self._stop_timeout_s
@@ -373,6 +445,8 @@ class Supervisor:
         for a in self._actors.values():
             if a.exit_code is None:
                 log.warning("%s did not stop in time: SIGKILL", a.spec.name)
+                self._exited.add(a.spec.name)
+                self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
                 a.popen.kill()
         await self._wait_exit(lambda a: True, 5.0)
 
@@ -396,6 +470,15 @@ class Supervisor:
                 self._ctx.term()
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._stop_observing()
+
+    def _stop_observing(self) -> None:
+        self._observe()
+        self.board.run_state("failed" if self._crashed else "stopped")
+        with contextlib.suppress(OSError):  # the run directory may be gone (a test's tmp)
+            self.board.write()
+        if self._metrics is not None:
+            self._metrics.close()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -455,6 +538,7 @@ class Supervisor:
     async def _pump(self, timeout_s: float) -> None:
         """Handle every actor message that arrives within ``timeout_s``."""
         assert self._router is not None
+        self._observe()
         if not await self._router.poll(int(timeout_s * 1000)):
             return
         while await self._router.poll(0):
@@ -472,14 +556,14 @@ class Supervisor:
             match msg:
                 case Ready(pid=pid):
                     actor.ready, actor.pid = True, pid
+                    self._event(logging.INFO, "actor_ready", actor, pid=pid)
+                    self.board.actor_state(name, "running", pid)
                 case Stats(stats=stats):
-                    actor.stats = stats
-                    if self._on_stats is not None:
-                        self._on_stats(stats)
+                    self._on_actor_stats(actor, stats)
                 case Done(stats=stats):
-                    actor.stats, actor.done = stats, True
-                    if self._on_stats is not None:
-                        self._on_stats(stats)
+                    actor.done = True
+                    self._on_actor_stats(actor, stats)
+                    self.board.actor_state(name, "done")
                 case Failed(reason=reason):
                     actor.failure = reason
 
@@ -494,6 +578,11 @@ class Supervisor:
             error = ActorFailed(culprit.spec.name, code, culprit.last_error())
             if not self._crashed:
                 log.error("%s", error)
+                if culprit.spec.name not in self._exited:
+                    self._exited.add(culprit.spec.name)
+                    self._event(
+                        logging.ERROR, "actor_crash", culprit, code=code, reason=error.last_error
+                    )
             self._crashed = True
             raise error
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..durability.fsio import remove_tree, sync_dir, sync_file
 from ..errors import StorageError
-from .fsio import remove_tree, sync_dir, sync_file
 
 log = logging.getLogger(__name__)
 

@@ -40,13 +40,13 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..durability.fsio import make_dir, write_atomic
 from ..errors import SpecError, StorageError
 from ..query import topk
 from ..query.protocol import QueryFilter
 from ..query.topk import Ids, Scores
 from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
 from . import snapshot as snap
-from .fsio import make_dir, write_atomic
 from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class ShardStore:
         self._metric = metric
         self._sync_each = wal_sync == "batch"
         self._meta: list[pa.RecordBatch] = []
+        self._meta_bytes = 0  # Arrow bytes of ``_meta`` (status and metrics)
         self._starts: list[int] = []  # first row of each metadata batch in the whole table
         self._where: dict[int, int] = {}  # live chunk id -> its latest row in the whole table
         self._docs: dict[str, dict[int, int]] = {}  # doc_id -> {live chunk id: doc_version}
@@ -175,6 +176,14 @@ class ShardStore:
     def snapshot_lsn(self) -> int:
         """The last LSN the newest snapshot covers."""
         return self._snapshot_lsn
+
+    @property
+    def memory_bytes(self) -> int:
+        """About what the shard holds in memory: the index's codes and ids (8 bytes each)
+        plus the chunk metadata (replaced rows included until a snapshot compacts them)."""
+        inner = self._faiss.downcast_index(getattr(self.index, "index", self.index))
+        code = int(getattr(inner, "code_size", 0) or self.dim * 4)
+        return self.count * (code + 8) + self._meta_bytes
 
     @property
     def wal_bytes(self) -> int:
@@ -299,6 +308,7 @@ class ShardStore:
         """Index ``meta``'s rows (the caller holds the lock or owns the store)."""
         start = self._starts[-1] + self._meta[-1].num_rows if self._meta else 0
         self._meta.append(meta)
+        self._meta_bytes += meta.nbytes
         self._starts.append(start)
         chunks = meta.column("chunk_id").to_pylist()
         docs = meta.column("doc_id").to_pylist()

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..durability.fsio import make_dir, sync_dir
 from ..errors import StorageError
-from .fsio import make_dir, sync_dir
 
 log = logging.getLogger(__name__)
 

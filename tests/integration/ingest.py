@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +110,36 @@ def jsonl_docs(corpus: Path) -> list[tuple[str, str]]:
             doc = json.loads(line)
             docs.append((doc["doc_id"], doc["text"]))
     return docs
+
+
+@contextmanager
+def detached(topology: Path, *, timeout_s: float = 180) -> Iterator[None]:
+    """``up --detach`` for the duration of the block, then ``down`` (which must succeed)."""
+    cli = [sys.executable, "-m", "aaflow_stream.cli"]
+    started = subprocess.run(
+        [*cli, "up", str(topology), "--detach"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO_DIR,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield
+    finally:
+        down = subprocess.run(
+            [*cli, "down", str(topology)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_DIR,
+        )
+        assert down.returncode == 0, down.stderr
+
+
+def wait_drained(data_dir: Path, shards: int, timeout_s: float = 120) -> None:
+    """Until every shard took its end-of-stream snapshot (the feed is through)."""
+    deadline = time.monotonic() + timeout_s
+    while drained_shards(data_dir) < shards:
+        assert time.monotonic() < deadline, "the ingestion did not finish"
+        time.sleep(0.1)

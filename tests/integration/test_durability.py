@@ -19,7 +19,7 @@ from aaflow_stream.client import Client, QueryError
 from aaflow_stream.synthetic import generate
 
 from ..conftest import REPO_DIR
-from .ingest import read_shards, up, write_topology
+from .ingest import detached, read_shards, up, write_topology
 
 
 def _bench(name: str) -> ModuleType:
@@ -60,6 +60,13 @@ def test_kill_9_of_any_actor_mid_feed_loses_and_duplicates_nothing(
     assert trial.recovery_s is not None and trial.recovery_s < 30
 
 
+def _saved_offset(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text())["next_offset"])
+    except (OSError, ValueError):  # not written yet (or being replaced)
+        return 0
+
+
 @pytest.mark.timeout(300)
 def test_an_interrupted_feed_resumes_from_its_checkpoint(
     tmp_path: Path, corpus: Path, expected: dict[int, object]
@@ -70,7 +77,12 @@ def test_an_interrupted_feed_resumes_from_its_checkpoint(
     command = [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--json", "--quiet"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     chaos._wait_pids(run_dir / "actors" / "pids.json", proc, 60)
-    time.sleep(0.8)
+    # Interrupt once some documents are acknowledged (the checkpoint is on disk).
+    saved = data_dir / "checkpoints" / "load.0.json"
+    deadline = time.monotonic() + 60
+    while _saved_offset(saved) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint mid-feed"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: drain, save the checkpoint, exit
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
@@ -138,35 +150,17 @@ def test_an_update_that_shortens_a_document_and_a_delete_remove_old_chunks_every
         shards=4,
         extra=f"query: {{endpoint: '{endpoint}'}}\n",
     )
-    serve = subprocess.run(
-        [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--detach"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_DIR,
-    )
-    assert serve.returncode == 0, serve.stdout + serve.stderr
-    try:
-        with Client(endpoint) as client:
-            deadline = time.monotonic() + 60
-            while client.stats().vectors < sum(len(s) for s in after.values()):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            removed = client.delete(["gone", "no-such-doc"])
-            assert removed == len(before["gone"])
-            hits = client.query(words[:300], k=20)
-            assert hits and all(h.doc_id != "gone" for h in hits)
-            with pytest.raises(QueryError, match="non-empty doc ids"):
-                client.delete([""])
-    finally:
-        down = subprocess.run(
-            [sys.executable, "-m", "aaflow_stream.cli", "down", str(topology)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO_DIR,
-        )
-        assert down.returncode == 0, down.stderr
+    with detached(topology), Client(endpoint) as client:
+        deadline = time.monotonic() + 60
+        while client.stats().vectors < sum(len(s) for s in after.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        removed = client.delete(["gone", "no-such-doc"])
+        assert removed == len(before["gone"])
+        hits = client.query(words[:300], k=20)
+        assert hits and all(h.doc_id != "gone" for h in hits)
+        with pytest.raises(QueryError, match="non-empty doc ids"):
+            client.delete([""])
     # The delete survived the restart: the snapshot taken at stop has no chunk of "gone".
     assert "gone" not in _chunks_by_doc(data_dir)
 

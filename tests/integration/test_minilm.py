@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from aaflow_stream.spec import SentenceTransformerSpec
 from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
 from ..conftest import REPO_DIR
-from .ingest import drained_shards, read_shards, write_topology
+from .ingest import detached, read_shards, wait_drained, write_topology
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -96,27 +95,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
             f"query: {{endpoint: '{endpoint}'}}\n"
         ),
     )
-    cli = [sys.executable, "-m", "aaflow_stream.cli"]
-    up = subprocess.run(
-        [*cli, "up", str(topology), "--detach"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO_DIR,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        deadline = time.monotonic() + 120
-        while drained_shards(root / "data") < SHARDS:
-            assert time.monotonic() < deadline, "the ingestion did not finish"
-            time.sleep(0.2)
+    with detached(topology, timeout_s=180):
+        wait_drained(root / "data", SHARDS)
         yield endpoint, root / "data", expected
-    finally:
-        down = subprocess.run(
-            [*cli, "down", str(topology)], capture_output=True, text=True, timeout=120, cwd=REPO_DIR
-        )
-        assert down.returncode == 0, down.stderr
-        assert daemon.running_pid(root / "run") is None
+    assert daemon.running_pid(root / "run") is None
 
 
 def test_the_embed_stage_stores_what_model_encode_gives(

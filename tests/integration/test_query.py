@@ -25,7 +25,7 @@ from aaflow_stream.synthetic import generate
 from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
 from ..conftest import REPO_DIR
-from .ingest import drained_shards, jsonl_docs, read_shards, write_topology
+from .ingest import detached, jsonl_docs, read_shards, wait_drained, write_topology
 
 pytestmark = pytest.mark.mpi
 
@@ -44,31 +44,11 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         shards=4,
         extra=f"query: {{endpoint: '{endpoint}', max_wait_ms: 2}}\n",
     )
-    up = subprocess.run(
-        [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--detach"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_DIR,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    with detached(topology, timeout_s=120):
         # Serving starts at once; the shards snapshot when the ingestion is through.
-        deadline = time.monotonic() + 60
-        while drained_shards(root / "data") < 4:
-            assert time.monotonic() < deadline, "the ingestion did not finish"
-            time.sleep(0.1)
+        wait_drained(root / "data", 4, timeout_s=60)
         yield endpoint, root / "data"
-    finally:
-        down = subprocess.run(
-            [sys.executable, "-m", "aaflow_stream.cli", "down", str(topology)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO_DIR,
-        )
-        assert down.returncode == 0, down.stderr
-        assert daemon.running_pid(root / "run") is None
+    assert daemon.running_pid(root / "run") is None
 
 
 def _query_texts(data_dir: Path, count: int, width: int) -> list[str]:

@@ -1,0 +1,1 @@
+"""Continuous feeds: the ingest endpoint's wire protocol and server, the watched files' state."""

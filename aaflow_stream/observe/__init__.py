@@ -1,0 +1,1 @@
+"""Observability: run status snapshots, the Prometheus endpoint, stage timing traces, events."""
