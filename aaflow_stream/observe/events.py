@@ -9,7 +9,8 @@ Events (actor name and replica on every actor event):
 ``actor_kill``    the supervisor SIGKILLed an actor that did not stop in time
 ``graph_restart`` the supervisor restarts the graph (``attempt``, ``backoff_s``, ``reason``)
 ``actor_restart`` the actor was started again by a graph restart (``attempt``)
-``dead_letter``   a source sent documents to its dead-letter file (``count``, ``total``)
+``dead_letter``   a source dead-lettered a document (``source``, ``doc_id``, ``reason``); the
+                  supervisor also logs the count as it grows (``count``, ``total``)
 ``slow_consumer`` a sender waited on credit longer than ``SLOW_CONSUMER_S`` (``waited_s``)
 
 Values with spaces, quotes or ``=`` are JSON-quoted so that a line splits unambiguously.

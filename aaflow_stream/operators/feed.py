@@ -90,7 +90,7 @@ class ContinuousLoader:
         self._sources = [_Source(s) for s in sources]
         self._batch_docs = batch_docs
         self._limit = max_doc_bytes
-        self._dead = DeadLetters(Path(dead_letter_dir) / f"{context.actor}.jsonl")
+        self._dead = DeadLetters(Path(dead_letter_dir), context)
         self._save_every_s = float(checkpoint.get("interval_ms", 200.0)) / 1000.0
         self._manifest = FileManifest(
             Path(checkpoint["dir"]) / f"{context.actor}.files.json", self._save_every_s

@@ -26,6 +26,7 @@ import pyarrow as pa
 from ..durability import acks
 from ..durability.checkpoint import CheckpointFile
 from ..durability.progress import SourceProgress
+from ..observe.events import event
 from ..protocol import Ack
 from ..schemas import DOCUMENT
 from .base import OperatorContext
@@ -166,10 +167,12 @@ def document_batch(docs: list[tuple[Doc, int]], replica: int) -> pa.RecordBatch:
 
 
 class DeadLetters:
-    """Appends dead letters to ``<dir>/<actor>.jsonl`` (opened on the first one)."""
+    """Appends dead letters to ``<dir>/<actor>.jsonl`` (opened on the first one), and logs a
+    ``dead_letter`` event for each."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, directory: Path, context: OperatorContext) -> None:
+        self._path = directory / f"{context.actor}.jsonl"
+        self._actor, self._replica = context.actor, context.replica
         self._file: Any = None
         self.count = 0
 
@@ -188,7 +191,16 @@ class DeadLetters:
         self._file.flush()
         self.count += 1
         where = f"{dead.source}:{dead.line}" if dead.line else str(dead.source)
-        log.warning("dead letter: %s: %s", where, dead.reason)
+        event(
+            log,
+            logging.WARNING,
+            "dead_letter",
+            actor=self._actor,
+            replica=self._replica,
+            source=where,
+            doc_id=dead.doc_id or "",
+            reason=dead.reason,
+        )
 
     def close(self) -> None:
         if self._file is not None:
@@ -223,7 +235,7 @@ class FileLoader:
         self._files = files[context.replica :: context.replicas]
         self._batch_docs = batch_docs
         self._limit = max_doc_bytes
-        self._dead = DeadLetters(Path(dead_letter_dir) / f"{context.actor}.jsonl")
+        self._dead = DeadLetters(Path(dead_letter_dir), context)
         self._documents = 0
         self._replica = context.replica
         self._checkpoint: CheckpointFile | None = None

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from aaflow_stream.runtime.supervisor import mpiexec_path
-
-from ..conftest import REPO_DIR
+from .jobs import run_job
 
 pytestmark = pytest.mark.mpi
 
@@ -22,24 +16,9 @@ def test_the_durable_lsn_reaches_every_batch_and_snapshots_run_beside_ingestion(
     tmp_path: Path, wal_sync: str
 ) -> None:
     report = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            mpiexec_path(),
-            "-n",
-            "1",
-            sys.executable,
-            str(REPO_DIR / "tests" / "mpi" / "shard_writer_job.py"),
-            wal_sync,
-            str(tmp_path / "data"),
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO_DIR)},
+    result = run_job(
+        1, "shard_writer_job.py", report, wal_sync, str(tmp_path / "data"), str(report)
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(report.read_text())
     lsns, announced = result["lsns"], result["announced"]
     assert lsns == list(range(1, 31))
     assert announced == sorted(set(announced)) and announced[-1] == lsns[-1]
