@@ -104,6 +104,10 @@ class Ack(_Msg, tag="ack", frozen=True):
     counts: bytes = b""
     totals: bytes = b""
     tombstones: bytes = b""
+    # Set on a shard's last ack of a stream: everything it received is durable and acked;
+    # ``shards`` is how many shards there are, so a source knows when all of them are through.
+    final: bool = False
+    shards: int = 0
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ class AckInbox:
         self.received = 0
         self.rejected = 0
         self._arrived = asyncio.Event()
+        self._finished: set[int] = set()  # shards whose stream ended (final acks)
+        self._shards = 0
 
     async def serve(self) -> None:
         acknowledge = getattr(self._operator, "acknowledge", None)
@@ -46,7 +48,10 @@ class AckInbox:
                 continue
             try:
                 ack = ack_decoder.decode(message)
-                if acknowledge is not None:
+                if ack.final:
+                    self._finished.add(ack.shard)
+                    self._shards = ack.shards
+                elif acknowledge is not None:
                     acknowledge(ack)
             except (msgspec.DecodeError, ValueError) as exc:
                 self._reject(str(exc))
@@ -65,7 +70,7 @@ class AckInbox:
         """Wait up to ``wait_s`` for every emitted document to be acknowledged, then end."""
         unacknowledged = getattr(self._operator, "unacknowledged", lambda: 0)
         deadline = time.monotonic() + wait_s
-        while unacknowledged() and not stop.is_set():
+        while unacknowledged() and not stop.is_set() and not self.shards_finished:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -75,6 +80,11 @@ class AckInbox:
         end_feed = getattr(self._operator, "end_feed", None)
         if end_feed is not None:
             end_feed()
+
+    @property
+    def shards_finished(self) -> bool:
+        """Every shard ended its stream: no acknowledgement is coming any more."""
+        return self._shards > 0 and len(self._finished) >= self._shards
 
     def close(self, linger_ms: int = 0) -> None:
         sockets.close(self._socket, 0)

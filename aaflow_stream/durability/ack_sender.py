@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import zmq
 
-from ..protocol import encode
+from ..protocol import Ack, encode
 from .acks import PendingAcks
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,23 @@ class AckSender:
                     log.warning(
                         "source replica %d is not taking acks: dropped %d", replica, self.dropped
                     )
+
+    def finish(self, shards: int) -> None:
+        """End of stream, everything synced and acked: tell every source this shard is through
+        (so a source does not wait for documents whose rows lost their delivery columns)."""
+        if self._pending:
+            log.warning(
+                "end of stream with %d batches not synced: no final ack", len(self._pending)
+            )
+            return
+        final = encode(
+            Ack(sender=self._pending.sender, shard=self._pending.shard, final=True, shards=shards)
+        )
+        for sock in self._sockets:
+            try:
+                sock.send(final, zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
 
     def close(self) -> None:
         for sock in self._sockets:

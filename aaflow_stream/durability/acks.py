@@ -48,8 +48,8 @@ class PendingAcks:
     """Acknowledgements waiting for the log to be synced up to their batch's LSN."""
 
     def __init__(self, sender: str, shard: int) -> None:
-        self._sender = sender
-        self._shard = shard
+        self.sender = self._sender = sender
+        self.shard = self._shard = shard
         self._waiting: deque[tuple[int, pa.RecordBatch]] = deque()
 
     def __len__(self) -> int:

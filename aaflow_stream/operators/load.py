@@ -304,7 +304,8 @@ class FileLoader:
         else:
             self._checkpoint.save(self._progress.prefix)
             log.warning(
-                "stream ended with %d documents not acknowledged; the checkpoint (offset %d) "
+                "stream ended with %d documents not acknowledged (if every shard finished, a "
+                "stage dropped the src_replica/src_offset columns); the checkpoint (offset %d) "
                 "resumes them",
                 self._progress.outstanding,
                 self._progress.prefix,

@@ -275,6 +275,7 @@ class ShardWriter:
         started = time.perf_counter()
         self._store.sync()
         self._announce_durable()
+        self._acks.finish(self._size)
         self._snapshot("drain", force=True)
         self._persist_s = time.perf_counter() - started
         log.info("shard %d persisted %d vectors", self._rank, self._store.count)

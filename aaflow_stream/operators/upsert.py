@@ -34,12 +34,18 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
 def tombstones(chunks: pa.RecordBatch) -> pa.RecordBatch:
     """One tombstone per document that starts in ``chunks`` (its chunk with seq 0)."""
     first = chunks.filter(pc.equal(chunks.column("seq"), 0))
+    names = first.schema.names
+
+    def delivery(name: str) -> pa.Array:  # a custom stage may have dropped them: not acked
+        field = TOMBSTONE.field(name)
+        return first.column(name) if name in names else pa.nulls(first.num_rows, field.type)
+
     return pa.record_batch(
         [
             first.column("doc_id"),
             first.column("doc_version"),
-            first.column("src_replica"),
-            first.column("src_offset"),
+            delivery("src_replica"),
+            delivery("src_offset"),
         ],
         schema=TOMBSTONE,
     )

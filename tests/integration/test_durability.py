@@ -203,3 +203,29 @@ def test_a_full_disk_pauses_ingestion_and_it_resumes_without_loss(
     assert proc.returncode == 0, stderr
     assert json.loads(stdout.strip().splitlines()[-1])["restarts"] == []
     assert chaos.check(data_dir, expected) == chaos.Check(0, 0, 0)
+
+
+@pytest.mark.timeout(120)
+def test_a_stage_that_drops_delivery_columns_does_not_stall_the_end_of_a_feed(
+    tmp_path: Path,
+) -> None:
+    corpus = tmp_path / "corpus"
+    _docs_file(corpus, {f"d{i}": f"document {i} " * 30 for i in range(20)})
+    stages = (
+        "  - {operator: load, batch_docs: 4}\n"
+        "  - {operator: transform}\n"
+        "  - {operator: custom, name: strip, ref: 'tests.support.ops:DropDeliveryColumns'}\n"
+        "  - {operator: embed, batch_size: 16}\n"
+        "  - {operator: upsert, batch_size: 64}\n"
+    )
+    topology = write_topology(
+        tmp_path / "t.yaml", corpus, tmp_path / "data", shards=2, stages=stages
+    )
+    started = time.monotonic()
+    result = up(topology, "--json")
+    assert result.code == 0, result.stderr
+    assert result.summary["vectors"] == result.summary["chunks"] > 0
+    # The shards' final acks end the wait at once (eos_timeout_s is 120 s).
+    assert time.monotonic() - started < 30
+    log = (tmp_path / "run" / "logs" / "load.0.log").read_text()
+    assert "dropped the src_replica/src_offset columns" in log

@@ -39,3 +39,18 @@ class DelayByReplica:
 
     def flush(self) -> Iterable[pa.RecordBatch]:
         return ()
+
+
+class DropDeliveryColumns:
+    """A custom stage that rebuilds batches without the delivery columns (src_*), as a
+    careless user operator might: its documents can never be acknowledged."""
+
+    def __init__(self, context: OperatorContext) -> None:
+        pass
+
+    def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
+        keep = [n for n in batch.schema.names if not n.startswith("src_")]
+        return (batch.select(keep),)
+
+    def flush(self) -> Iterable[pa.RecordBatch]:
+        return ()
