@@ -313,12 +313,21 @@ class ShardStore:
         chunks = meta.column("chunk_id").to_pylist()
         docs = meta.column("doc_id").to_pylist()
         versions = meta.column("doc_version").to_pylist()
+        where, by_doc = self._where, self._docs
+        if where.keys().isdisjoint(chunks):  # all new (a first ingestion): bulk updates
+            where.update(zip(chunks, range(start, start + len(chunks))))
+            for chunk, doc, version in zip(chunks, docs, versions, strict=True):
+                mine = by_doc.get(doc)
+                if mine is None:
+                    mine = by_doc[doc] = {}
+                mine[chunk] = version
+            return
         for row, (chunk, doc, version) in enumerate(zip(chunks, docs, versions, strict=True)):
-            old = self._where.get(chunk)
-            mine = self._docs.setdefault(doc, {})
+            old = where.get(chunk)
+            mine = by_doc.setdefault(doc, {})
             if old is not None and chunk not in mine:  # the id moved to another document
                 self._forget(self._value(old, "doc_id"), chunk)
-            self._where[chunk] = start + row
+            where[chunk] = start + row
             mine[chunk] = version
 
     def _forget(self, doc_id: str, chunk: int) -> None:
