@@ -315,7 +315,7 @@ class ShardStore:
         versions = meta.column("doc_version").to_pylist()
         where, by_doc = self._where, self._docs
         if where.keys().isdisjoint(chunks):  # all new (a first ingestion): bulk updates
-            where.update(zip(chunks, range(start, start + len(chunks))))
+            where.update(zip(chunks, range(start, start + len(chunks)), strict=True))
             for chunk, doc, version in zip(chunks, docs, versions, strict=True):
                 mine = by_doc.get(doc)
                 if mine is None:
