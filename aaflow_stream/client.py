@@ -146,6 +146,15 @@ def _ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
         raise QueryError("internal", f"undecodable ingest reply: {exc}") from exc
 
 
+def _dealer(ctx: Any, endpoint: str | None) -> Any:
+    """A DEALER socket (of a plain or an asyncio context) that never lingers on close."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if endpoint is not None:
+        sock.connect(endpoint)
+    return sock
+
+
 class Client:
     """Blocking client. One request in flight at a time; use several clients for concurrency.
 
@@ -164,10 +173,7 @@ class Client:
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if endpoint is not None:
-            self._sock.connect(endpoint)
+        self._sock = _dealer(self._ctx, endpoint)
         self._ingest_sock: zmq.Socket[Any] | None = None
         self._ids = itertools.count(1)
 
@@ -197,10 +203,7 @@ class Client:
 
     def _reconnect(self) -> None:
         self._sock.close(linger=0)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if self.endpoint is not None:
-            self._sock.connect(self.endpoint)
+        self._sock = _dealer(self._ctx, self.endpoint)
 
     def query(
         self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
@@ -274,9 +277,7 @@ class Client:
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
         if self._ingest_sock is None:
-            self._ingest_sock = self._ctx.socket(zmq.DEALER)
-            self._ingest_sock.setsockopt(zmq.LINGER, 0)
-            self._ingest_sock.connect(self.ingest_endpoint)
+            self._ingest_sock = _dealer(self._ctx, self.ingest_endpoint)
         return self._ingest_sock
 
     def close(self) -> None:
@@ -300,10 +301,7 @@ class AsyncClient:
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if endpoint is not None:
-            self._sock.connect(endpoint)
+        self._sock = _dealer(self._ctx, endpoint)
         self._ids = itertools.count(1)
         self._waiting: dict[int, Any] = {}
         self._reader: Any = None
@@ -371,9 +369,7 @@ class AsyncClient:
 
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.ingest_endpoint)
+        sock = _dealer(self._ctx, self.ingest_endpoint)
         try:
             work = _IngestRound(docs, self._ids)
             while not work.done:

@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aaflow_stream.embedders.hash_embedder import HashEmbedder
+from w1_stages import embed_texts, load_file, transform_docs
+
 from aaflow_stream.synthetic import generate
-from aaflow_stream.text.chunking import chunk_id, chunk_windows
 
 KINDS = ["source", "transform", "embed", "upsert", "shard"]
 STAGE_OF = {"source": "load", "transform": "transform", "embed": "embed", "upsert": "upsert"}
@@ -72,17 +73,14 @@ durability: {{restart: {{max_restarts: 3, backoff_s: 0.1}}}}
 
 
 def expected_chunks(corpus: Path) -> dict[int, np.ndarray]:
-    """chunk id -> hash embedding, straight from the corpus files (W1's rule)."""
+    """chunk id -> hash embedding, straight from the corpus files (W1's stages, in-process)."""
     ids: list[int] = []
     texts: list[str] = []
     for path in sorted(corpus.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            doc = json.loads(line)
-            chunks = chunk_windows(doc["text"], 512, 64)
-            ids += [chunk_id(doc["doc_id"], seq) for seq in range(len(chunks))]
-            texts += chunks
-    vectors = HashEmbedder(384).embed(texts)
-    return dict(zip(ids, vectors, strict=True))
+        file_ids, file_texts = transform_docs(load_file(path))
+        ids += file_ids
+        texts += file_texts
+    return dict(zip(ids, embed_texts(texts, 1024), strict=True))
 
 
 def read_shards(data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -282,6 +280,7 @@ def print_table(report: Report, feed_s: float, chunks: int) -> None:
         p50 = f"{statistics.median(rec):.2f}s" if rec else "-"
         top = f"{max(rec):.2f}s" if rec else "-"
         print(f"{kind:<10} {len(mine):>5} {p50:>13} {top:>7} {lost:>5} {dup:>5}")
+
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}s"
 

@@ -45,12 +45,11 @@ from ..mpi.thread import MpiThread, wait
 from ..query.gateway import Gateway
 from ..query.protocol import QueryFilter, encode, filter_decoder
 from ..query.round import ROOT, count_round, delete_round, search_round
-from ..shard.store import ShardStore, WalSync
+from ..shard.store import ShardStore, WalSync, is_tombstone
 from .base import OperatorContext
 
 log = logging.getLogger(__name__)
 
-TOMBSTONE_COLUMN = "keep_version"  # a batch with it is a tombstone batch (schemas.TOMBSTONE)
 
 # Wake-up messages: b"S" + the round's (queries, k, dim) as 3 int64, so the members need no
 # header broadcast; b"C" for a count round.
@@ -239,7 +238,7 @@ class ShardWriter:
     def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
         self.last_lsn = self._append_when_space(batch)
         self._acks.applied(self.last_lsn, batch)
-        if TOMBSTONE_COLUMN not in batch.schema.names:
+        if not is_tombstone(batch):
             self._upserted += batch.num_rows
         self._applied_at = time.time()
         if not self._interval_sync:
