@@ -198,12 +198,16 @@ class DurabilitySpec(_Spec, frozen=True):
     """How shards make upserts durable before they acknowledge them (DESIGN.md section 6).
 
     ``wal_sync``: ``batch`` fsyncs the write-ahead log after every batch; ``interval`` fsyncs
-    at most every ``sync_interval_ms`` (group commit: fewer fsyncs, acks wait for the next one).
+    at most every ``sync_interval_ms`` (group commit: fewer fsyncs, acks wait for the next one);
+    ``none`` keeps no log: a batch is durable, and acknowledged to its source, only once a
+    snapshot holds it, so after a crash the sources send again everything since the last
+    snapshot (no log writes: for bulk loads that can be redone; ``snapshot_wal_mb`` then
+    counts the bytes applied since the snapshot).
     A snapshot (index + metadata) is taken every ``snapshot_interval_s`` or once the log has
     grown by ``snapshot_wal_mb``, whichever comes first, and the log is truncated after it.
     """
 
-    wal_sync: Literal["batch", "interval"] = "interval"
+    wal_sync: Literal["batch", "interval", "none"] = "interval"
     sync_interval_ms: PositiveFloat = 20.0
     snapshot_interval_s: PositiveFloat = 300.0
     snapshot_wal_mb: PositiveFloat = 512.0

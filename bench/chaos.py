@@ -53,7 +53,7 @@ SHARDS = 2
 UP_TIMEOUT_S = 240.0
 
 
-def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path) -> str:
+def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path, wal_sync: str = "interval") -> str:
     return f"""\
 name: chaos
 data_dir: {data_dir}
@@ -68,7 +68,7 @@ stages:
 embedder: {{kind: hash, dim: 384}}
 shards: {{count: {SHARDS}, index: Flat, metric: ip}}
 flow: {{window: 4}}
-durability: {{restart: {{max_restarts: 3, backoff_s: 0.1}}}}
+durability: {{wal_sync: {wal_sync}, restart: {{max_restarts: 3, backoff_s: 0.1}}}}
 """
 
 
@@ -154,13 +154,18 @@ def _victims(pids: dict[str, int], kind: str) -> list[str]:
 
 
 def run_trial(
-    corpus: Path, expected: dict[int, np.ndarray], kind: str, delay_s: float, rng: random.Random
+    corpus: Path,
+    expected: dict[int, np.ndarray],
+    kind: str,
+    delay_s: float,
+    rng: random.Random,
+    wal_sync: str = "interval",
 ) -> Trial:
     trial = Trial(kind)
     for _ in range(4):
         work = Path(tempfile.mkdtemp(prefix="aaf-chaos-"))
         try:
-            if _attempt(trial, work, corpus, expected, delay_s, rng):
+            if _attempt(trial, work, corpus, expected, delay_s, rng, wal_sync):
                 return trial
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -177,11 +182,12 @@ def _attempt(
     expected: dict[int, np.ndarray],
     delay_s: float,
     rng: random.Random,
+    wal_sync: str,
 ) -> bool:
     """One run with one kill; False when the kill came too late to count."""
     data_dir, run_dir = work / "data", work / "run"
     topology = work / "chaos.yaml"
-    topology.write_text(topology_yaml(corpus, data_dir, run_dir))
+    topology.write_text(topology_yaml(corpus, data_dir, run_dir, wal_sync))
     proc = subprocess.Popen(
         [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--json", "--quiet"],
         stdout=subprocess.PIPE,
@@ -303,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="5 trials on the tiny preset")
     parser.add_argument("--json", action="store_true", help="last line: the figures as JSON")
+    parser.add_argument(
+        "--wal-sync",
+        default="interval",
+        choices=["batch", "interval", "none"],
+        help="the shards' durability.wal_sync (default interval)",
+    )
     args = parser.parse_args(argv)
     trials, preset = (5, "tiny") if args.quick else (args.trials, args.preset)
     rng = random.Random(args.seed)
@@ -316,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(trials):
         kind = KINDS[i % len(KINDS)]
         delay = rng.uniform(0.05, 0.9) * max(feed_s, 0.2)
-        trial = run_trial(corpus, expected, kind, delay, rng)
+        trial = run_trial(corpus, expected, kind, delay, rng, args.wal_sync)
         report.trials.append(trial)
         c = trial.check
         print(

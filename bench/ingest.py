@@ -83,9 +83,15 @@ class EngineKnobs:
     embed_batch: int = 256
     upsert_batch: int = 2048
     batch_docs: int = 64
-    # 1: transform chained onto load and upsert onto embed (operator chaining: no hop, no
-    # process of their own; their replicas follow the stage they join); 0: every stage apart
-    chain: int = 1
+    # Operator chaining (a chained stage runs in the actors of the stage before it: no hop,
+    # no process of its own, its replicas those of that stage). 0: every stage apart;
+    # 1: transform onto load and upsert onto embed; 2: all of them onto load, one actor per
+    # replica doing load -> transform -> embed -> shuffle (`embed_replicas` of them).
+    chain: int = 2
+    # The shards' durability.wal_sync. "none": no write-ahead log, durable at snapshots (the
+    # end-of-run one here), as durable as the baselines, which persist nothing; "interval" or
+    # "batch": every batch logged first (what that costs is the difference of the two runs).
+    wal_sync: str = "none"
 
 
 @dataclass
@@ -116,9 +122,15 @@ class Run:
 def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path, knobs: EngineKnobs) -> str:
     """The W1 topology with `knobs` applied."""
     k = knobs
-    chained = ", chain: true" if k.chain else ""
-    transform_replicas = k.load_replicas if k.chain else k.transform_replicas
-    upsert_replicas = k.embed_replicas if k.chain else k.upsert_replicas
+    full = k.chain >= 2
+    load_replicas = k.embed_replicas if full else k.load_replicas
+    transform_replicas = load_replicas if k.chain else k.transform_replicas
+    embed_replicas = load_replicas if full else k.embed_replicas
+    upsert_replicas = embed_replicas if k.chain else k.upsert_replicas
+
+    def chained(on: bool) -> str:
+        return ", chain: true" if on else ""
+
     return f"""\
 name: w1
 data_dir: {data_dir}
@@ -126,14 +138,16 @@ run_dir: {run_dir}
 sources:
   - paths: [{corpus}]
 stages:
-  - {{operator: load, replicas: {k.load_replicas}, batch_docs: {k.batch_docs}}}
+  - {{operator: load, replicas: {load_replicas}, batch_docs: {k.batch_docs}}}
   - {{operator: transform, replicas: {transform_replicas}, chunk_size: 512, overlap: 64,
-     normalize: false{chained}}}
-  - {{operator: embed, replicas: {k.embed_replicas}, batch_size: {k.embed_batch}}}
-  - {{operator: upsert, replicas: {upsert_replicas}, batch_size: {k.upsert_batch}{chained}}}
+     normalize: false{chained(k.chain >= 1)}}}
+  - {{operator: embed, replicas: {embed_replicas}, batch_size: {k.embed_batch}{chained(full)}}}
+  - {{operator: upsert, replicas: {upsert_replicas}, batch_size: {k.upsert_batch}\
+{chained(k.chain >= 1)}}}
 embedder: {{kind: hash, dim: 384}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
 flow: {{window: {k.window}}}
+durability: {{wal_sync: {k.wal_sync}}}
 """
 
 
@@ -502,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     knobs = parser.add_argument_group("engine knobs")
     for name, value in asdict(EngineKnobs()).items():
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
+        knobs.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser
 
 

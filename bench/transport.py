@@ -216,8 +216,12 @@ def _report(trial: Trial, sw: Stopwatch, nbytes: int, zc: bool | None, eq: bool 
 async def _arrow_receive(trial: Trial, ready: Callable[[], None]) -> Outcome:
     ctx = zmq.asyncio.Context()
     inp = InPort(
-        ctx, RECEIVER, data_endpoint=trial.data_endpoint,
-        control_endpoint=trial.control_endpoint, window=trial.window, expected_senders=[SENDER],
+        ctx,
+        RECEIVER,
+        data_endpoint=trial.data_endpoint,
+        control_endpoint=trial.control_endpoint,
+        window=trial.window,
+        expected_senders=[SENDER],
     )
     expected = make_batch()
     sw = Stopwatch(trial.warmup)
@@ -618,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results)
     print_table(summary, results, args, nbytes, load)
     bad = [
-        s for s, outs in results.items()
+        s
+        for s, outs in results.items()
         if _all_true(outs, "equal") is False or (s == "arrow" and not _all_true(outs, "zero_copy"))
     ]
     if bad:

@@ -62,6 +62,7 @@ CLEAN_LINGER_MS: Final = 2000
 PARENT_PID_ENV: Final = "AAFLOW_SUPERVISOR_PID"
 # Set by MPICH's process manager for every rank; replaces ``{rank}`` in the spec path.
 MPI_RANK_ENV: Final = "PMI_RANK"
+PROFILE_DIR_ENV: Final = "AAFLOW_PROFILE_DIR"
 
 
 class Actor:
@@ -434,6 +435,22 @@ def configure_logging(name: str, level: str) -> None:
     )
 
 
+def _profiled(name: str, run: Callable[[], int]) -> int:
+    """``run()``, under cProfile when ``AAFLOW_PROFILE_DIR`` names a directory: the stats go
+    to ``<dir>/<actor>-<pid>.prof``, in CPU seconds of the event-loop thread (a diagnostic;
+    it slows the actor down)."""
+    directory = os.environ.get(PROFILE_DIR_ENV)
+    if not directory:
+        return run()
+    import cProfile
+
+    profile = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not wall time
+    try:
+        return profile.runcall(run)
+    finally:
+        profile.dump_stats(str(Path(directory) / f"{name}-{os.getpid()}.prof"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -450,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     import uvloop
 
-    code = uvloop.run(run_actor(spec))
+    code = _profiled(spec.name, lambda: uvloop.run(run_actor(spec)))
     _ignore_stop_signals()  # closing the loop restored the default handlers
     return code
 

@@ -16,7 +16,8 @@ upsert batch (with ``embedding``) is idempotent by chunk_id; a tombstone batch
 (``schemas.TOMBSTONE``, recognised by its ``keep_version`` column) removes, per row, every
 chunk of ``doc_id`` whose ``doc_version`` differs from ``keep_version`` (all of them for
 ``DELETE_ALL``). With ``wal_sync="batch"`` the record is synced before it is applied; with
-``"interval"`` it is applied at once and made durable by the caller's next ``sync()``.
+``"interval"`` it is applied at once and made durable by the caller's next ``sync()``; with
+``"none"`` nothing is logged and a batch becomes durable only with the next snapshot.
 
 Threads: ingestion (the actor's loop), queries (the MPI thread) and snapshots (a worker)
 share the store. ``_lock`` guards the index and metadata (held by queries and applies, never
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "shard.json"
 WAL_DIR = "wal"
 TIE_MARGIN = 16
-WalSync = Literal["batch", "interval"]
+WalSync = Literal["batch", "interval", "none"]
 
 
 def _metric(name: str) -> int:
@@ -105,6 +106,7 @@ class ShardStore:
                 first_segment=info.wal_segment,
                 after_lsn=info.lsn,
                 apply=self._replay,
+                record=wal_sync != "none",
             )
             self._wal.drop_before(info.wal_segment)  # covered; a crash left them behind
         except OSError as exc:  # e.g. an unwritable data directory
@@ -171,6 +173,11 @@ class ShardStore:
     def durable_lsn(self) -> int:
         """Every batch up to this LSN is on disk and survives a crash."""
         return self._wal.durable_lsn
+
+    @property
+    def logs(self) -> bool:
+        """Batches are logged (any ``wal_sync`` but ``none``)."""
+        return self._wal.record
 
     @property
     def snapshot_lsn(self) -> int:
@@ -286,11 +293,14 @@ class ShardStore:
 
     def _apply_tombstones(self, batch: pa.RecordBatch) -> None:
         doc_ids = batch.column("doc_id").to_pylist()
-        keep = batch.column("keep_version").to_pylist()
         with self._lock:
+            known = self._docs.keys() & doc_ids  # one C pass; mostly empty on new documents
+            if not known:
+                return
+            keep = batch.column("keep_version").to_pylist()
             doomed: list[int] = []
             for doc_id, version in zip(doc_ids, keep, strict=True):
-                chunks = self._docs.get(doc_id)
+                chunks = self._docs.get(doc_id) if doc_id in known else None
                 if not chunks:
                     continue
                 gone = [c for c, v in chunks.items() if version == DELETE_ALL or v != version]
@@ -452,6 +462,7 @@ class ShardStore:
                 table = table.take(pa.array(live))
             info = snap.now_info(int(index.ntotal), segment, lsn, reason)
             snap.write(self.directory, index, table, info)
+            self._wal.covered(lsn)
             self._wal.drop_before(segment)
             for legacy in (snap.INDEX_FILE, snap.META_FILE):
                 (self.directory / legacy).unlink(missing_ok=True)

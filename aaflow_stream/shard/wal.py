@@ -14,6 +14,10 @@ the newest segment. Recovery drops such a torn tail (short header, short payload
 garbage after the last good record) with a warning and truncates it away; a damaged record
 anywhere else, or a gap in LSNs, is a ``StorageError`` naming the file and byte offset.
 
+With ``record=False`` (``wal_sync: none``) the log only numbers batches: nothing is written,
+``sync`` makes nothing durable, and the durable LSN advances only when a snapshot covering it
+lands (``covered``). Segments an earlier run left are still replayed on open.
+
 Threads: ``append`` (the actor's loop) and ``sync`` (a worker thread, in ``interval`` mode)
 may run at once; fsync never runs under the append lock. Lock order: ``_sync_lock`` first.
 """
@@ -111,8 +115,17 @@ Apply = Callable[[int, pa.RecordBatch], None]
 class WriteAheadLog:
     """Append and sync records; ``open`` recovers what earlier processes logged."""
 
-    def __init__(self, directory: Path, *, next_segment: int, last_lsn: int, logged: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        next_segment: int,
+        last_lsn: int,
+        logged: int,
+        record: bool = True,
+    ) -> None:
         self.directory = directory
+        self.record = record
         self._next_segment = next_segment
         self._last_lsn = last_lsn
         self._durable_lsn = last_lsn  # what recovery read back is on disk
@@ -126,7 +139,13 @@ class WriteAheadLog:
 
     @classmethod
     def open(
-        cls, directory: Path, *, first_segment: int, after_lsn: int, apply: Apply
+        cls,
+        directory: Path,
+        *,
+        first_segment: int,
+        after_lsn: int,
+        apply: Apply,
+        record: bool = True,
     ) -> WriteAheadLog:
         """Replay every record after ``after_lsn`` in segments from ``first_segment`` on
         through ``apply(lsn, batch)``, in LSN order; the log then appends to a fresh segment."""
@@ -137,7 +156,9 @@ class WriteAheadLog:
             last_lsn, size = _replay_segment(path, last_lsn, apply, newest=i == len(found) - 1)
             logged += size
         newest = found[-1][0] if found else first_segment - 1
-        return cls(directory, next_segment=newest + 1, last_lsn=last_lsn, logged=logged)
+        return cls(
+            directory, next_segment=newest + 1, last_lsn=last_lsn, logged=logged, record=record
+        )
 
     @property
     def last_lsn(self) -> int:
@@ -154,6 +175,11 @@ class WriteAheadLog:
 
     def append(self, batch: pa.RecordBatch) -> int:
         """Write one record (not yet synced); its LSN. On failure nothing is left behind."""
+        if not self.record:  # only number it; ``logged`` still drives the snapshot trigger
+            with self._lock:
+                self._last_lsn += 1
+                self._logged += batch.nbytes
+                return self._last_lsn
         payload = encode(batch)
         payload_crc = zlib.crc32(payload)  # outside the lock: ~0.7 ms per 3 MB here
         with self._lock:
@@ -182,6 +208,8 @@ class WriteAheadLog:
 
     def sync(self) -> int:
         """fsync what was appended; the durable LSN."""
+        if not self.record:
+            return self._durable_lsn
         with self._sync_lock:
             with self._lock:
                 fd, lsn, path = self._fd, self._last_lsn, self._path
@@ -207,8 +235,14 @@ class WriteAheadLog:
                     raise StorageError(self._broken) from exc
                 os.close(self._fd)
                 self._fd, self._path = None, None
-            self._durable_lsn = self._last_lsn
+            if self.record:
+                self._durable_lsn = self._last_lsn
             return self._next_segment
+
+    def covered(self, lsn: int) -> None:
+        """A snapshot holding everything up to ``lsn`` is on disk: that much is durable."""
+        with self._lock:
+            self._durable_lsn = max(self._durable_lsn, lsn)
 
     def drop_before(self, segment: int) -> None:
         """Delete the segments older than ``segment`` (a snapshot covers them)."""

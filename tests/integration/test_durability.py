@@ -60,6 +60,20 @@ def test_kill_9_of_any_actor_mid_feed_loses_and_duplicates_nothing(
     assert trial.recovery_s is not None and trial.recovery_s < 30
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["shard", "embed"])
+def test_without_a_log_a_kill_replays_from_the_last_snapshot_and_loses_nothing(
+    kind: str, corpus: Path, expected: dict[int, object]
+) -> None:
+    """``wal_sync: none``: nothing acknowledged before a snapshot holds it, so the sources
+    send again whatever the killed run had not snapshotted."""
+    rng = random.Random(f"none-{kind}")
+    trial = chaos.run_trial(corpus, expected, kind, delay_s=0.6, rng=rng, wal_sync="none")
+    assert not trial.error, trial.error
+    assert trial.killed and trial.restarts >= 1
+    assert trial.check == chaos.Check(lost=0, duplicated=0, wrong_vectors=0)
+
+
 def _saved_offset(path: Path) -> int:
     try:
         return int(json.loads(path.read_text())["next_offset"])

@@ -308,3 +308,21 @@ def test_a_data_directory_that_cannot_be_created_is_a_clear_error(tmp_path: Path
     (tmp_path / "file").write_text("not a directory")  # fails for root too, unlike chmod
     with pytest.raises(StorageError, match=r"cannot open the shard in .*file/s: "):
         _open(tmp_path / "file" / "s")
+
+
+def test_without_a_log_only_a_snapshot_makes_batches_durable(tmp_path: Path) -> None:
+    """``wal_sync: none``: no log is written; the durable LSN moves only when a snapshot
+    lands, and a restart finds exactly what the last snapshot held."""
+    store = _open(tmp_path, wal_sync="none")
+    store.append(chunk_rows("a", _vectors(1, 3)))
+    assert (store.last_lsn, store.sync(), store.durable_lsn) == (1, 0, 0)
+    assert store.snapshot("test") is not None
+    assert store.durable_lsn == 1
+    held = _state(store)
+    store.append(chunk_rows("b", _vectors(2, 2)))  # never snapshotted: a crash loses it
+    assert store.durable_lsn == 1 and len(_state(store)) == 5
+    assert segments(tmp_path / WAL_DIR) == [], "a log was written"
+    store.close()
+    again = _open(tmp_path, wal_sync="none")
+    assert _state(again) == held and again.last_lsn == again.durable_lsn == 1
+    again.close()
