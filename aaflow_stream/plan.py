@@ -47,7 +47,7 @@ class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A linear pipeline: every replica of a stage links to every replica of the next."""
 
     stages: list[StageSpec]
-    window: int = 8
+    window: int = 16
     encoding: str = "auto"
     eos_timeout_s: float = 60.0
     drain_timeout_s: float = 10.0

@@ -138,7 +138,7 @@ class QuerySpec(_Spec, frozen=True):
 
 
 class FlowSpec(_Spec, frozen=True):
-    window: Positive = 8
+    window: Positive = 16
     encoding: Literal["auto", "buffers", "ipc"] = "auto"
     # Rows a stage holds back for batching (embed micro-batches, upsert per-shard batches)
     # go out after at most this long without input, so a trickle is not stuck in them.

@@ -393,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--direct-threads", type=int, default=cores)
     parser.add_argument("--stage-batch", type=int, default=256, help="embed stage batch_size")
     parser.add_argument("--source-rows", type=int, default=100, help="rows per source batch")
-    parser.add_argument("--window", type=int, default=8, help="credit window")
+    parser.add_argument("--window", type=int, default=16, help="credit window")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="packaged name or directory")
     parser.add_argument("--dim", type=int, help="the model's dim, for a model directory")
     parser.add_argument("--device", default="cpu")

@@ -79,10 +79,10 @@ class EngineKnobs:
     transform_replicas: int = 1
     embed_replicas: int = 2
     upsert_replicas: int = 1
-    window: int = 8
+    window: int = 16
     embed_batch: int = 256
     upsert_batch: int = 2048
-    batch_docs: int = 64
+    batch_docs: int = 256
     # Operator chaining (a chained stage runs in the actors of the stage before it: no hop,
     # no process of its own, its replicas those of that stage). 0: every stage apart;
     # 1: transform onto load and upsert onto embed; 2: all of them onto load, one actor per

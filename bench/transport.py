@@ -6,7 +6,7 @@ from a sender process to a receiver process (both started with the ``spawn`` met
 ZeroMQ ``ipc://`` endpoints in a temporary directory, by four systems:
 
 ``arrow``
-    ``OutPort`` → ``InPort`` with credit flow control on (window 8), encoding ``buffers``: one
+    ``OutPort`` → ``InPort`` with credit flow control on (window 16), encoding ``buffers``: one
     frame per Arrow buffer, the receiver rebuilds every batch over the received frames (zero
     copy) and calls ``finished``; both event loops run on uvloop.
 ``arrow_ipc``
@@ -85,7 +85,7 @@ from aaflow_stream.channels.sockets import HWM_SLACK
 ROWS = 1024
 DIM = 384
 TEXT_LEN = 1024
-WINDOW = 8
+WINDOW = 16
 SEED = 20260501
 SYSTEMS = ("arrow", "arrow_ipc", "raw", "mpqueue")
 ENCODING = {"arrow": frames.BUFFERS, "arrow_ipc": frames.IPC}

@@ -90,7 +90,12 @@ class ShardStore:
         self._meta_bytes = 0  # Arrow bytes of ``_meta`` (status and metrics)
         self._starts: list[int] = []  # first row of each metadata batch in the whole table
         self._where: dict[int, int] = {}  # live chunk id -> its latest row in the whole table
-        self._docs: dict[str, dict[int, int]] = {}  # doc_id -> {live chunk id: doc_version}
+        # doc_id -> {live chunk id: doc_version}, built lazily (``_doc_index``): metadata
+        # batches of new chunks wait in ``_unindexed`` until an update, a tombstone naming a
+        # stored document or a read needs the index, so a first ingestion never pays for it.
+        self._docs: dict[str, dict[int, int]] = {}
+        self._unindexed: list[pa.RecordBatch] = []
+        self._doc_names: set[str] = set()  # a superset of the stored documents' ids
         self._dead_rows = False  # some rows of ``_meta`` are replaced or removed
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -226,7 +231,8 @@ class ShardStore:
     def chunks_of(self, doc_ids: Sequence[str]) -> int:
         """How many chunks of these documents this shard holds."""
         with self._lock:
-            return sum(len(self._docs.get(doc_id, ())) for doc_id in set(doc_ids))
+            docs = self._doc_index()
+            return sum(len(docs.get(doc_id, ())) for doc_id in set(doc_ids))
 
     def delete_docs(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of these documents (a logged tombstone batch); its LSN."""
@@ -294,13 +300,14 @@ class ShardStore:
     def _apply_tombstones(self, batch: pa.RecordBatch) -> None:
         doc_ids = batch.column("doc_id").to_pylist()
         with self._lock:
-            known = self._docs.keys() & doc_ids  # one C pass; mostly empty on new documents
+            known = self._doc_names.intersection(doc_ids)  # empty for new documents
             if not known:
                 return
+            docs = self._doc_index()
             keep = batch.column("keep_version").to_pylist()
             doomed: list[int] = []
             for doc_id, version in zip(doc_ids, keep, strict=True):
-                chunks = self._docs.get(doc_id) if doc_id in known else None
+                chunks = docs.get(doc_id) if doc_id in known else None
                 if not chunks:
                     continue
                 gone = [c for c, v in chunks.items() if version == DELETE_ALL or v != version]
@@ -308,7 +315,7 @@ class ShardStore:
                     del chunks[chunk]
                     del self._where[chunk]
                 if not chunks:
-                    del self._docs[doc_id]
+                    del docs[doc_id]
                 doomed.extend(gone)
             if doomed:
                 self.index.remove_ids(np.array(doomed, dtype=np.int64))
@@ -322,16 +329,14 @@ class ShardStore:
         self._starts.append(start)
         chunks = meta.column("chunk_id").to_pylist()
         docs = meta.column("doc_id").to_pylist()
-        versions = meta.column("doc_version").to_pylist()
-        where, by_doc = self._where, self._docs
+        where = self._where
+        self._doc_names.update(docs)
         if where.keys().isdisjoint(chunks):  # all new (a first ingestion): bulk updates
             where.update(zip(chunks, range(start, start + len(chunks)), strict=True))
-            for chunk, doc, version in zip(chunks, docs, versions, strict=True):
-                mine = by_doc.get(doc)
-                if mine is None:
-                    mine = by_doc[doc] = {}
-                mine[chunk] = version
+            self._unindexed.append(meta)
             return
+        by_doc = self._doc_index()
+        versions = meta.column("doc_version").to_pylist()
         for row, (chunk, doc, version) in enumerate(zip(chunks, docs, versions, strict=True)):
             old = where.get(chunk)
             mine = by_doc.setdefault(doc, {})
@@ -339,6 +344,19 @@ class ShardStore:
                 self._forget(self._value(old, "doc_id"), chunk)
             where[chunk] = start + row
             mine[chunk] = version
+
+    def _doc_index(self) -> dict[str, dict[int, int]]:
+        """The by-document index, brought up to date (the caller holds the lock)."""
+        by_doc = self._docs
+        for meta in self._unindexed:
+            columns = (meta.column(c).to_pylist() for c in ("chunk_id", "doc_id", "doc_version"))
+            for chunk, doc, version in zip(*columns, strict=True):
+                mine = by_doc.get(doc)
+                if mine is None:
+                    mine = by_doc[doc] = {}
+                mine[chunk] = version
+        self._unindexed.clear()
+        return by_doc
 
     def _forget(self, doc_id: str, chunk: int) -> None:
         chunks = self._docs.get(doc_id, {})

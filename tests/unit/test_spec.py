@@ -18,7 +18,7 @@ def test_a_valid_topology_decodes_with_defaults() -> None:
             "{operator: load}", "{operator: transform}", "{operator: embed}", "{operator: upsert}"
         )
     )
-    assert t.shards.count == 4 and t.embedder.dim == 384 and t.flow.window == 8
+    assert t.shards.count == 4 and t.embedder.dim == 384 and t.flow.window == 16
     assert [s.name for s in t.stages] == ["load", "transform", "embed", "upsert"]
 
 
