@@ -88,10 +88,10 @@ class EngineKnobs:
     # 1: transform onto load and upsert onto embed; 2: all of them onto load, one actor per
     # replica doing load -> transform -> embed -> shuffle (`embed_replicas` of them).
     chain: int = 2
-    # The shards' durability.wal_sync. "none": no write-ahead log, durable at snapshots (the
-    # end-of-run one here), as durable as the baselines, which persist nothing; "interval" or
-    # "batch": every batch logged first (what that costs is the difference of the two runs).
-    wal_sync: str = "none"
+    # The shards' durability.wal_sync: "interval" (the engine's default: every batch logged,
+    # synced by group commit), "batch", or "none" (no log: durable at snapshots, the
+    # end-of-run one here; the baselines persist nothing at all).
+    wal_sync: str = "interval"
 
 
 @dataclass
