@@ -60,6 +60,84 @@ def test_dead_letters_are_complete_at_once_and_stale_acks_are_ignored() -> None:
     assert progress.prefix == 1 and progress.outstanding == 1
 
 
+class _ReferenceProgress:
+    """The rule of ``SourceProgress`` written plainly, one document at a time."""
+
+    def __init__(self, start: int, shards: int) -> None:
+        self.next, self.prefix, self.shards = start, start, shards
+        self.state: dict[int, list[int]] = {}  # offset -> [expected, chunks, tombstones]
+        self.complete: set[int] = set()
+
+    def emit(self, chunks: int) -> int:
+        self.state[self.next] = [chunks, 0, 0]
+        self.next += 1
+        return self.next - 1
+
+    def skip(self) -> int:
+        self.complete.add(self.next)
+        self.next += 1
+        self._advance()
+        return self.next - 1
+
+    def ack(self, offset: int, count: int, total: int | None) -> None:
+        state = self.state.get(offset)
+        if state is None or offset in self.complete:
+            return
+        if total is None:
+            state[2] += 1
+        else:
+            state[0], state[1] = total, state[1] + count
+        if state[1] >= state[0] >= 0 and state[2] >= self.shards:
+            self.complete.add(offset)
+            self._advance()
+
+    def _advance(self) -> None:
+        while self.prefix in self.complete:
+            self.prefix += 1
+
+    @property
+    def outstanding(self) -> int:
+        return self.next - self.prefix - sum(1 for o in self.complete if o >= self.prefix)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_progress_matches_a_per_document_reference_under_random_acks(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shards, start = int(rng.integers(1, 5)), int(rng.integers(0, 5))
+    done: list[int] = []
+    real = SourceProgress(start, shards, on_complete=done.append)
+    ref = _ReferenceProgress(start, shards)
+    totals: dict[int, int] = {}
+    for _ in range(300):
+        roll = rng.random()
+        if roll < 0.3:
+            chunks = -1 if rng.random() < 0.8 else 0  # 0: a delete
+            offset = real.emit(chunks)
+            assert offset == ref.emit(chunks)
+            totals[offset] = int(rng.integers(1, 6)) if chunks else 0
+        elif roll < 0.35:
+            assert real.skip() == ref.skip()
+        elif totals:
+            picked = rng.choice(sorted(totals), size=int(rng.integers(1, 6)))
+            if rng.random() < 0.5:  # chunk acks, each offset once per message (as acks.py sends)
+                offsets = np.unique(picked)
+                counts = rng.integers(1, 3, size=len(offsets)).astype(np.int32)
+                total = np.array([totals[o] for o in offsets.tolist()], np.int32)
+                real.ack_chunks(offsets.astype(np.int64), counts, total)
+                for o, c, t in zip(offsets.tolist(), counts.tolist(), total.tolist(), strict=True):
+                    ref.ack(o, c, t)
+            else:  # tombstone acks; an offset may repeat
+                real.ack_tombstones(picked.astype(np.int64))
+                for o in picked.tolist():
+                    ref.ack(o, 0, None)
+        assert (real.prefix, real.emitted, real.outstanding) == (
+            ref.prefix,
+            ref.next,
+            ref.outstanding,
+        )
+    assert sorted(done) == sorted(ref.complete)  # dead letters included
+
+
 def _chunks(
     offsets: list[int], seqs: list[int], totals: list[int], replica: int = 0
 ) -> pa.RecordBatch:
