@@ -14,6 +14,10 @@ and `chunk_id`, embeds batches with `HashEmbedder`, and upserts into 4 FAISS sha
 - verified: the shards hold exactly the expected chunk ids, each once, each in its shard.
 - peak_rss_mb: peak RSS summed over the process tree, sampled every 50 ms (shared pages,
   e.g. Ray's object store, count once per process that maps them).
+- cpu_s: CPU seconds (user + system) of the whole command, start-up and teardown included:
+  the child interpreter and every process it waited for (``RUSAGE_CHILDREN``). A more stable
+  figure than wall time on a noisy machine; processes a system leaves for others to reap
+  (Ray's daemons) are not counted.
 
     python bench/baselines.py --preset small --systems sequential,mp_pool
 """
@@ -26,6 +30,7 @@ import concurrent.futures
 import json
 import multiprocessing as mp
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -79,6 +84,7 @@ class BaselineResult:
     verified: bool = False
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # the whole command's CPU (see the module docstring); set by the parent
     skipped: str | None = None  # why the baseline did not run, if it did not
 
     @property
@@ -508,17 +514,36 @@ SYSTEMS: dict[str, Callable[..., BaselineResult]] = {
 # ---------------------------------------------------------------- CLI
 
 
+class ChildrenCpu:
+    """CPU seconds (user + system) of the children reaped while the block runs."""
+
+    seconds = 0.0
+
+    @staticmethod
+    def _now() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> ChildrenCpu:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = self._now() - self._start
+
+
 def _run_isolated(name: str, corpus_dir: Path) -> BaselineResult:
     """Run one baseline in a fresh interpreter so RSS and imports do not leak across runs."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--corpus", str(corpus_dir)]
-        proc = subprocess.run([*cmd, "--result", str(out)], capture_output=True, text=True)
+        with ChildrenCpu() as cpu:
+            proc = subprocess.run([*cmd, "--result", str(out)], capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             return BaselineResult(name, skipped="failed: " + " | ".join(tail))
         data = json.loads(out.read_text())
-        return BaselineResult(**data)
+        return BaselineResult(**{**data, "cpu_s": cpu.seconds})
 
 
 def _table(results: Sequence[BaselineResult]) -> Iterator[str]:

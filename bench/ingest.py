@@ -16,6 +16,9 @@ measured, per system (median over its verified runs):
 - stages: busy seconds of load, transform, embed and upsert, summed over workers. The
   engine's upsert is the shuffle (`upsert` busy) plus the shard ranks' busy time less
   their final flush (persisting to disk plus an MPI all-reduce), which is shown apart.
+- cpu_s: CPU seconds of the whole command, start-up and teardown included (user + system of
+  it and of every process it reaped; the engine's end-of-run snapshots count too): the more
+  stable figure on a noisy machine.
 - peak_rss_mb: peak RSS summed over the process tree, sampled every 50 ms (for the engine:
   the `aaflow-stream up` process and all its descendants, the mpiexec ranks included).
 
@@ -52,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baselines import SYSTEMS as BASELINES
-from baselines import BaselineResult, _run_isolated
+from baselines import BaselineResult, ChildrenCpu, _run_isolated
 from w1_stages import N_SHARDS, STAGES, Ids, RssSampler, w1_check
 
 from aaflow_stream.synthetic import PRESETS, expected_chunk_ids, generate
@@ -215,16 +218,17 @@ def run_engine(corpus: Path, expected: set[int], knobs: EngineKnobs) -> Run:
         data_dir, topology = work / "data", work / "w1.yaml"
         topology.write_text(topology_yaml(corpus, data_dir, work / "run", knobs))
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            engine_command(topology), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        with RssSampler(interval_s=0.05, rescan=4, root=proc.pid) as rss:
-            try:
-                stdout, stderr = proc.communicate(timeout=ENGINE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                return _failed(ENGINE, f"timed out after {ENGINE_TIMEOUT_S:.0f} s")
+        with ChildrenCpu() as cpu:
+            proc = subprocess.Popen(
+                engine_command(topology), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            with RssSampler(interval_s=0.05, rescan=4, root=proc.pid) as rss:
+                try:
+                    stdout, stderr = proc.communicate(timeout=ENGINE_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    return _failed(ENGINE, f"timed out after {ENGINE_TIMEOUT_S:.0f} s")
         wall_s = time.perf_counter() - t0
         summary = last_json_line(stdout)
         if proc.returncode != 0 or summary is None:
@@ -241,6 +245,7 @@ def run_engine(corpus: Path, expected: set[int], knobs: EngineKnobs) -> Run:
             verified=why is None,
             stages=engine_stage_busy(summary),
             peak_rss_mb=rss.peak_mb,
+            cpu_s=cpu.seconds,
         )
         return Run(result, {**summary, "command_wall_s": wall_s}, why)
     finally:
@@ -308,6 +313,7 @@ class SystemSummary:
     verified: bool  # every run passed the W1 check
     stages: dict[str, float]
     peak_rss_mb: float
+    cpu_s: float | None
     runs: list[float | None]  # each run's total; None for a failed run
     failures: list[str]
     skipped: str | None = None
@@ -322,7 +328,7 @@ def summarize(name: str, runs: Sequence[Run]) -> SystemSummary:
     """Medians over the verified runs; a failed run counts as a failure, not a time."""
     skipped = [r.result.skipped for r in runs if r.result.skipped]
     if skipped and len(skipped) == len(runs) and not skipped[0].startswith("failed"):
-        return SystemSummary(name, None, None, 0, False, {}, 0.0, [], [], skipped=skipped[0])
+        return SystemSummary(name, None, None, 0, False, {}, 0.0, None, [], [], skipped=skipped[0])
     good = [r.result for r in runs if r.ok]
     failures = [r.failure for r in runs if not r.ok]
 
@@ -337,6 +343,7 @@ def summarize(name: str, runs: Sequence[Run]) -> SystemSummary:
         verified=bool(good) and not failures,
         stages={s: statistics.median(r.stages[s] for r in good) for s in STAGES} if good else {},
         peak_rss_mb=max((r.peak_rss_mb for r in good), default=0.0),
+        cpu_s=med([r.cpu_s for r in good]),
         runs=[r.result.total_s if r.ok else None for r in runs],
         failures=failures,
         unverified=[r.result.total_s for r in runs if r.completed and not r.ok],
@@ -385,7 +392,8 @@ def stage_table(summaries: dict[str, SystemSummary]) -> Iterator[str]:
     mine = engine.total_s if engine else None
     yield (
         f"{'system':<11} {'ok':<6} {'chunks':>7} {'total_s':>8} {'chunks/s':>9} {'startup':>8} "
-        f"{'load':>7} {'xform':>7} {'embed':>7} {'upsert':>7} {'rss_mb':>7} {'aaflow/x':>8}  runs"
+        f"{'load':>7} {'xform':>7} {'embed':>7} {'upsert':>7} {'rss_mb':>7} {'cpu_s':>6} "
+        f"{'aaflow/x':>8}  runs"
     )
     for s in summaries.values():
         if s.skipped:
@@ -402,7 +410,7 @@ def stage_table(summaries: dict[str, SystemSummary]) -> Iterator[str]:
             f"{_f(s.chunks_per_s, '.0f', 9)} {_f(s.startup_s, '.2f', 8)} "
             f"{_f(st.get('load'), '.3f', 7)} {_f(st.get('transform'), '.3f', 7)} "
             f"{_f(st.get('embed'), '.3f', 7)} {_f(st.get('upsert'), '.3f', 7)} "
-            f"{s.peak_rss_mb:>7.0f} {_f(ratio, '.2f', 8)}  {runs}"
+            f"{s.peak_rss_mb:>7.0f} {_f(s.cpu_s, '.1f', 6)} {_f(ratio, '.2f', 8)}  {runs}"
         )
         for why in dict.fromkeys(s.failures):
             yield f"{'':<11} failed run: {why}"
@@ -488,7 +496,7 @@ def to_json(
     load_avg: list[list[float]],
 ) -> dict[str, Any]:
     """The --json object; `load_avg` is [[1, 5, 15 min] at start, [...] at end]."""
-    keys = ("total_s", "startup_s", "chunks", "verified", "stages", "peak_rss_mb", "runs")
+    keys = ("total_s", "startup_s", "chunks", "verified", "stages", "peak_rss_mb", "cpu_s", "runs")
     ran = {n: s for n, s in summaries.items() if not s.skipped}
     return {
         "preset": preset,
@@ -550,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_all(runnable, args.repeats, args.corpus_dir, knobs)
     summaries = {n: summarize(n, runs[n]) for n in runnable}
     for n, why in skipped.items():
-        summaries[n] = SystemSummary(n, None, None, 0, False, {}, 0.0, [], [], skipped=why)
+        summaries[n] = SystemSummary(n, None, None, 0, False, {}, 0.0, None, [], [], skipped=why)
     load_end = _load_avg()
 
     print()
