@@ -83,7 +83,7 @@ def delete_round(comm: Any, store: ShardStore, doc_ids: list[str]) -> int | None
     gets the number of chunks removed over all shards: once it returns, every shard is done."""
     removed = store.chunks_of(doc_ids)
     store.delete_docs(doc_ids)
-    store.sync()
+    store.make_durable("delete")
     counts = np.zeros(comm.Get_size(), dtype=np.int64)
     wait(comm.Igather(np.array([removed], dtype=np.int64), counts, root=ROOT), ROUND_POLL_S)
     return int(counts.sum()) if comm.Get_rank() == ROOT else None

@@ -248,6 +248,14 @@ class ShardStore:
         """fsync the log now; the durable LSN."""
         return self._wal.sync()
 
+    def make_durable(self, reason: str) -> int:
+        """Everything appended so far survives a crash once this returns: the log synced, or
+        without a log (``wal_sync: none``) a snapshot taken. The durable LSN."""
+        if self.logs:
+            return self.sync()
+        self.snapshot(reason)
+        return self.durable_lsn
+
     def _check(self, batch: pa.RecordBatch) -> None:
         schema = batch.schema
         if is_tombstone(batch):

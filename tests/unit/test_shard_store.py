@@ -326,3 +326,20 @@ def test_without_a_log_only_a_snapshot_makes_batches_durable(tmp_path: Path) -> 
     again = _open(tmp_path, wal_sync="none")
     assert _state(again) == held and again.last_lsn == again.durable_lsn == 1
     again.close()
+
+
+def test_without_a_log_make_durable_snapshots_so_a_delete_survives_a_crash(
+    tmp_path: Path,
+) -> None:
+    store = _open(tmp_path, wal_sync="none")
+    store.append(chunk_rows("a", _vectors(1, 3)))
+    store.append(chunk_rows("b", _vectors(2, 2)))
+    store.snapshot("test")
+    store.delete_docs(["a"])
+    assert store.durable_lsn < store.last_lsn
+    assert store.make_durable("delete") == store.last_lsn
+    want = _state(store)
+    del store  # a crash: no close, no snapshot at stop
+    again = _open(tmp_path, wal_sync="none")
+    assert _state(again) == want and len(want) == 2
+    again.close()
