@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
+# How long an mpiexec whose ranks were killed gets to exit by itself before a signal. Hydra
+# then removes its /tmp/hydra_hwloc_xmlfile_* (a SIGKILLed mpiexec leaves it behind).
+MPIEXEC_GRACE_S = 2.0
 
 
 @dataclass
@@ -61,6 +64,17 @@ class Launch:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+
+
+async def _reap_mpiexec(popen: subprocess.Popen[bytes]) -> None:
+    """An mpiexec whose ranks were killed: let it exit and clean up, else SIGTERM, then SIGKILL."""
+    for send in (None, popen.terminate, popen.kill):
+        if popen.poll() is not None:
+            return
+        if send is not None:
+            send()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(popen.wait, MPIEXEC_GRACE_S)
 
 
 @dataclass
@@ -412,8 +426,11 @@ class Supervisor:
             if a.pid is not None and a.exit_code is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(a.pid, signal.SIGKILL)
+        ranks = {id(a.launch) for a in self._actors.values() if a.pid != a.launch.popen.pid}
         for launch in self._launches():
-            if launch.popen.poll() is None:
+            if id(launch) in ranks:
+                await _reap_mpiexec(launch.popen)
+            elif launch.popen.poll() is None:
                 launch.popen.kill()
         for launch in self._launches():
             await asyncio.to_thread(launch.popen.wait)

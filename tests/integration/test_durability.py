@@ -48,16 +48,24 @@ def expected(corpus: Path) -> dict[int, object]:
     return chaos.expected_chunks(corpus)  # type: ignore[no-any-return]
 
 
+def _hydra_files() -> set[Path]:
+    """mpiexec's topology file: it removes it on exit unless it is itself SIGKILLed."""
+    return set(Path("/tmp").glob("hydra_hwloc_xmlfile_*"))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", chaos.KINDS)
 def test_kill_9_of_any_actor_mid_feed_loses_and_duplicates_nothing(
     kind: str, corpus: Path, expected: dict[int, object]
 ) -> None:
+    before = _hydra_files()
     trial = chaos.run_trial(corpus, expected, kind, delay_s=0.6, rng=random.Random(kind))
     assert not trial.error, trial.error
     assert trial.killed and trial.restarts >= 1
     assert trial.check == chaos.Check(lost=0, duplicated=0, wrong_vectors=0)
     assert trial.recovery_s is not None and trial.recovery_s < 30
+    # The restart let the killed job's mpiexec exit by itself: it left no file behind.
+    assert _hydra_files() <= before
 
 
 @pytest.mark.timeout(300)
