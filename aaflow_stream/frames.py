@@ -4,10 +4,12 @@ A data message is a ZeroMQ multipart message: frame 0 is a msgpack header (``pro
 rest carry Arrow memory. Two payload encodings exist:
 
 ``buffers`` (default)
-    one frame per Arrow buffer, sent straight from the batch's memory with ``copy=False``;
-    the header lists every array node (length, null count, offset) depth first. Neither side
-    copies: the sender hands ZeroMQ the column buffers, the receiver rebuilds the arrays over
-    the received frames with ``Array.from_buffers``.
+    every large Arrow buffer in a frame of its own, sent straight from the batch's memory with
+    ``copy=False``; the small ones (under pyzmq's copy threshold, which would copy them anyway)
+    packed into one frame, so a batch of many narrow columns costs a few frames, not one per
+    buffer. The header lists every array node (length, null count, offset) depth first and
+    where each buffer lies (frame, offset, length). The receiver rebuilds the arrays over the
+    received frames with ``Array.from_buffers``: large buffers are never copied, on either side.
 ``ipc``
     one frame holding an encapsulated Arrow IPC message (``RecordBatch.serialize``): one gather
     copy on send, readable by any Arrow IPC reader. Used for types ``buffers`` does not cover
@@ -25,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
+import zmq
 
 from .errors import PayloadError
 from .protocol import BatchHeader, EosHeader, SchemaHeader, encode
@@ -32,6 +35,10 @@ from .protocol import BatchHeader, EosHeader, SchemaHeader, encode
 BUFFERS = "buffers"
 IPC = "ipc"
 ENCODINGS = (BUFFERS, IPC)
+# Buffers below this share one packed frame: pyzmq copies such frames even with copy=False,
+# and every frame costs a Frame object, a header and a read on each side.
+PACK_BELOW = zmq.COPY_THRESHOLD
+_ALIGN = 8  # packed buffers start 8-byte aligned within the packed frame
 
 
 def schema_fingerprint(schema: pa.Schema) -> str:
@@ -119,6 +126,8 @@ def batch_message(
     for batch in parts:
         for column in batch.columns:
             _walk(column, nodes, bufs)
+    present = [b for b in bufs if b is not None]
+    payload, spans = _lay_out(present)
     header = BatchHeader(
         sender=sender,
         seq=seq,
@@ -127,11 +136,36 @@ def batch_message(
         encoding=BUFFERS,
         nodes=nodes,
         present=[b is not None for b in bufs],
+        spans=spans,
         parts=many,
         sent_at=time.time(),
         origin_at=origin_at,
     )
-    return [encode(header), *(b for b in bufs if b is not None)]
+    return [encode(header), *payload]
+
+
+def _lay_out(bufs: list[pa.Buffer]) -> tuple[list[Any], list[tuple[int, int, int]]]:
+    """Payload frames and each buffer's (frame, offset, length): the small buffers packed
+    (aligned) into frame 0, every large one a frame of its own, referenced, not copied."""
+    small = [b for b in bufs if b.size < PACK_BELOW]
+    if len(small) < 2:  # nothing to gain: one frame per buffer
+        return bufs, []
+    pieces: list[Any] = []
+    frames: list[Any] = [None]  # the packed frame, joined below
+    spans: list[tuple[int, int, int]] = []
+    at = 0
+    for buf in bufs:
+        size = buf.size
+        if size >= PACK_BELOW:
+            spans.append((len(frames), 0, size))
+            frames.append(buf)
+            continue
+        spans.append((0, at, size))
+        pad = -size % _ALIGN
+        pieces += (buf, bytes(pad)) if pad else (buf,)
+        at += size + pad
+    frames[0] = b"".join(pieces)
+    return frames, spans
 
 
 # --- receive side -------------------------------------------------------------------------------
@@ -148,12 +182,34 @@ def _build(
     t: pa.DataType,
     nodes: Iterator[tuple[int, int, int]],
     present: Iterator[bool],
-    frames: Iterator[Any],
+    buffers: Iterator[pa.Buffer],
 ) -> pa.Array:
     length, null_count, offset = next(nodes)
-    own = [pa.py_buffer(next(frames)) if next(present) else None for _ in range(t.num_buffers)]
-    children = [_build(t.value_type, nodes, present, frames)] if _list_like(t) else None
+    own = [next(buffers) if next(present) else None for _ in range(t.num_buffers)]
+    children = [_build(t.value_type, nodes, present, buffers)] if _list_like(t) else None
     return pa.Array.from_buffers(t, length, own, null_count, offset, children)
+
+
+def _received_buffers(header: BatchHeader, payload: Sequence[Any]) -> list[pa.Buffer]:
+    """The buffers present, as zero-copy views of the received frames."""
+    views = [pa.py_buffer(f) for f in payload]
+    wanted = sum(header.present)
+    if not header.spans:
+        if len(views) != wanted:
+            raise PayloadError(f"header announces {wanted} buffers, got {len(views)} frames")
+        return views
+    if len(header.spans) != wanted:
+        raise PayloadError(f"header announces {wanted} buffers but places {len(header.spans)}")
+    out = []
+    for frame, offset, length in header.spans:
+        if not 0 <= frame < len(views):
+            raise PayloadError(f"a buffer lies in frame {frame}; the message has {len(views)}")
+        if offset < 0 or length < 0 or offset + length > views[frame].size:
+            raise PayloadError(
+                f"buffer at {offset}+{length} runs past frame {frame} ({views[frame].size} bytes)"
+            )
+        out.append(views[frame].slice(offset, length))
+    return out
 
 
 def decode_batches(
@@ -169,14 +225,11 @@ def decode_batches(
                 raise PayloadError(f"ipc message needs {len(rows)} frames, got {len(payload)}")
             batches = [pa.ipc.read_record_batch(pa.py_buffer(f), schema) for f in payload]
         elif header.encoding == BUFFERS:
-            if len(payload) != sum(header.present):
-                raise PayloadError(
-                    f"header announces {sum(header.present)} buffers, got {len(payload)} frames"
-                )
-            nodes, present, frames = iter(header.nodes), iter(header.present), iter(payload)
+            buffers = iter(_received_buffers(header, payload))
+            nodes, present = iter(header.nodes), iter(header.present)
             batches = [
                 pa.RecordBatch.from_arrays(
-                    [_build(f.type, nodes, present, frames) for f in schema], schema=schema
+                    [_build(f.type, nodes, present, buffers) for f in schema], schema=schema
                 )
                 for _ in rows
             ]

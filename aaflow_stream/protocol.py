@@ -42,10 +42,12 @@ class BatchHeader(_Msg, tag="batch", frozen=True):
     """One or more RecordBatches of one schema. ``encoding`` says how the frames are laid out.
 
     ``ipc``: one frame per batch, an encapsulated Arrow IPC record batch message.
-    ``buffers``: one frame per Arrow buffer present; ``nodes`` lists (length, null_count, offset)
-    of every array node depth first, batch after batch, and ``present`` flags which buffers
-    exist. ``parts`` gives each batch's rows when there are several (a shuffle sends the
-    slices it gathered for one destination as one message, without concatenating them).
+    ``buffers``: the Arrow buffers present, each in a frame of its own or, when ``spans`` is set,
+    at ``(frame, offset, length)`` of the payload frames (small buffers share one frame);
+    ``nodes`` lists (length, null_count, offset) of every array node depth first, batch after
+    batch, and ``present`` flags which buffers exist. ``parts`` gives each batch's rows when
+    there are several (a shuffle sends the slices it gathered for one destination as one
+    message, without concatenating them).
     """
 
     sender: str
@@ -55,6 +57,7 @@ class BatchHeader(_Msg, tag="batch", frozen=True):
     encoding: str
     nodes: list[tuple[int, int, int]] = []
     present: list[bool] = []
+    spans: list[tuple[int, int, int]] = []
     parts: list[int] = []
     sent_at: float = 0.0
     # When the source read the oldest document in the message (the stage timing trace).

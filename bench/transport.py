@@ -6,9 +6,10 @@ from a sender process to a receiver process (both started with the ``spawn`` met
 ZeroMQ ``ipc://`` endpoints in a temporary directory, by four systems:
 
 ``arrow``
-    ``OutPort`` → ``InPort`` with credit flow control on (window 16), encoding ``buffers``: one
-    frame per Arrow buffer, the receiver rebuilds every batch over the received frames (zero
-    copy) and calls ``finished``; both event loops run on uvloop.
+    ``OutPort`` → ``InPort`` with credit flow control on (window 16), encoding ``buffers``: each
+    large Arrow buffer a frame, the small ones packed into one; the receiver rebuilds every
+    batch over the received frames (zero copy) and calls ``finished``; both event loops run
+    on uvloop.
 ``arrow_ipc``
     the same with encoding ``ipc`` (one encapsulated Arrow IPC message per batch).
 ``raw``

@@ -70,12 +70,51 @@ def test_types_the_buffer_layout_does_not_cover_use_ipc() -> None:
     assert frames.best_encoding(with_struct) == frames.IPC
 
 
-def test_the_buffers_encoding_sends_the_batch_memory_itself() -> None:
-    batch = _batch()
+def _wide_batch() -> pa.RecordBatch:
+    """Two large buffers (text data, embedding values) beside several small ones."""
+    n = 256
+    vectors = np.ones((n, 384), dtype=np.float32)
+    return pa.record_batch(
+        {
+            "id": pa.array(np.arange(n, dtype=np.uint64)),
+            "doc_id": pa.array([f"d{i}" for i in range(n)]),
+            "text": pa.array(["t" * 512] * n, pa.large_string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
+        }
+    )
+
+
+def test_large_buffers_travel_as_the_batch_memory_itself_and_small_ones_share_a_frame() -> None:
+    batch = _wide_batch()
     message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
-    addresses = {pa.py_buffer(part).address for part in message[1:]}
-    column_addresses = {b.address for c in batch.columns for b in c.buffers() if b is not None}
-    assert addresses <= column_addresses
+    large = [b for c in batch.columns for b in c.buffers() if b and b.size >= frames.PACK_BELOW]
+    assert len(large) == 2
+    # header, the packed small buffers, then each large buffer by reference (no copy)
+    assert len(message) == 2 + len(large)
+    assert [pa.py_buffer(part).address for part in message[2:]] == [b.address for b in large]
+    decoded, received = _roundtrip(batch, frames.BUFFERS)
+    assert decoded.equals(batch)
+    assert frames.batch_lies_within(decoded, received)
+
+
+@pytest.mark.parametrize(
+    ("spans", "error"),
+    [
+        ("drop one", "places"),
+        ((9, 0, 8), "lies in frame 9"),
+        ((0, 0, 1 << 40), "runs past frame 0"),
+        ((0, -8, 8), "runs past frame 0"),
+    ],
+)
+def test_buffer_spans_outside_the_received_frames_are_rejected(spans: object, error: str) -> None:
+    batch = _wide_batch()
+    message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
+    header = data_decoder.decode(message[0])
+    assert isinstance(header, BatchHeader) and header.spans
+    placed = header.spans[1:] if spans == "drop one" else [spans, *header.spans[1:]]
+    lying = msgspec.structs.replace(header, spans=placed)
+    with pytest.raises(PayloadError, match=error):
+        frames.decode_batches(lying, message[1:], batch.schema)
 
 
 def test_a_payload_with_missing_frames_is_rejected() -> None:
@@ -83,7 +122,7 @@ def test_a_payload_with_missing_frames_is_rejected() -> None:
     message = frames.batch_message(batch, "s", 1, "fp", frames.BUFFERS)
     header = data_decoder.decode(message[0])
     assert isinstance(header, BatchHeader)
-    with pytest.raises(PayloadError, match="buffers"):
+    with pytest.raises(PayloadError, match="frame"):
         frames.decode_batches(header, message[1:-1], batch.schema)
 
 
