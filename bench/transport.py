@@ -503,6 +503,13 @@ def summarize(results: dict[str, list[Outcome]]) -> dict[str, dict[str, float]]:
     }
 
 
+def paired_ratios(results: dict[str, list[Outcome]], a: str, b: str) -> list[float]:
+    """``a``'s GB/s over ``b``'s, round by round: the two ran minutes apart at most, so a
+    drift of the machine's speed between rounds cancels out of each ratio."""
+    pairs = zip(results.get(a, []), results.get(b, []), strict=False)
+    return [x.gbps / y.gbps for x, y in pairs if y.gbps]
+
+
 def _all_true(outcomes: list[Outcome], attr: str) -> bool | None:
     values = [getattr(o, attr) for o in outcomes]
     return None if not values or None in values else all(values)
@@ -544,6 +551,11 @@ def print_table(
     if arrow and raw:
         verdict = "meets" if arrow >= 0.8 * raw else "MISSES"
         print(f"arrow / raw     = {arrow / raw:.2f}  (target >= 0.8: {verdict})")
+        paired = paired_ratios(results, "arrow", "raw")
+        print(
+            f"arrow / raw round by round: {' '.join(f'{r:.2f}' for r in paired)} "
+            f"(median {statistics.median(paired):.2f})"
+        )
     if arrow and mpq:
         verdict = "meets" if arrow >= 3 * mpq else "MISSES"
         print(f"arrow / mpqueue = {arrow / mpq:.2f}  (target >= 3: {verdict})")
@@ -574,6 +586,11 @@ def json_line(
             "mpqueue_gbps": gbps("mpqueue"),
             "zero_copy_receive": _all_true(results.get("arrow", []), "zero_copy") is True,
             "arrow_ipc_gbps": gbps("arrow_ipc"),
+            "arrow_raw_paired_median": (
+                round(statistics.median(paired), 3)
+                if (paired := paired_ratios(results, "arrow", "raw"))
+                else None
+            ),
             "repeats": repeats,
             "load_avg": [round(x, 2) for x in load],
         }
