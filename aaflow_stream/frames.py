@@ -71,6 +71,35 @@ def _supported(t: pa.DataType) -> bool:
     return _flat_type(t)
 
 
+# How to walk one column of a schema: (type, buffers per array node, the child's layout for
+# a list type). Built once per schema: asking pyarrow for a type, its buffer count or its
+# value type wraps a new Python object each time, which was a third of decoding a batch.
+Layout = tuple[pa.DataType, int, "Layout | None"]
+# The schemas seen last, newest first, with their layouts. A link's batches are new objects
+# of one schema: found by identity, else by equality (a C++ comparison, no Python wrappers).
+_LAYOUTS: list[tuple[pa.Schema, list[Layout]]] = []
+_MAX_LAYOUTS = 8
+
+
+def _layout(t: pa.DataType) -> Layout:
+    return (t, t.num_buffers, _layout(t.value_type) if _list_like(t) else None)
+
+
+def schema_layout(schema: pa.Schema) -> list[Layout]:
+    """Per column of ``schema``, its layout (cached for the schemas seen last)."""
+    for known, layouts in _LAYOUTS:
+        if known is schema:
+            return layouts
+    for i, (known, layouts) in enumerate(_LAYOUTS):
+        if known.equals(schema):
+            _LAYOUTS.insert(0, _LAYOUTS.pop(i))
+            return layouts
+    layouts = [_layout(f.type) for f in schema]
+    _LAYOUTS.insert(0, (schema, layouts))
+    del _LAYOUTS[_MAX_LAYOUTS:]
+    return layouts
+
+
 def best_encoding(schema: pa.Schema) -> str:
     """``buffers`` when every column type is covered by it, else ``ipc``."""
     return BUFFERS if all(_supported(f.type) for f in schema) else IPC
@@ -88,13 +117,15 @@ def eos_message(sender: str, seq: int) -> list[Any]:
     return [encode(EosHeader(sender=sender, seq=seq))]
 
 
-def _walk(arr: pa.Array, nodes: list[tuple[int, int, int]], bufs: list[Any]) -> None:
-    t = arr.type
+def _walk(
+    arr: pa.Array, layout: Layout, nodes: list[tuple[int, int, int]], bufs: list[Any]
+) -> None:
+    _, count, child = layout
     nodes.append((len(arr), arr.null_count, arr.offset))
-    bufs.extend(arr.buffers()[: t.num_buffers])
-    if _list_like(t):
+    bufs.extend(arr.buffers()[:count])
+    if child is not None:
         # ``values`` is the unsliced child; the parent's offsets (or offset) index into it.
-        _walk(arr.values, nodes, bufs)
+        _walk(arr.values, child, nodes, bufs)
 
 
 def batch_message(
@@ -124,8 +155,8 @@ def batch_message(
     nodes: list[tuple[int, int, int]] = []
     bufs: list[Any] = []
     for batch in parts:
-        for column in batch.columns:
-            _walk(column, nodes, bufs)
+        for column, layout in zip(batch.columns, schema_layout(batch.schema), strict=True):
+            _walk(column, layout, nodes, bufs)
     present = [b for b in bufs if b is not None]
     payload, spans = _lay_out(present)
     header = BatchHeader(
@@ -179,14 +210,15 @@ def read_schema(frame: Any) -> pa.Schema:
 
 
 def _build(
-    t: pa.DataType,
+    layout: Layout,
     nodes: Iterator[tuple[int, int, int]],
     present: Iterator[bool],
     buffers: Iterator[pa.Buffer],
 ) -> pa.Array:
+    t, count, child = layout
     length, null_count, offset = next(nodes)
-    own = [next(buffers) if next(present) else None for _ in range(t.num_buffers)]
-    children = [_build(t.value_type, nodes, present, buffers)] if _list_like(t) else None
+    own = [next(buffers) if next(present) else None for _ in range(count)]
+    children = [_build(child, nodes, present, buffers)] if child is not None else None
     return pa.Array.from_buffers(t, length, own, null_count, offset, children)
 
 
@@ -227,9 +259,11 @@ def decode_batches(
         elif header.encoding == BUFFERS:
             buffers = iter(_received_buffers(header, payload))
             nodes, present = iter(header.nodes), iter(header.present)
+            layouts = schema_layout(schema)
             batches = [
                 pa.RecordBatch.from_arrays(
-                    [_build(f.type, nodes, present, buffers) for f in schema], schema=schema
+                    [_build(layout, nodes, present, buffers) for layout in layouts],
+                    schema=schema,
                 )
                 for _ in rows
             ]

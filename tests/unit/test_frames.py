@@ -193,3 +193,17 @@ def test_parts_that_do_not_add_up_are_rejected() -> None:
     lying = msgspec.structs.replace(header, parts=[5, 4])
     with pytest.raises(PayloadError, match="add up"):
         frames.decode_batches(lying, message[1:], batch.schema)
+
+
+def test_batches_of_one_schema_share_a_layout_and_other_schemas_get_their_own() -> None:
+    first, again = _batch(), _batch()
+    assert first.schema is not again.schema
+    layout = frames.schema_layout(first.schema)
+    assert frames.schema_layout(again.schema) is layout  # equal schema, new object
+    other = pa.schema([pa.field("n", pa.int64())])
+    assert frames.schema_layout(other) == [(pa.int64(), 2, None)]
+    for width in range(2, 2 + 2 * frames._MAX_LAYOUTS):  # more schemas than it keeps
+        frames.schema_layout(pa.schema([pa.field(f"c{i}", pa.int8()) for i in range(width)]))
+    assert len(frames._LAYOUTS) == frames._MAX_LAYOUTS
+    decoded, _ = _roundtrip(first, frames.BUFFERS)  # evicted layouts are rebuilt
+    assert decoded.equals(first)
