@@ -99,6 +99,11 @@ class ActorProcess:
     def exit_code(self) -> int | None:
         return self.launch.popen.poll()
 
+    @property
+    def is_rank(self) -> bool:
+        """A rank of an mpiexec job: its own pid, not the launch's (known once Ready)."""
+        return self.pid is not None and self.pid != self.launch.popen.pid
+
     def last_error(self) -> str:
         if self.failure:
             return self.failure
@@ -426,7 +431,7 @@ class Supervisor:
             if a.pid is not None and a.exit_code is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(a.pid, signal.SIGKILL)
-        ranks = {id(a.launch) for a in self._actors.values() if a.pid != a.launch.popen.pid}
+        ranks = {id(a.launch) for a in self._actors.values() if a.is_rank}
         for launch in self._launches():
             if id(launch) in ranks:
                 await _reap_mpiexec(launch.popen)
@@ -459,12 +464,22 @@ class Supervisor:
             share = (deadline - time.monotonic()) / max(1, len(groups) - index)
             await self._wait_exit(partial(_in_stages, stages), share)
         await self._wait_exit(lambda a: True, max(0.0, deadline - time.monotonic()))
+        jobs: dict[int, Launch] = {}
         for a in self._actors.values():
-            if a.exit_code is None:
-                log.warning("%s did not stop in time: SIGKILL", a.spec.name)
-                self._exited.add(a.spec.name)
-                self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
+            rank_pid = a.pid if a.is_rank else None
+            if a.exit_code is not None or (rank_pid is not None and not alive(rank_pid)):
+                continue  # a rank that ended while another rank of its job did not
+            log.warning("%s did not stop in time: SIGKILL", a.spec.name)
+            self._exited.add(a.spec.name)
+            self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
+            if rank_pid is not None:  # the rank itself: a SIGKILLed mpiexec leaves a /tmp file
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rank_pid, signal.SIGKILL)
+                jobs[id(a.launch)] = a.launch
+            else:
                 a.popen.kill()
+        for launch in jobs.values():
+            await _reap_mpiexec(launch.popen)
         await self._wait_exit(lambda a: True, 5.0)
 
     async def aclose(self) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from aaflow_stream import pipeline, spec
 from aaflow_stream.errors import ActorFailed
+from aaflow_stream.runtime.procs import alive
 from aaflow_stream.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.mpi
@@ -71,3 +75,38 @@ def test_a_rank_that_is_not_where_the_plan_expects_fails_with_a_clear_reason(
 
     with pytest.raises(ActorFailed, match=r"runs as MPI rank 0 of 1; expected rank \d of 2"):
         asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _hydra_files() -> set[Path]:
+    return set(Path("/tmp").glob("hydra_hwloc_xmlfile_*"))
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_that_does_not_stop_in_time_is_killed_and_mpiexec_cleans_up(
+    tmp_path: Path,
+) -> None:
+    """A frozen rank ignores SIGTERM: the supervisor SIGKILLs that rank, not mpiexec, so
+    mpiexec exits by itself and removes its /tmp/hydra_hwloc_xmlfile_* (SIGKILLed, it
+    would leave the file behind)."""
+    topology = _topology(tmp_path, shards=2)
+    graph = pipeline.ingestion_graph(topology)
+    before = _hydra_files()
+    ranks: list[int] = []
+    stopped = False
+
+    async def main() -> None:
+        nonlocal stopped
+        async with Supervisor(graph, pipeline.run_dir(topology), stop_timeout_s=3.0) as sup:
+            ranks.extend(a.pid for a in sup.actors.values() if a.spec.stage == "shard" and a.pid)
+            os.kill(ranks[1], signal.SIGSTOP)  # frozen: it will never drain
+            stopped = True
+
+    try:
+        with contextlib.suppress(ActorFailed):  # the frozen rank's job ends killed
+            asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        if stopped and alive(ranks[1]):
+            os.kill(ranks[1], signal.SIGKILL)
+    assert len(ranks) == 2
+    assert not any(alive(pid) for pid in ranks)
+    assert _hydra_files() <= before
