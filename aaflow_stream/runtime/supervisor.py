@@ -466,11 +466,13 @@ class Supervisor:
         await self._wait_exit(lambda a: True, max(0.0, deadline - time.monotonic()))
         jobs: dict[int, Launch] = {}
         for a in self._actors.values():
+            if a.exit_code is not None:
+                continue
+            self._exited.add(a.spec.name)  # its job's exit code is ours, not a crash
             rank_pid = a.pid if a.is_rank else None
-            if a.exit_code is not None or (rank_pid is not None and not alive(rank_pid)):
+            if rank_pid is not None and not alive(rank_pid):
                 continue  # a rank that ended while another rank of its job did not
             log.warning("%s did not stop in time: SIGKILL", a.spec.name)
-            self._exited.add(a.spec.name)
             self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
             if rank_pid is not None:  # the rank itself: a SIGKILLed mpiexec leaves a /tmp file
                 with contextlib.suppress(ProcessLookupError):
