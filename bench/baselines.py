@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,14 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from floors import run_raw_zmq, run_two_procs
 from w1_stages import (
     CHUNK_OVERLAP,
     CHUNK_SIZE,
     DIM,
     N_SHARDS,
     STAGES,
+    BaselineResult,
     FileResult,
     Ids,
     RssSampler,
@@ -73,23 +75,6 @@ from aaflow_stream.text.chunking import chunk_id, chunk_windows
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 WORKERS = 2
-
-
-@dataclass
-class BaselineResult:
-    name: str
-    total_s: float = 0.0
-    startup_s: float = 0.0
-    chunks: int = 0
-    verified: bool = False
-    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    peak_rss_mb: float = 0.0
-    cpu_s: float = 0.0  # the whole command's CPU (see the module docstring); set by the parent
-    skipped: str | None = None  # why the baseline did not run, if it did not
-
-    @property
-    def chunks_per_s(self) -> float:
-        return self.chunks / self.total_s if self.total_s > 0 else 0.0
 
 
 def _finish(
@@ -508,6 +493,9 @@ SYSTEMS: dict[str, Callable[..., BaselineResult]] = {
     "dask": run_dask,
     "ray": run_ray,
     "llamaindex": run_llamaindex,
+    # Reference floors (bench/floors.py), not systems a user would run.
+    "two_procs": run_two_procs,
+    "raw_zmq": run_raw_zmq,
 }
 
 

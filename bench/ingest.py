@@ -27,6 +27,12 @@ MEETS / MISSES (set for W1 xlarge: aaflow <= 0.65x sequential, >= 1.25x faster t
 fastest other baseline, start-up < 3 s), and the engine's per-stage span, blocked time and
 persist/flush seconds. The load average is printed at start and end.
 
+Two reference floors may run beside them (bench/floors.py; in the default system list, apart
+from the "other baselines" of the speed-up target): ``two_procs``, the stage functions on two
+processes with nothing moved between them, and ``raw_zmq``, the engine's process layout (two
+workers, four shard processes) with nothing but plain pyzmq between them. Their totals over
+``sequential`` bound what any engine can reach on the machine at hand.
+
     python bench/ingest.py --quick
     python bench/ingest.py --preset xlarge --repeats 3 --json
 """
@@ -63,6 +69,8 @@ from aaflow_stream.synthetic import PRESETS, expected_chunk_ids, generate
 ENGINE = "aaflow"
 ALL_SYSTEMS = (ENGINE, *BASELINES)
 FLOOR = "sequential"  # the floor cost of each stage; not one of the "other" baselines
+# Engine-free bounds of what two cores allow (bench/floors.py); not "other" baselines either.
+REFERENCES = ("two_procs", "raw_zmq")
 ENGINE_STAGES = ("load", "transform", "embed", "upsert", "shard")
 # Modules a baseline needs beyond the project's own dependencies.
 OPTIONAL_MODULES = {"dask": "dask.distributed", "ray": "ray", "llamaindex": "llama_index.core"}
@@ -366,6 +374,7 @@ class Comparison:
     fastest_other: str | None
     speedup: float | None  # fastest other baseline / aaflow
     startup_s: float | None
+    references: dict[str, float] = field(default_factory=dict)  # reference / sequential
 
 
 def compare(summaries: dict[str, SystemSummary]) -> Comparison:
@@ -373,10 +382,16 @@ def compare(summaries: dict[str, SystemSummary]) -> Comparison:
     mine = engine.total_s if engine else None
     floor = summaries.get(FLOOR)
     vs_floor = mine / floor.total_s if mine and floor and floor.total_s else None
-    others = {n: s.total_s for n, s in summaries.items() if n not in (ENGINE, FLOOR) and s.total_s}
+    apart = (ENGINE, FLOOR, *REFERENCES)
+    others = {n: s.total_s for n, s in summaries.items() if n not in apart and s.total_s}
     fastest = min(others, key=lambda n: others[n]) if others else None
     speedup = others[fastest] / mine if fastest and mine else None
-    return Comparison(vs_floor, fastest, speedup, engine.startup_s if engine else None)
+    references = {
+        n: s.total_s / floor.total_s
+        for n, s in summaries.items()
+        if n in REFERENCES and s.total_s and floor and floor.total_s
+    }
+    return Comparison(vs_floor, fastest, speedup, engine.startup_s if engine else None, references)
 
 
 # ---------------------------------------------------------------- reporting
@@ -455,7 +470,7 @@ def target_lines(
         ok = cmp.vs_floor <= TARGET_VS_FLOOR
         yield f"{_verdict(ok)} aaflow/sequential = {cmp.vs_floor:.2f} (<= {TARGET_VS_FLOOR})"
     timed = {n for n, s in summaries.items() if s.total_s is not None}
-    missing = [n for n in BASELINES if n != FLOOR and n not in timed]
+    missing = [n for n in BASELINES if n not in (FLOOR, *REFERENCES) and n not in timed]
     among = f" (without a time: {', '.join(missing)})" if missing else ""
     if cmp.speedup is None:
         yield f"n/a    >= {TARGET_SPEEDUP}x faster than the fastest other baseline{among}"
@@ -470,6 +485,13 @@ def target_lines(
     else:
         ok = cmp.startup_s < TARGET_STARTUP_S
         yield f"{_verdict(ok)} aaflow start-up {cmp.startup_s:.2f} s (< {TARGET_STARTUP_S:.0f} s)"
+    if cmp.references:
+        shown = ", ".join(f"{n} {r:.2f}x" for n, r in cmp.references.items())
+        yield (
+            f"floors with no engine (bench/floors.py), x sequential: {shown} "
+            "(two_procs: the stage functions on two cores, nothing moved; raw_zmq: plus ids, "
+            "vectors and texts over plain pyzmq to 4 shard processes)"
+        )
 
 
 def unverified_note(summaries: dict[str, SystemSummary]) -> Iterator[str]:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,23 @@ def embed_timed(texts: Sequence[str]) -> tuple[Vecs, float]:
     t0 = time.perf_counter()
     vecs = embedder().embed(texts)
     return vecs, time.perf_counter() - t0
+
+
+@dataclass
+class BaselineResult:
+    name: str
+    total_s: float = 0.0
+    startup_s: float = 0.0
+    chunks: int = 0
+    verified: bool = False
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # the whole command's CPU (see the module docstring); set by the parent
+    skipped: str | None = None  # why the baseline did not run, if it did not
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.total_s if self.total_s > 0 else 0.0
 
 
 @dataclass
