@@ -58,6 +58,23 @@ def test_non_ascii_lowercasing_matches_str_lower() -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_texts_holding_the_block_separator_byte_still_match_the_reference() -> None:
+    # A block's texts are joined around "\x01"; a text holding that byte takes the
+    # text-by-text path, where \x01 separates tokens like any other punctuation.
+    texts = ["ab\x01cd", "\x01", "plain text", "", "x \x01 y \x01"]
+    e = HashEmbedder()
+    want = np.array([reference_embed(t) for t in texts])
+    np.testing.assert_allclose(e.embed(texts), want, rtol=0, atol=1e-6)
+    clean = ["plain text", "", "alpha beta beta"]  # and the joined path after it agrees
+    np.testing.assert_allclose(e.embed(clean), [reference_embed(t) for t in clean], atol=1e-6)
+
+
+def test_the_cache_never_holds_more_than_its_size() -> None:
+    e = HashEmbedder(cache_size=10)
+    e.embed([" ".join(f"w{i}" for i in range(25)), "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"])
+    assert len(e._codes) <= 10 + 1  # the separator entry rides along
+
+
 def test_a_batch_with_a_single_token_matches_the_reference() -> None:
     got = HashEmbedder().embed(["", "solo!", "  "])
     np.testing.assert_allclose(got[1], reference_embed("solo"), rtol=0, atol=1e-6)
