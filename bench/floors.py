@@ -55,18 +55,28 @@ READY_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 900.0
 
 
+_children: list[mp.process.BaseProcess] = []  # of the run in progress
+
+
 def _spawn(target: Callable[..., None], *args: Any) -> mp.process.BaseProcess:
     proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
     proc.start()
+    _children.append(proc)
     return proc
 
 
 def _next(report: Any, deadline: float, waiting_for: str) -> tuple[str, Any]:
-    """The children's next report; a child's error is raised here."""
-    try:
-        what, payload = report.get(timeout=max(0.1, deadline - time.monotonic()))
-    except queue.Empty:
-        raise TimeoutError(f"no report from the children while waiting for {waiting_for}") from None
+    """The children's next report; a child's error, or its death, is raised here."""
+    while True:
+        try:
+            what, payload = report.get(timeout=0.5)
+            break
+        except queue.Empty:
+            dead = [p for p in _children if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a child exited with code {dead[0].exitcode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no report while waiting for {waiting_for}") from None
     if what == "error":
         raise RuntimeError(payload)
     return what, payload
@@ -95,7 +105,7 @@ def _guarded(report: Any, body: Callable[[], None]) -> None:
 def _run(
     name: str,
     corpus_dir: Path,
-    start: Callable[[Any, Event], list[mp.process.BaseProcess]],
+    start: Callable[[Any, Event], None],
     n_ready: int,
     collect: Callable[[Any], tuple[float, float, dict[str, float], list[Ids]]],
 ) -> BaselineResult:
@@ -106,17 +116,18 @@ def _run(
     go = ctx.Event()
     with RssSampler() as rss:
         t_start = time.perf_counter()
-        procs = start(report, go)
         try:
+            start(report, go)  # spawns the children (_spawn)
             _gather(report, "ready", n_ready, READY_TIMEOUT_S)
             startup_s = time.perf_counter() - t_start
             go.set()
             first_read, last_applied, busy, per_shard = collect(report)
         finally:
-            for proc in procs:
+            for proc in _children:
                 proc.join(10)
                 if proc.is_alive():
                     proc.kill()
+            _children.clear()
     chunks = sum(len(ids) for ids in per_shard)
     verified = verify_ids(per_shard, expected)
     total = last_applied - first_read
@@ -177,8 +188,9 @@ def run_two_procs(corpus_dir: Path) -> BaselineResult:
     """Two processes, half the files each, nothing moved between them."""
     paths = [str(p) for p in corpus_files(corpus_dir)]
 
-    def start(report: Any, go: Event) -> list[mp.process.BaseProcess]:
-        return [_spawn(_two_procs_worker, report, go, paths, i) for i in range(WORKERS)]
+    def start(report: Any, go: Event) -> None:
+        for i in range(WORKERS):
+            _spawn(_two_procs_worker, report, go, paths, i)
 
     def collect(report: Any) -> tuple[float, float, dict[str, float], list[Ids]]:
         return _merge(_gather(report, "done", WORKERS, RUN_TIMEOUT_S))
@@ -304,11 +316,12 @@ def run_raw_zmq(corpus_dir: Path) -> BaselineResult:
     paths = [str(p) for p in corpus_files(corpus_dir)]
     run_dir = tempfile.mkdtemp(prefix="w1-raw-zmq-")
 
-    def start(report: Any, go: Event) -> list[mp.process.BaseProcess]:
-        shards = [_spawn(_raw_zmq_shard, report, go, run_dir, s) for s in range(N_SHARDS)]
+    def start(report: Any, go: Event) -> None:
+        for shard in range(N_SHARDS):
+            _spawn(_raw_zmq_shard, report, go, run_dir, shard)
         _gather(report, "ready", N_SHARDS, READY_TIMEOUT_S)  # bound before anyone connects
-        workers = [_spawn(_raw_zmq_worker, report, go, run_dir, paths, i) for i in range(WORKERS)]
-        return shards + workers
+        for i in range(WORKERS):
+            _spawn(_raw_zmq_worker, report, go, run_dir, paths, i)
 
     def collect(report: Any) -> tuple[float, float, dict[str, float], list[Ids]]:
         workers: list[tuple[float, dict[str, float]]] = []
