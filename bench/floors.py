@@ -134,27 +134,37 @@ def _run(
     return BaselineResult(name, total, startup_s, chunks, verified, busy, rss.peak_mb)
 
 
+def _ready_then_go(report: Any, go: Event, who: str) -> tuple[dict[str, float], float]:
+    """Warm the embedder, say ready, wait for go: (zeroed busy seconds, the first read's time)."""
+    embedder()
+    report.put(("ready", who))
+    go.wait()
+    return dict.fromkeys(STAGES, 0.0), time.time()
+
+
+def _load_and_cut(path: str, busy: dict[str, float]) -> tuple[list[int], list[str]]:
+    """Load and transform one file, its seconds added to `busy`."""
+    t0 = time.perf_counter()
+    docs = load_file(path)
+    t1 = time.perf_counter()
+    ids, texts = transform_docs(docs)
+    busy["load"] += t1 - t0
+    busy["transform"] += time.perf_counter() - t1
+    return ids, texts
+
+
 # ---------------------------------------------------------------- two_procs
 
 
 def _two_procs_worker(report: Any, go: Event, paths: list[str], part: int) -> None:
     def body() -> None:
         writer = ShardWriter(N_SHARDS, DIM, UPSERT_BATCH)
-        embedder()
-        report.put(("ready", part))
-        go.wait()
-        busy = dict.fromkeys(STAGES, 0.0)
-        first_read = time.time()
+        busy, first_read = _ready_then_go(report, go, f"worker {part}")
         for path in paths[part::WORKERS]:
+            ids, texts = _load_and_cut(path, busy)
             t0 = time.perf_counter()
-            docs = load_file(path)
-            t1 = time.perf_counter()
-            ids, texts = transform_docs(docs)
-            t2 = time.perf_counter()
             vecs = embed_texts(texts, EMBED_BATCH)
-            busy["load"] += t1 - t0
-            busy["transform"] += t2 - t1
-            busy["embed"] += time.perf_counter() - t2
+            busy["embed"] += time.perf_counter() - t0
             writer.add(np.array(ids, np.int64), vecs)
         writer.flush()
         busy["upsert"] = writer.busy_s
@@ -276,18 +286,9 @@ def _raw_zmq_worker(report: Any, go: Event, run_dir: str, paths: list[str], part
             sock.setsockopt(zmq.SNDHWM, HWM)
             sock.connect(_shard_endpoint(run_dir, shard))
             outboxes.append(_Outbox(sock))
-        embedder()
-        report.put(("ready", f"worker {part}"))
-        go.wait()
-        busy = dict.fromkeys(STAGES, 0.0)
-        first_read = time.time()
+        busy, first_read = _ready_then_go(report, go, f"worker {part}")
         for path in paths[part::WORKERS]:
-            t0 = time.perf_counter()
-            docs = load_file(path)
-            t1 = time.perf_counter()
-            ids, texts = transform_docs(docs)
-            busy["load"] += t1 - t0
-            busy["transform"] += time.perf_counter() - t1
+            ids, texts = _load_and_cut(path, busy)
             for i in range(0, len(ids), EMBED_BATCH):
                 t2 = time.perf_counter()
                 batch_texts = texts[i : i + EMBED_BATCH]
