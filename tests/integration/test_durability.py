@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import signal
@@ -11,29 +10,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from aaflow_stream.client import Client, QueryError
 from aaflow_stream.synthetic import generate
 
-from ..conftest import REPO_DIR
+from ..support.bench import load_bench
 from .ingest import detached, read_shards, up, write_topology
 
-
-def _bench(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", REPO_DIR / "bench" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _bench("chaos")
+chaos = load_bench("chaos")
 
 
 @pytest.fixture(scope="module")
