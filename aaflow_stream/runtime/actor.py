@@ -126,7 +126,7 @@ class Actor:
             if self._outport is not None:
                 services.append(tg.create_task(self._outport.serve()))
                 await self._outport.open()
-                await self._outport.wait_open(spec.eos_timeout_s)
+                await self._wait_open_unless_stopped(spec.eos_timeout_s)
             if self._acks is not None:
                 services.append(tg.create_task(self._acks.serve()))
             serve = getattr(self._chain.runs[0].operator, "serve", None)
@@ -149,6 +149,24 @@ class Actor:
         await self._supervisor.send(Done(stats=self.stats()))
         log.info("done: %s", self.summary())
         self._event(logging.INFO, "actor_stop")
+
+    async def _wait_open_unless_stopped(self, timeout_s: float) -> None:
+        """The downstream's initial credit, or a stop request, whichever comes first. A stop
+        during start-up (Ctrl-C, the supervisor died and took the downstream along) must not
+        wait out the open timeout: the drain then bounds the wait for the downstream."""
+        assert self._outport is not None
+        opening = asyncio.ensure_future(self._outport.wait_open(timeout_s))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not opening.done():
+                opening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await opening
+        if not opening.cancelled():
+            opening.result()  # its LinkTimeout, if it timed out
 
     def _event(self, level: int, name: str, **fields: object) -> None:
         event(log, level, name, actor=self.spec.name, replica=self.spec.replica, **fields)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -177,3 +180,45 @@ def test_garbage_on_a_data_endpoint_is_dropped_and_good_traffic_flows(run_dir: P
         assert sorted(sink_seqs(out)) == list(range(300 * 20))
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_stop_while_the_downstream_has_not_opened_ends_the_actor_within_the_drain(
+    run_dir: Path,
+) -> None:
+    """A receiver that never grants credit (it is gone, e.g. the supervisor died and took it
+    along): a stop must not wait out the 60 s open timeout, only the drain's 2 s."""
+    data, control = f"ipc://{run_dir}/rx.d", f"ipc://{run_dir}/rx.c"
+    spec = ActorSpec(
+        name="source.0",
+        stage="source",
+        replica=0,
+        replicas=1,
+        operator=f"{BASIC}:SyntheticSource",
+        params={"batches": 10, "rows": 8},
+        input=None,
+        outputs=[OutputLink(data, control, "rx")],
+        window=WINDOW,
+        encoding="auto",
+        run_dir=str(run_dir),
+        eos_timeout_s=60.0,
+        drain_timeout_s=2.0,
+    )
+    spec_path = run_dir / "source.json"
+    spec_path.write_bytes(msgspec.json.encode(spec))
+    ctx = zmq.Context()
+    hello = ctx.socket(zmq.ROUTER)  # hears the Hello, never answers it
+    hello.bind(control)
+    proc = subprocess.Popen([sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)])
+    try:
+        assert hello.poll(30_000), "the actor never said hello"
+        hello.recv_multipart()  # it runs, its signal handlers are set, it waits for credit
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 2.0 + 3.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        hello.close(linger=0)
+        ctx.term()
