@@ -207,16 +207,27 @@ class Actor:
         if self._chain.async_source:
             await self._run_async_source()
             return
-        while not self._stop.is_set():
-            self._origin = time.time()  # what this read returns is born now (trace)
-            if self._trace is not None:
-                self._trace.arrived(Arrival(origin_at=self._origin))
-            outputs = self._chain.next_from_source()
-            if outputs is None:
-                break
-            await self._emit(outputs)
-        await self._emit(self._chain.flush())
-        await self._end_stream()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                # A stop ends the reading at once; a send waiting for credit (a downstream that
+                # is gone grants none) gets the drain, no longer.
+                self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
+                while not self._stop.is_set():
+                    self._origin = time.time()  # what this read returns is born now (trace)
+                    if self._trace is not None:
+                        self._trace.arrived(Arrival(origin_at=self._origin))
+                    outputs = self._chain.next_from_source()
+                    if outputs is None:
+                        break
+                    await self._emit(outputs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._warn_drain_cut()
+        finally:
+            self._on_stop = lambda: None
+        await self._finish_stream()
         if self._acks is not None:
             # A finite feed is done once the shards acknowledged all of it (a stop request
             # only saves the checkpoint: what is unacknowledged is resumed next time).
@@ -227,25 +238,39 @@ class Actor:
         """A source that awaits its input; only a stop (or its own end) ends it."""
         assert self._chain is not None
         loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            # Only the wait for input is cut by a stop, never a send half done.
-            try:
-                async with asyncio.timeout(None) as waiting:
-                    self._on_stop = lambda: waiting.reschedule(loop.time())
-                    outputs = await self._chain.anext_from_source()
-            except TimeoutError:
-                if not waiting.expired():
-                    raise
-                break
-            finally:
-                self._on_stop = lambda: None
-            if outputs is None:
-                break
-            self._origin = time.time()  # what this read returns is born now (trace)
-            await self._emit(outputs)
-            await _let_others_run()
-        await self._emit(self._chain.flush())
-        await self._end_stream()
+        drain_s = self.spec.drain_timeout_s
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while not self._stop.is_set():
+                    # A stop cuts the wait for input at once, never a send half done: a send
+                    # waiting for credit gets the drain (as in ``_run_source``).
+                    try:
+                        async with asyncio.timeout(None) as waiting:
+
+                            def cut() -> None:
+                                waiting.reschedule(loop.time())
+                                deadline.reschedule(loop.time() + drain_s)
+
+                            self._on_stop = cut
+                            outputs = await self._chain.anext_from_source()
+                    except TimeoutError:
+                        if not waiting.expired():
+                            raise
+                        break
+                    finally:
+                        self._on_stop = lambda: deadline.reschedule(loop.time() + drain_s)
+                    if outputs is None:
+                        break
+                    self._origin = time.time()  # what this read returns is born now (trace)
+                    await self._emit(outputs)
+                    await _let_others_run()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._warn_drain_cut()
+        finally:
+            self._on_stop = lambda: None
+        await self._finish_stream()
         if self._acks is not None:
             # What is in flight usually becomes durable within moments: wait for it (bounded)
             # so that the checkpoint covers it and nothing is ingested twice next time.
@@ -270,6 +295,8 @@ class Actor:
                     await self._inport.finished(item)
                     await _let_others_run()
         except TimeoutError:
+            if not deadline.expired():
+                raise  # an operator's own TimeoutError is a failure, not the drain's end
             log.warning(
                 "upstream did not end within %.1fs of the stop request; "
                 "ending the stream downstream anyway",
@@ -277,8 +304,7 @@ class Actor:
             )
         finally:
             self._on_stop = lambda: None  # the deadline is gone; a late stop has nothing to cut
-        await self._emit(self._chain.flush())
-        await self._end_stream()
+        await self._finish_stream()
 
     def _arrived(self, item: Received) -> None:
         if item.origin_at and (not self._origin or item.origin_at < self._origin):
@@ -315,6 +341,30 @@ class Actor:
                     self._origin = 0.0  # passed on; the next input starts the next message
         if self._trace is not None and self._chain is not None:
             self._trace.sent(blocked, self._chain.runs[-1].stage)
+
+    def _warn_drain_cut(self) -> None:
+        log.warning(
+            "the downstream took nothing within %.1fs of the stop request; ending the stream "
+            "anyway (what was not sent is resumed from the checkpoint, where there is one)",
+            self.spec.drain_timeout_s,
+        )
+
+    async def _finish_stream(self) -> None:
+        """Flush the chain, then end the stream. Draining on a stop, the flush gets the drain
+        at most: a downstream that is gone grants no credit (``_end_stream`` bounds its own)."""
+        assert self._chain is not None
+        if not self._stop.is_set():
+            await self._emit(self._chain.flush())
+        else:
+            try:
+                async with asyncio.timeout(self.spec.drain_timeout_s):
+                    await self._emit(self._chain.flush())
+            except TimeoutError:
+                log.warning(
+                    "the downstream took no flushed batch within %.1fs; ending the stream anyway",
+                    self.spec.drain_timeout_s,
+                )
+        await self._end_stream()
 
     async def _end_stream(self) -> None:
         if self._outport is None:

@@ -21,7 +21,7 @@ import zmq.asyncio
 from aaflow_stream import frames
 from aaflow_stream.channels.inport import InPort
 from aaflow_stream.plan import ActorSpec, OutputLink
-from aaflow_stream.protocol import BatchHeader, encode
+from aaflow_stream.protocol import BatchHeader, Credit, encode
 
 from .graphs import BASIC, graph, sink, sink_seqs, source, supervisor
 
@@ -182,11 +182,10 @@ def test_garbage_on_a_data_endpoint_is_dropped_and_good_traffic_flows(run_dir: P
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_a_stop_while_the_downstream_has_not_opened_ends_the_actor_within_the_drain(
-    run_dir: Path,
-) -> None:
-    """A receiver that never grants credit (it is gone, e.g. the supervisor died and took it
-    along): a stop must not wait out the 60 s open timeout, only the drain's 2 s."""
+def _silent_receiver_case(run_dir: Path, *, grant: int) -> tuple[float, int]:
+    """A SyntheticSource actor whose receiver hears its Hello, grants ``grant`` batches of
+    credit (0: the link never opens) and then nothing more, as if it were gone. The actor gets
+    SIGTERM once it waits; returns (seconds it took to exit, its exit code)."""
     data, control = f"ipc://{run_dir}/rx.d", f"ipc://{run_dir}/rx.c"
     spec = ActorSpec(
         name="source.0",
@@ -194,7 +193,7 @@ def test_a_stop_while_the_downstream_has_not_opened_ends_the_actor_within_the_dr
         replica=0,
         replicas=1,
         operator=f"{BASIC}:SyntheticSource",
-        params={"batches": 10, "rows": 8},
+        params={"batches": 10**6, "rows": 8},
         input=None,
         outputs=[OutputLink(data, control, "rx")],
         window=WINDOW,
@@ -206,19 +205,42 @@ def test_a_stop_while_the_downstream_has_not_opened_ends_the_actor_within_the_dr
     spec_path = run_dir / "source.json"
     spec_path.write_bytes(msgspec.json.encode(spec))
     ctx = zmq.Context()
-    hello = ctx.socket(zmq.ROUTER)  # hears the Hello, never answers it
-    hello.bind(control)
+    receiver = ctx.socket(zmq.ROUTER)
+    receiver.bind(control)
+    sink = ctx.socket(zmq.PULL)  # takes the frames in, never reads them
+    sink.bind(data)
     proc = subprocess.Popen([sys.executable, "-m", "aaflow_stream.runtime.actor", str(spec_path)])
     try:
-        assert hello.poll(30_000), "the actor never said hello"
-        hello.recv_multipart()  # it runs, its signal handlers are set, it waits for credit
+        assert receiver.poll(30_000), "the actor never said hello"
+        routing_id, _hello = receiver.recv_multipart()  # its signal handlers are set by now
+        if grant:
+            receiver.send_multipart([routing_id, encode(Credit(receiver="rx", batches=grant))])
+            time.sleep(1.0)  # it spends the credit, then waits for more
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert time.monotonic() - started < 2.0 + 3.0
+        code = proc.wait(timeout=30)
+        return time.monotonic() - started, code
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        hello.close(linger=0)
+        receiver.close(linger=0)
+        sink.close(linger=0)
         ctx.term()
+
+
+def test_a_stop_while_the_downstream_has_not_opened_ends_the_actor_within_the_drain(
+    run_dir: Path,
+) -> None:
+    """The open timeout is 60 s; a stop must cut it: only the drain (2 s) bounds the exit."""
+    seconds, code = _silent_receiver_case(run_dir, grant=0)
+    assert code == 0
+    assert seconds < 2.0 + 3.0
+
+
+def test_a_stop_while_blocked_on_credit_ends_the_actor_within_the_drain(run_dir: Path) -> None:
+    """A source waiting for credit that never comes: the drain bounds the wait, then the
+    end-of-stream's own waits (2 s each at most)."""
+    seconds, code = _silent_receiver_case(run_dir, grant=WINDOW)
+    assert code == 0
+    assert seconds < 2 * 2.0 + 3.0
