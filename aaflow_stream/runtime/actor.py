@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -202,31 +202,45 @@ class Actor:
                 run.trace = self._trace.call
         return Chain(runs, source=spec.is_source)
 
+    @contextlib.asynccontextmanager
+    async def _drain_bounded(self, waiting_for: str) -> AsyncIterator[asyncio.Timeout]:
+        """A scope that a stop bounds by the drain: from the stop request on, what it waits
+        for (credit from a downstream that may be gone, the end of an upstream) gets
+        ``drain_timeout_s`` more; then the scope ends with a warning. An operator's own
+        ``TimeoutError`` stays a failure."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
+                if self._stop.is_set():
+                    self._on_stop()
+                yield deadline
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            log.warning(
+                "%s within %.1fs of the stop request; ending the stream anyway",
+                waiting_for,
+                self.spec.drain_timeout_s,
+            )
+        finally:
+            self._on_stop = lambda: None  # the deadline is gone; a late stop has nothing to cut
+
     async def _run_source(self) -> None:
         assert self._chain is not None
         if self._chain.async_source:
             await self._run_async_source()
             return
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as deadline:
-                # A stop ends the reading at once; a send waiting for credit (a downstream that
-                # is gone grants none) gets the drain, no longer.
-                self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
-                while not self._stop.is_set():
-                    self._origin = time.time()  # what this read returns is born now (trace)
-                    if self._trace is not None:
-                        self._trace.arrived(Arrival(origin_at=self._origin))
-                    outputs = self._chain.next_from_source()
-                    if outputs is None:
-                        break
-                    await self._emit(outputs)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            self._warn_drain_cut()
-        finally:
-            self._on_stop = lambda: None
+        # A stop ends the reading at once; a send waiting for credit gets the drain.
+        async with self._drain_bounded("the downstream took nothing"):
+            while not self._stop.is_set():
+                self._origin = time.time()  # what this read returns is born now (trace)
+                if self._trace is not None:
+                    self._trace.arrived(Arrival(origin_at=self._origin))
+                outputs = self._chain.next_from_source()
+                if outputs is None:
+                    break
+                await self._emit(outputs)
         await self._finish_stream()
         if self._acks is not None:
             # A finite feed is done once the shards acknowledged all of it (a stop request
@@ -238,38 +252,31 @@ class Actor:
         """A source that awaits its input; only a stop (or its own end) ends it."""
         assert self._chain is not None
         loop = asyncio.get_running_loop()
-        drain_s = self.spec.drain_timeout_s
-        try:
-            async with asyncio.timeout(None) as deadline:
-                while not self._stop.is_set():
-                    # A stop cuts the wait for input at once, never a send half done: a send
-                    # waiting for credit gets the drain (as in ``_run_source``).
-                    try:
-                        async with asyncio.timeout(None) as waiting:
+        async with self._drain_bounded("the downstream took nothing"):
+            drained = self._on_stop  # what a stop does outside the wait for input
+            while not self._stop.is_set():
+                # A stop cuts the wait for input at once, never a send half done: a send
+                # waiting for credit gets the drain (as in ``_run_source``).
+                try:
+                    async with asyncio.timeout(None) as waiting:
 
-                            def cut() -> None:
-                                waiting.reschedule(loop.time())
-                                deadline.reschedule(loop.time() + drain_s)
+                        def cut() -> None:
+                            waiting.reschedule(loop.time())
+                            drained()
 
-                            self._on_stop = cut
-                            outputs = await self._chain.anext_from_source()
-                    except TimeoutError:
-                        if not waiting.expired():
-                            raise
-                        break
-                    finally:
-                        self._on_stop = lambda: deadline.reschedule(loop.time() + drain_s)
-                    if outputs is None:
-                        break
-                    self._origin = time.time()  # what this read returns is born now (trace)
-                    await self._emit(outputs)
-                    await _let_others_run()
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            self._warn_drain_cut()
-        finally:
-            self._on_stop = lambda: None
+                        self._on_stop = cut
+                        outputs = await self._chain.anext_from_source()
+                except TimeoutError:
+                    if not waiting.expired():
+                        raise
+                    break
+                finally:
+                    self._on_stop = drained
+                if outputs is None:
+                    break
+                self._origin = time.time()  # what this read returns is born now (trace)
+                await self._emit(outputs)
+                await _let_others_run()
         await self._finish_stream()
         if self._acks is not None:
             # What is in flight usually becomes durable within moments: wait for it (bounded)
@@ -278,32 +285,17 @@ class Actor:
 
     async def _run_stage(self) -> None:
         assert self._inport is not None and self._chain is not None
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as deadline:
-                self._on_stop = lambda: deadline.reschedule(loop.time() + self.spec.drain_timeout_s)
-                if self._stop.is_set():
-                    self._on_stop()
-                chain, flush_s = self._chain, self.spec.flush_ms / 1000.0
-                async for item in self._inport.items(lambda: flush_s if chain.holding else None):
-                    if item is None:  # idle: release what is held back for batching
-                        await self._emit(chain.idle())
-                        continue
-                    self._arrived(item)
-                    for batch in item.batches:
-                        await self._emit(chain.process(batch))
-                    await self._inport.finished(item)
-                    await _let_others_run()
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # an operator's own TimeoutError is a failure, not the drain's end
-            log.warning(
-                "upstream did not end within %.1fs of the stop request; "
-                "ending the stream downstream anyway",
-                self.spec.drain_timeout_s,
-            )
-        finally:
-            self._on_stop = lambda: None  # the deadline is gone; a late stop has nothing to cut
+        async with self._drain_bounded("the upstream did not end"):
+            chain, flush_s = self._chain, self.spec.flush_ms / 1000.0
+            async for item in self._inport.items(lambda: flush_s if chain.holding else None):
+                if item is None:  # idle: release what is held back for batching
+                    await self._emit(chain.idle())
+                    continue
+                self._arrived(item)
+                for batch in item.batches:
+                    await self._emit(chain.process(batch))
+                await self._inport.finished(item)
+                await _let_others_run()
         await self._finish_stream()
 
     def _arrived(self, item: Received) -> None:
@@ -341,13 +333,6 @@ class Actor:
                     self._origin = 0.0  # passed on; the next input starts the next message
         if self._trace is not None and self._chain is not None:
             self._trace.sent(blocked, self._chain.runs[-1].stage)
-
-    def _warn_drain_cut(self) -> None:
-        log.warning(
-            "the downstream took nothing within %.1fs of the stop request; ending the stream "
-            "anyway (what was not sent is resumed from the checkpoint, where there is one)",
-            self.spec.drain_timeout_s,
-        )
 
     async def _finish_stream(self) -> None:
         """Flush the chain, then end the stream. Draining on a stop, the flush gets the drain

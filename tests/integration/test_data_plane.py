@@ -28,11 +28,11 @@ from .graphs import BASIC, graph, sink, sink_seqs, source, supervisor
 WINDOW = 4
 
 
-@asynccontextmanager
-async def source_process(
-    run_dir: Path, *, batches: int, rows: int, text_bytes: int = 1024
-) -> AsyncIterator[tuple[InPort, asyncio.subprocess.Process]]:
-    """A SyntheticSource actor process linked to an InPort served by this process."""
+def _source_spec(
+    run_dir: Path, params: dict[str, int], *, eos_timeout_s: float, drain_timeout_s: float = 10.0
+) -> tuple[str, str, Path]:
+    """A SyntheticSource actor's spec file, sending to a receiver "rx" at the returned data and
+    control endpoints."""
     data, control = f"ipc://{run_dir}/rx.d", f"ipc://{run_dir}/rx.c"
     spec = ActorSpec(
         name="source.0",
@@ -40,16 +40,30 @@ async def source_process(
         replica=0,
         replicas=1,
         operator=f"{BASIC}:SyntheticSource",
-        params={"batches": batches, "rows": rows, "text_bytes": text_bytes},
+        params=dict(params),
         input=None,
         outputs=[OutputLink(data, control, "rx")],
         window=WINDOW,
         encoding="auto",
         run_dir=str(run_dir),
-        eos_timeout_s=20.0,
+        eos_timeout_s=eos_timeout_s,
+        drain_timeout_s=drain_timeout_s,
     )
     spec_path = run_dir / "source.json"
     spec_path.write_bytes(msgspec.json.encode(spec))
+    return data, control, spec_path
+
+
+@asynccontextmanager
+async def source_process(
+    run_dir: Path, *, batches: int, rows: int, text_bytes: int = 1024
+) -> AsyncIterator[tuple[InPort, asyncio.subprocess.Process]]:
+    """A SyntheticSource actor process linked to an InPort served by this process."""
+    data, control, spec_path = _source_spec(
+        run_dir,
+        {"batches": batches, "rows": rows, "text_bytes": text_bytes},
+        eos_timeout_s=20.0,
+    )
     ctx = zmq.asyncio.Context()
     port = InPort(
         ctx,
@@ -186,24 +200,9 @@ def _silent_receiver_case(run_dir: Path, *, grant: int) -> tuple[float, int]:
     """A SyntheticSource actor whose receiver hears its Hello, grants ``grant`` batches of
     credit (0: the link never opens) and then nothing more, as if it were gone. The actor gets
     SIGTERM once it waits; returns (seconds it took to exit, its exit code)."""
-    data, control = f"ipc://{run_dir}/rx.d", f"ipc://{run_dir}/rx.c"
-    spec = ActorSpec(
-        name="source.0",
-        stage="source",
-        replica=0,
-        replicas=1,
-        operator=f"{BASIC}:SyntheticSource",
-        params={"batches": 10**6, "rows": 8},
-        input=None,
-        outputs=[OutputLink(data, control, "rx")],
-        window=WINDOW,
-        encoding="auto",
-        run_dir=str(run_dir),
-        eos_timeout_s=60.0,
-        drain_timeout_s=2.0,
+    data, control, spec_path = _source_spec(
+        run_dir, {"batches": 10**6, "rows": 8}, eos_timeout_s=60.0, drain_timeout_s=2.0
     )
-    spec_path = run_dir / "source.json"
-    spec_path.write_bytes(msgspec.json.encode(spec))
     ctx = zmq.Context()
     receiver = ctx.socket(zmq.ROUTER)
     receiver.bind(control)
