@@ -35,9 +35,11 @@ mpqueue batch too); a failed check makes the exit status 1.
 
 Diagnostics next to throughput: CPU per message of each process (``time.process_time``, so
 every thread counts: ZeroMQ's I/O thread and pyzmq's garbage-collector thread included), over
-the measured messages for the receiver and over all sends for the sender; for arrow, the share
-of the sender's time spent waiting for credit. On a 2-core machine the two processes share the
-cores, so throughput follows the total CPU per message. ``--profile DIR`` writes cProfile
+the measured messages for the receiver and over all sends for the sender, and in brackets the
+part of it spent in the main (Python) thread (``time.thread_time``): the engine's own work,
+which varies far less from run to run than throughput does on a shared machine; for arrow,
+the share of the sender's time spent waiting for credit. On a 2-core machine the two processes
+share the cores, so throughput follows the total CPU per message. ``--profile DIR`` writes cProfile
 stats of both workers (slows them down: do not read its throughput).
 
     python bench/transport.py                 # full run: 5 repeats
@@ -152,7 +154,9 @@ class Outcome:
     zero_copy: bool | None
     equal: bool | None
     rx_cpu_s: float  # receiver process CPU (all threads) over the measured messages
+    rx_main_cpu_s: float  # of which its main (Python) thread
     tx_cpu_s: float = 0.0  # sender process CPU (all threads) over all its sends, warm-up included
+    tx_main_cpu_s: float = 0.0  # of which its main (Python) thread
     tx_messages: int = 0
     tx_wall_s: float = 0.0  # sender's time from go to its last send confirmed
     tx_blocked_s: float | None = None  # of which waiting for credit (arrow only)
@@ -163,9 +167,19 @@ class Outcome:
         return self.rx_cpu_s / self.messages * 1e6
 
     @property
+    def rx_main_cpu_us(self) -> float:
+        """Receiver main-thread CPU per message, microseconds."""
+        return self.rx_main_cpu_s / self.messages * 1e6
+
+    @property
     def tx_cpu_us(self) -> float:
         """Sender CPU per message, microseconds."""
         return self.tx_cpu_s / self.tx_messages * 1e6 if self.tx_messages else 0.0
+
+    @property
+    def tx_main_cpu_us(self) -> float:
+        """Sender main-thread CPU per message, microseconds."""
+        return self.tx_main_cpu_s / self.tx_messages * 1e6 if self.tx_messages else 0.0
 
     @property
     def tx_blocked_pct(self) -> float | None:
@@ -190,13 +204,15 @@ class Stopwatch:
         self.count = 0
         self.start = self.last = 0.0
         self.cpu_start = self.cpu_last = 0.0
+        self.main_start = self.main_last = 0.0
 
     def tick(self) -> None:
         self.count += 1
         self.last = time.perf_counter()
         self.cpu_last = time.process_time()
+        self.main_last = time.thread_time()
         if self.count == self._warmup:
-            self.start, self.cpu_start = self.last, self.cpu_last
+            self.start, self.cpu_start, self.main_start = self.last, self.cpu_last, self.main_last
 
     def seconds(self) -> float:
         return self.last - self.start
@@ -204,11 +220,23 @@ class Stopwatch:
     def cpu_seconds(self) -> float:
         return self.cpu_last - self.cpu_start
 
+    def main_cpu_seconds(self) -> float:
+        return self.main_last - self.main_start
+
 
 def _report(trial: Trial, sw: Stopwatch, nbytes: int, zc: bool | None, eq: bool | None) -> Outcome:
     if sw.count != trial.total:
         raise RuntimeError(f"{trial.system}: received {sw.count} of {trial.total} messages")
-    return Outcome(trial.system, sw.seconds(), trial.messages, nbytes, zc, eq, sw.cpu_seconds())
+    return Outcome(
+        trial.system,
+        sw.seconds(),
+        trial.messages,
+        nbytes,
+        zc,
+        eq,
+        sw.cpu_seconds(),
+        sw.main_cpu_seconds(),
+    )
 
 
 # --- arrow: OutPort → InPort ---------------------------------------------------------------------
@@ -387,9 +415,10 @@ def sender_main(trial: Trial, report: Any, go: Event, data: Any) -> None:
                 _queue_send(trial, batch, data)
             return None
 
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, main, wall = time.process_time(), time.thread_time(), time.perf_counter()
         blocked = _profiled(trial, SENDER, run)
-        report.put(("sent", (time.process_time() - cpu, time.perf_counter() - wall, blocked)))
+        spent = (time.process_time() - cpu, time.thread_time() - main, time.perf_counter() - wall)
+        report.put(("sent", (*spent, blocked)))
     except BaseException:
         report.put(("error", f"sender: {traceback.format_exc()}"))
 
@@ -441,9 +470,14 @@ def run_trial(trial: Trial, timeout: float) -> Outcome:
                 p.terminate()
                 p.join()
     outcome: Outcome = got["result"]
-    cpu, wall, blocked = got["sent"]
+    cpu, main, wall, blocked = got["sent"]
     return dataclasses.replace(
-        outcome, tx_cpu_s=cpu, tx_messages=trial.total, tx_wall_s=wall, tx_blocked_s=blocked
+        outcome,
+        tx_cpu_s=cpu,
+        tx_main_cpu_s=main,
+        tx_messages=trial.total,
+        tx_wall_s=wall,
+        tx_blocked_s=blocked,
     )
 
 
@@ -468,7 +502,8 @@ def run_all(args: argparse.Namespace, tmp: str) -> dict[str, list[Outcome]]:
             if args.verbose:
                 print(
                     f"  round {r + 1} {system:<10} {outcome.gbps:6.2f} GB/s  CPU/msg "
-                    f"tx {outcome.tx_cpu_us:5.0f} us, rx {outcome.rx_cpu_us:5.0f} us"
+                    f"tx {outcome.tx_cpu_us:5.0f} us (main {outcome.tx_main_cpu_us:4.0f}), "
+                    f"rx {outcome.rx_cpu_us:5.0f} us (main {outcome.rx_main_cpu_us:4.0f})"
                     + _blocked_note(outcome.tx_blocked_pct),
                     flush=True,
                 )
@@ -495,6 +530,8 @@ def summarize(results: dict[str, list[Outcome]]) -> dict[str, dict[str, float]]:
             "gbps_max": max(o.gbps for o in outs),
             "tx_cpu_us": _median(outs, lambda o: o.tx_cpu_us),
             "rx_cpu_us": _median(outs, lambda o: o.rx_cpu_us),
+            "tx_main_cpu_us": _median(outs, lambda o: o.tx_main_cpu_us),
+            "rx_main_cpu_us": _median(outs, lambda o: o.rx_main_cpu_us),
             "credit_wait_pct": statistics.median(
                 o.tx_blocked_pct if o.tx_blocked_pct is not None else float("nan") for o in outs
             ),
@@ -538,11 +575,15 @@ def print_table(
         f"{'system':<10} {'batches/s':>10} {'GB/s':>7} {'min-max GB/s':>14} {'vs raw':>7} "
         f"{'tx CPU us/msg':>14} {'rx CPU us/msg':>14} {'credit wait':>11}"
     )
+    print(f"{'':53}{'(main thread)':>14} {'(main thread)':>14}")
     for system, s in summary.items():
         ratio = f"{s['gbps'] / raw:6.2f}x" if raw else "     -"
         spread = f"{s['gbps_min']:.2f}-{s['gbps_max']:.2f}"
         rate = f"{s['batches_per_s']:>10,.0f} {s['gbps']:>7.2f}"
-        cpu = f"{s['tx_cpu_us']:>14,.0f} {s['rx_cpu_us']:>14,.0f}"
+        cpu = (
+            f"{s['tx_cpu_us']:>6,.0f} ({s['tx_main_cpu_us']:>5,.0f}) "
+            f"{s['rx_cpu_us']:>6,.0f} ({s['rx_main_cpu_us']:>5,.0f})"
+        )
         wait = s["credit_wait_pct"]
         waited = "-" if math.isnan(wait) else f"{wait:.0f}%"
         print(f"{system:<10} {rate} {spread:>14} {ratio:>7} {cpu} {waited:>11}")
@@ -591,6 +632,13 @@ def json_line(
                 if (paired := paired_ratios(results, "arrow", "raw"))
                 else None
             ),
+            "cpu_us_per_msg": {
+                system: {
+                    key: round(figures[key], 1)
+                    for key in ("tx_cpu_us", "tx_main_cpu_us", "rx_cpu_us", "rx_main_cpu_us")
+                }
+                for system, figures in summary.items()
+            },
             "repeats": repeats,
             "load_avg": [round(x, 2) for x in load],
         }
