@@ -3,7 +3,8 @@
 What is measured (BENCH.md "T1 — transport", DESIGN.md sections 3-4): a 1,024-row batch
 (``doc_id`` string, ``text`` ~1 KiB string, ``embedding`` fixed_size_list<float32>[384]) goes
 from a sender process to a receiver process (both started with the ``spawn`` method), over
-ZeroMQ ``ipc://`` endpoints in a temporary directory, by four systems:
+ZeroMQ ``ipc://`` endpoints in a temporary directory, by five systems, all open in the
+same two processes for the whole run:
 
 ``arrow``
     ``OutPort`` → ``InPort`` with credit flow control on (window 16), encoding ``buffers``: each
@@ -13,36 +14,47 @@ ZeroMQ ``ipc://`` endpoints in a temporary directory, by four systems:
 ``arrow_ipc``
     the same with encoding ``ipc`` (one encapsulated Arrow IPC message per batch).
 ``raw``
-    plain pyzmq PUSH/PULL (blocking sockets) of one pre-built bytes message of the same size,
-    sent with ``copy=False`` and received with ``recv(copy=False)``; the high-water marks equal
-    the arrow link's (window + ``HWM_SLACK``). No flow control, no header, no decoding.
+    plain pyzmq PUSH/PULL (blocking sockets, a ZeroMQ context of their own) of one pre-built
+    bytes message of the same size, sent with ``copy=False`` and received with
+    ``recv(copy=False)``; the high-water marks equal the arrow link's (window + ``HWM_SLACK``).
+    No flow control, no header, no decoding.
+``raw_frames`` (a reference, not a target's baseline)
+    raw's sockets carrying the very frames of an arrow message (``frames.batch_message``:
+    header, packed small buffers, one frame per large buffer), sent with ``copy=False``: the
+    wire layout the issue requires, without credits, decoding or an event loop. What lies
+    between it and ``raw`` is the layout's cost; between ``arrow`` and it, the engine's.
 ``mpqueue``
     ``multiprocessing.Queue`` (pickle) carrying the RecordBatch object; its ``maxsize`` is the
     credit window, so it too holds at most that many batches in flight.
 
-Timing is done in the receiver: the clock starts when the last of the warm-up messages has been
-handled and stops when the last message has been handled, so process start-up, socket set-up,
-the credit handshake and the schema announcement are all excluded; the sender starts only when
-both processes are ready ("go"). Throughput = measured messages / elapsed time. Bytes per
-message are the same for every system: the sum of the sizes of the batch's Arrow buffers.
-GB/s means 10^9 bytes per second.
+A run is ``--repeats`` rounds; in each round every system runs one segment (``--warmup`` then
+``--messages`` batches; mpqueue, ~8x slower, ``--mpqueue-messages``), the first system rotating
+from round to round, and a segment starts only when the receiver has had the last batch of the
+one before (a barrier message), so segments never overlap. Short interleaved segments replaced
+separate processes per trial: on this shared 2-core VM the machine's speed drifts by 20-50%
+from one minute to the next, and even trials a few seconds apart gave arrow/raw ratios from
+0.58 to 1.13 for the same code; segments a fraction of a second apart pair far more tightly.
 
-Every system runs ``--repeats`` times, round-robin (the starting system rotates each round), so
-that machine noise hits all of them alike; the table reports the median per system. The first
-batch received on each arrow link is checked once: its column buffers lie inside the received
-ZeroMQ frames (``frames.batch_lies_within``) and it equals the batch that was sent (the
-mpqueue batch too); a failed check makes the exit status 1.
+Timing is done in the receiver: a segment's clock starts when its last warm-up message has been
+handled and stops when its last message has been handled, so process start-up, socket set-up,
+the credit handshake and the schema announcement are all excluded. Throughput = measured
+messages / elapsed time. Bytes per message are the same for every system: the sum of the sizes
+of the batch's Arrow buffers. GB/s means 10^9 bytes per second. The table reports each system's
+median over the rounds, and arrow/raw round by round (the two ran within a second or so).
+
+The first batch of every arrow and mpqueue segment is checked: it equals the batch that was
+sent and, on arrow links, its column buffers lie inside the received ZeroMQ frames
+(``frames.batch_lies_within``); a failed check makes the exit status 1.
 
 Diagnostics next to throughput: CPU per message of each process (``time.process_time``, so
 every thread counts: ZeroMQ's I/O thread and pyzmq's garbage-collector thread included), over
-the measured messages for the receiver and over all sends for the sender, and in brackets the
-part of it spent in the main (Python) thread (``time.thread_time``): the engine's own work,
-which varies far less from run to run than throughput does on a shared machine; for arrow,
-the share of the sender's time spent waiting for credit. On a 2-core machine the two processes
-share the cores, so throughput follows the total CPU per message. ``--profile DIR`` writes cProfile
+the measured messages for the receiver and over a segment's sends for the sender, and in
+brackets the part of it spent in the main (Python) thread (``time.thread_time``): the engine's
+own work, which varies far less from run to run than throughput does; for arrow, the share of
+the sender's time spent waiting for credit. ``--profile DIR`` writes cProfile
 stats of both workers (slows them down: do not read its throughput).
 
-    python bench/transport.py                 # full run: 5 repeats
+    python bench/transport.py                 # full run: 30 rounds
     python bench/transport.py --quick --json  # < 1 minute; last line is one JSON object
     python bench/transport.py --systems arrow,raw --window 32 -v
 """
@@ -51,9 +63,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -82,6 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aaflow_stream import frames
 from aaflow_stream.channels.inport import InPort
+from aaflow_stream.channels.loopsocket import LoopSocket
 from aaflow_stream.channels.outport import LinkSpec, OutPort
 from aaflow_stream.channels.sockets import HWM_SLACK
 
@@ -90,7 +103,8 @@ DIM = 384
 TEXT_LEN = 1024
 WINDOW = 16
 SEED = 20260501
-SYSTEMS = ("arrow", "arrow_ipc", "raw", "mpqueue")
+SYSTEMS = ("arrow", "arrow_ipc", "raw", "raw_frames", "mpqueue")
+RAW = ("raw", "raw_frames")
 ENCODING = {"arrow": frames.BUFFERS, "arrow_ipc": frames.IPC}
 SENDER, RECEIVER = "tx", "rx"
 READY_TIMEOUT_S = 60.0
@@ -123,24 +137,45 @@ def batch_bytes(batch: pa.RecordBatch) -> int:
     return sum(b.size for col in batch.columns for b in col.buffers() if b is not None)
 
 
-# --- what a trial is -----------------------------------------------------------------------------
+# --- what a run is -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Trial:
-    """Everything both worker processes need to run one system once."""
+class Plan:
+    """Everything both worker processes need: which systems run, in which order, how long.
 
-    system: str
+    A run is a sequence of segments, one system each: ``rounds`` rounds of every system, the
+    first system rotating each round. Both processes keep every system's sockets open for the
+    whole run, so a segment starts within milliseconds of the one before."""
+
+    systems: tuple[str, ...]
+    rounds: int
     warmup: int
     messages: int
-    data_endpoint: str
-    control_endpoint: str
-    window: int = WINDOW
+    mpqueue_messages: int
+    window: int
+    directory: str
     profile_dir: str | None = None
 
+    def segments(self) -> list[tuple[int, str]]:
+        order: list[tuple[int, str]] = []
+        for r in range(self.rounds):
+            k = r % len(self.systems)
+            order += [(r, s) for s in self.systems[k:] + self.systems[:k]]
+        return order
+
+    def measured(self, system: str) -> int:
+        return self.mpqueue_messages if system == "mpqueue" else self.messages
+
+    def total(self, system: str) -> int:
+        return self.warmup + self.measured(system)
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.directory}/{name}"
+
     @property
-    def total(self) -> int:
-        return self.warmup + self.messages
+    def arrow_systems(self) -> list[str]:
+        return [s for s in self.systems if s in ENCODING]
 
 
 @dataclass(frozen=True)
@@ -224,74 +259,21 @@ class Stopwatch:
         return self.main_last - self.main_start
 
 
-def _report(trial: Trial, sw: Stopwatch, nbytes: int, zc: bool | None, eq: bool | None) -> Outcome:
-    if sw.count != trial.total:
-        raise RuntimeError(f"{trial.system}: received {sw.count} of {trial.total} messages")
+def _report(
+    plan: Plan, system: str, sw: Stopwatch, nbytes: int, zc: bool | None, eq: bool | None
+) -> Outcome:
+    if sw.count != plan.total(system):
+        raise RuntimeError(f"{system}: received {sw.count} of {plan.total(system)} messages")
     return Outcome(
-        trial.system,
+        system,
         sw.seconds(),
-        trial.messages,
+        plan.measured(system),
         nbytes,
         zc,
         eq,
         sw.cpu_seconds(),
         sw.main_cpu_seconds(),
     )
-
-
-# --- arrow: OutPort → InPort ---------------------------------------------------------------------
-
-
-async def _arrow_receive(trial: Trial, ready: Callable[[], None]) -> Outcome:
-    ctx = zmq.asyncio.Context()
-    inp = InPort(
-        ctx,
-        RECEIVER,
-        data_endpoint=trial.data_endpoint,
-        control_endpoint=trial.control_endpoint,
-        window=trial.window,
-        expected_senders=[SENDER],
-    )
-    expected = make_batch()
-    sw = Stopwatch(trial.warmup)
-    zero_copy: bool | None = None
-    equal: bool | None = None
-    serve = asyncio.create_task(inp.serve())
-    ready()
-    try:
-        async for item in inp:
-            if zero_copy is None:
-                zero_copy = frames.batch_lies_within(item.batch, item.frames[1:])
-                equal = item.batch.equals(expected)
-            await inp.finished(item)
-            sw.tick()
-    finally:
-        serve.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serve
-        inp.close(linger_ms=1000)  # let the EosAck leave
-        ctx.term()
-    return _report(trial, sw, batch_bytes(expected), zero_copy, equal)
-
-
-async def _arrow_send(trial: Trial, batch: pa.RecordBatch) -> float:
-    """Send ``trial.total`` batches and the EOS; returns the seconds spent blocked on credit."""
-    ctx = zmq.asyncio.Context()
-    spec = LinkSpec(trial.data_endpoint, trial.control_endpoint, RECEIVER)
-    out = OutPort(ctx, SENDER, [spec], window=trial.window, encoding=ENCODING[trial.system])
-    serve = asyncio.create_task(out.serve())
-    try:
-        await out.open()
-        for _ in range(trial.total):
-            await out.send(batch)
-        await out.send_eos(EOS_TIMEOUT_S)
-    finally:
-        serve.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serve
-        out.close()
-        ctx.term()
-    return out.blocked_s
 
 
 # --- raw: plain pyzmq PUSH/PULL ------------------------------------------------------------------
@@ -302,26 +284,8 @@ def _raw_socket(ctx: zmq.Context[Any], kind: int, window: int) -> zmq.Socket[Any
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.SNDHWM, window + HWM_SLACK)
     sock.setsockopt(zmq.RCVHWM, window + HWM_SLACK)
+    sock.setsockopt(zmq.LINGER, int(EOS_TIMEOUT_S * 1000))  # deliver what is queued, not forever
     return sock
-
-
-def _raw_receive(trial: Trial, ready: Callable[[], None]) -> Outcome:
-    nbytes = batch_bytes(make_batch())
-    ctx: zmq.Context[Any] = zmq.Context()
-    sock = _raw_socket(ctx, zmq.PULL, trial.window)
-    sock.bind(trial.data_endpoint)
-    sw = Stopwatch(trial.warmup)
-    ready()
-    try:
-        for _ in range(trial.total):
-            frame = sock.recv(copy=False)
-            sw.tick()
-        if len(frame) != nbytes:
-            raise RuntimeError(f"raw: got a {len(frame)}-byte message, expected {nbytes}")
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    return _report(trial, sw, nbytes, None, None)
 
 
 def raw_payload(batch: pa.RecordBatch) -> bytes:
@@ -329,96 +293,236 @@ def raw_payload(batch: pa.RecordBatch) -> bytes:
     return b"".join(b.to_pybytes() for c in batch.columns for b in c.buffers() if b is not None)
 
 
-def _raw_send(trial: Trial, payload: bytes) -> None:
-    ctx: zmq.Context[Any] = zmq.Context()
-    sock = _raw_socket(ctx, zmq.PUSH, trial.window)
-    sock.connect(trial.data_endpoint)
-    try:
-        for _ in range(trial.total):
-            sock.send(payload, copy=False)
-    finally:
-        sock.close(linger=int(EOS_TIMEOUT_S * 1000))  # deliver what is queued, but not forever
-        ctx.term()
+# --- the receiver --------------------------------------------------------------------------------
 
 
-# --- mpqueue: multiprocessing.Queue (pickle) -----------------------------------------------------
+class _Receiver:
+    """The receiving end of every system, open for the whole run."""
+
+    def __init__(self, plan: Plan, data: Any) -> None:
+        self.plan = plan
+        self.data = data  # the mpqueue's multiprocessing.Queue
+        self.expected = make_batch()
+        self.nbytes = batch_bytes(self.expected)
+        self.ctx = zmq.asyncio.Context()
+        self.raw_ctx: zmq.Context[Any] = zmq.Context()  # raw: its own context, as plain pyzmq
+        self.raw = {s: _raw_socket(self.raw_ctx, zmq.PULL, plan.window) for s in RAW}
+        for s, sock in self.raw.items():
+            sock.bind(plan.endpoint(s))
+        # Tells the sender that a segment's last message arrived, so segments never overlap.
+        self.barrier = self.raw_ctx.socket(zmq.PUSH)
+        self.barrier.bind(plan.endpoint("barrier"))
+        self.ports = {
+            s: InPort(
+                self.ctx,
+                RECEIVER,
+                data_endpoint=plan.endpoint(f"{s}-data"),
+                control_endpoint=plan.endpoint(f"{s}-control"),
+                window=plan.window,
+                expected_senders=[f"{SENDER}-{s}"],
+            )
+            for s in plan.arrow_systems
+        }
+        self.items = {s: port.__aiter__() for s, port in self.ports.items()}
+
+    async def segment(self, system: str) -> Outcome:
+        sw = Stopwatch(self.plan.warmup)
+        zero_copy: bool | None = None
+        equal: bool | None = None
+        n = self.plan.total(system)
+        if system == "raw":
+            for _ in range(n):
+                frame = self.raw[system].recv(copy=False)
+                sw.tick()
+            if len(frame) != self.nbytes:
+                raise RuntimeError(f"raw: got a {len(frame)}-byte message, not {self.nbytes}")
+        elif system == "raw_frames":
+            for _ in range(n):
+                parts = self.raw[system].recv_multipart(copy=False)
+                sw.tick()
+            if sum(len(p) for p in parts[1:]) < self.nbytes:
+                raise RuntimeError(f"raw_frames: a {len(parts)}-frame message is short")
+        elif system == "mpqueue":
+            for _ in range(n):
+                batch = self.data.get(timeout=EOS_TIMEOUT_S)
+                if equal is None:
+                    equal = batch.equals(self.expected)
+                sw.tick()
+        else:
+            port, items = self.ports[system], self.items[system]
+            for _ in range(n):
+                item = await items.__anext__()
+                if zero_copy is None:
+                    zero_copy = frames.batch_lies_within(item.batch, item.frames[1:])
+                    equal = item.batch.equals(self.expected)
+                await port.finished(item)
+                sw.tick()
+        self.barrier.send(b"")
+        return _report(self.plan, system, sw, self.nbytes, zero_copy, equal)
+
+    async def run(self, ready: Callable[[], None]) -> list[Outcome]:
+        async with asyncio.TaskGroup() as tg:
+            serving = [tg.create_task(port.serve()) for port in self.ports.values()]
+            ready()
+            # Every arrow sender must have said hello before a raw segment blocks the loop.
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while any(port.stats().senders == 0 for port in self.ports.values()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the arrow senders did not say hello")
+                await asyncio.sleep(0.01)
+            outcomes = [await self.segment(system) for _, system in self.plan.segments()]
+            for items in self.items.values():  # to each link's end of stream (and its ack)
+                async for _ in items:
+                    raise RuntimeError("a batch after the last segment")
+            for task in serving:
+                task.cancel()
+        return outcomes
+
+    def close(self) -> None:
+        for port in self.ports.values():
+            port.close(linger_ms=1000)  # let the EosAcks leave
+        self.ctx.term()
+        for sock in self.raw.values():
+            sock.close(linger=0)
+        self.barrier.close(linger=1000)
+        self.raw_ctx.term()
 
 
-def _queue_receive(trial: Trial, ready: Callable[[], None], data: Any) -> Outcome:
-    expected = make_batch()
-    sw = Stopwatch(trial.warmup)
-    equal: bool | None = None
-    ready()
-    for _ in range(trial.total):
-        batch = data.get(timeout=EOS_TIMEOUT_S)
-        if equal is None:
-            equal = batch.equals(expected)
-        sw.tick()
-    return _report(trial, sw, batch_bytes(expected), None, equal)
+# --- the sender ----------------------------------------------------------------------------------
 
 
-def _queue_send(trial: Trial, batch: pa.RecordBatch, data: Any) -> None:
-    for _ in range(trial.total):
-        data.put(batch)
-    data.close()
-    data.join_thread()
+@dataclass(frozen=True)
+class Sent:
+    """What the sender measured in one segment (its warm-up included)."""
+
+    cpu_s: float
+    main_cpu_s: float
+    wall_s: float
+    blocked_s: float | None  # waiting for credit (arrow only)
+
+
+class _Sender:
+    """The sending end of every system, open for the whole run."""
+
+    def __init__(self, plan: Plan, data: Any) -> None:
+        self.plan = plan
+        self.data = data
+        self.batch = make_batch()
+        self.payload = raw_payload(self.batch)
+        fingerprint = frames.schema_fingerprint(self.batch.schema)
+        self.parts = frames.batch_message(self.batch, SENDER, 1, fingerprint, frames.BUFFERS)
+        self.ctx = zmq.asyncio.Context()
+        self.raw_ctx: zmq.Context[Any] = zmq.Context()
+        self.raw = {s: _raw_socket(self.raw_ctx, zmq.PUSH, plan.window) for s in RAW}
+        for s, sock in self.raw.items():
+            sock.connect(plan.endpoint(s))
+        barrier = self.raw_ctx.socket(zmq.PULL)
+        barrier.connect(plan.endpoint("barrier"))
+        self.barrier = LoopSocket(barrier)
+        self.outs = {
+            s: OutPort(
+                self.ctx,
+                f"{SENDER}-{s}",
+                [LinkSpec(plan.endpoint(f"{s}-data"), plan.endpoint(f"{s}-control"), RECEIVER)],
+                window=plan.window,
+                encoding=ENCODING[s],
+            )
+            for s in plan.arrow_systems
+        }
+
+    async def segment(self, system: str) -> Sent:
+        cpu, main, wall = time.process_time(), time.thread_time(), time.perf_counter()
+        n = self.plan.total(system)
+        blocked: float | None = None
+        if system == "raw":
+            for _ in range(n):
+                self.raw[system].send(self.payload, copy=False)
+        elif system == "raw_frames":
+            for _ in range(n):
+                self.raw[system].send_multipart(self.parts, copy=False)
+        elif system == "mpqueue":
+            for _ in range(n):
+                self.data.put(self.batch)
+        else:
+            out = self.outs[system]
+            before = out.blocked_s
+            for _ in range(n):
+                await out.send(self.batch)
+            blocked = out.blocked_s - before
+        await asyncio.wait_for(self.barrier.recv(), EOS_TIMEOUT_S)
+        return Sent(
+            time.process_time() - cpu,
+            time.thread_time() - main,
+            time.perf_counter() - wall,
+            blocked,
+        )
+
+    async def run(self, go: Event) -> list[Sent]:
+        async with asyncio.TaskGroup() as tg:
+            serving = [tg.create_task(out.serve()) for out in self.outs.values()]
+            for out in self.outs.values():
+                await out.open()
+                await out.wait_open(READY_TIMEOUT_S)
+            if not go.wait(READY_TIMEOUT_S):
+                raise TimeoutError("no go from the parent")
+            sent = [await self.segment(system) for _, system in self.plan.segments()]
+            for out in self.outs.values():
+                await out.send_eos(EOS_TIMEOUT_S)
+            for task in serving:
+                task.cancel()
+        if self.data is not None:
+            self.data.close()
+            self.data.join_thread()
+        return sent
+
+    def close(self) -> None:
+        for out in self.outs.values():
+            out.close()
+        self.ctx.term()
+        for sock in self.raw.values():
+            sock.close()
+        self.barrier.close(linger=0)
+        self.raw_ctx.term()
 
 
 # --- worker processes ----------------------------------------------------------------------------
 
 
-def _profiled(trial: Trial, role: str, fn: Callable[[], Any]) -> Any:
-    if trial.profile_dir is None:
+def _profiled(plan: Plan, role: str, fn: Callable[[], Any]) -> Any:
+    if plan.profile_dir is None:
         return fn()
     prof = cProfile.Profile()
     try:
         return prof.runcall(fn)
     finally:
-        path = Path(trial.profile_dir) / f"{trial.system}-{role}-{os.getpid()}.prof"
+        path = Path(plan.profile_dir) / f"{role}-{os.getpid()}.prof"
         prof.dump_stats(str(path))
 
 
-def receiver_main(trial: Trial, report: Any, data: Any) -> None:
-    """Receiver process: says ready once bound, then sends one Outcome (or an error) home."""
-
-    def ready() -> None:
-        report.put(("ready", RECEIVER))
-
-    def run() -> Outcome:
-        if trial.system in ENCODING:
-            return uvloop.run(_arrow_receive(trial, ready))
-        if trial.system == "raw":
-            return _raw_receive(trial, ready)
-        return _queue_receive(trial, ready, data)
-
+def receiver_main(plan: Plan, report: Any, data: Any) -> None:
+    """Receiver process: says ready once bound, then sends its outcomes (or an error) home."""
     try:
-        report.put(("result", _profiled(trial, RECEIVER, run)))
+        receiver = _Receiver(plan, data)
+        try:
+            ready = functools.partial(report.put, ("ready", RECEIVER))
+            outcomes = _profiled(plan, RECEIVER, lambda: uvloop.run(receiver.run(ready)))
+        finally:
+            receiver.close()
+        report.put(("result", outcomes))
     except BaseException:
         report.put(("error", f"receiver: {traceback.format_exc()}"))
 
 
-def sender_main(trial: Trial, report: Any, go: Event, data: Any) -> None:
-    """Sender process: builds the batch, says ready, waits for go, sends ``trial.total`` times."""
+def sender_main(plan: Plan, report: Any, go: Event, data: Any) -> None:
+    """Sender process: opens its links, says ready, waits for go, runs every segment."""
     try:
-        batch = make_batch()
-        payload = raw_payload(batch) if trial.system == "raw" else b""
-        report.put(("ready", SENDER))
-        if not go.wait(READY_TIMEOUT_S):
-            raise TimeoutError("no go from the parent")
-
-        def run() -> float | None:
-            if trial.system in ENCODING:
-                return uvloop.run(_arrow_send(trial, batch))
-            if trial.system == "raw":
-                _raw_send(trial, payload)
-            else:
-                _queue_send(trial, batch, data)
-            return None
-
-        cpu, main, wall = time.process_time(), time.thread_time(), time.perf_counter()
-        blocked = _profiled(trial, SENDER, run)
-        spent = (time.process_time() - cpu, time.thread_time() - main, time.perf_counter() - wall)
-        report.put(("sent", (*spent, blocked)))
+        sender = _Sender(plan, data)
+        try:
+            report.put(("ready", SENDER))
+            sent = _profiled(plan, SENDER, lambda: uvloop.run(sender.run(go)))
+        finally:
+            sender.close()
+        report.put(("sent", sent))
     except BaseException:
         report.put(("error", f"sender: {traceback.format_exc()}"))
 
@@ -443,15 +547,15 @@ def _collect(report: Any, kinds: list[str], timeout: float) -> dict[str, Any]:
     return got
 
 
-def run_trial(trial: Trial, timeout: float) -> Outcome:
-    """Start receiver and sender processes, wait until both are ready, say go, collect."""
+def run_plan(plan: Plan, timeout: float) -> dict[str, list[Outcome]]:
+    """Start the two workers, wait until both are ready, say go, collect every segment."""
     ctx = mp.get_context("spawn")
     report = ctx.Queue()
     go = ctx.Event()
-    data = ctx.Queue(maxsize=trial.window) if trial.system == "mpqueue" else None
+    data = ctx.Queue(maxsize=plan.window) if "mpqueue" in plan.systems else None
     procs = [
-        ctx.Process(target=receiver_main, args=(trial, report, data), name="t1-receiver"),
-        ctx.Process(target=sender_main, args=(trial, report, go, data), name="t1-sender"),
+        ctx.Process(target=receiver_main, args=(plan, report, data), name="t1-receiver"),
+        ctx.Process(target=sender_main, args=(plan, report, go, data), name="t1-sender"),
     ]
     for p in procs:
         p.start()
@@ -460,7 +564,7 @@ def run_trial(trial: Trial, timeout: float) -> Outcome:
         go.set()
         got = _collect(report, ["result", "sent"], timeout)
     except BaseException:
-        for p in procs:  # a failed or stuck trial: do not wait for the workers
+        for p in procs:  # a failed or stuck run: do not wait for the workers
             p.terminate()
         raise
     finally:
@@ -469,43 +573,42 @@ def run_trial(trial: Trial, timeout: float) -> Outcome:
             if p.is_alive():
                 p.terminate()
                 p.join()
-    outcome: Outcome = got["result"]
-    cpu, main, wall, blocked = got["sent"]
-    return dataclasses.replace(
-        outcome,
-        tx_cpu_s=cpu,
-        tx_main_cpu_s=main,
-        tx_messages=trial.total,
-        tx_wall_s=wall,
-        tx_blocked_s=blocked,
-    )
+    results: dict[str, list[Outcome]] = {s: [] for s in plan.systems}
+    for (_, system), outcome, sent in zip(plan.segments(), got["result"], got["sent"], strict=True):
+        results[system].append(
+            dataclasses.replace(
+                outcome,
+                tx_cpu_s=sent.cpu_s,
+                tx_main_cpu_s=sent.main_cpu_s,
+                tx_messages=plan.total(system),
+                tx_wall_s=sent.wall_s,
+                tx_blocked_s=sent.blocked_s,
+            )
+        )
+    return results
 
 
 def run_all(args: argparse.Namespace, tmp: str) -> dict[str, list[Outcome]]:
-    systems: list[str] = args.systems
-    results: dict[str, list[Outcome]] = {s: [] for s in systems}
-    for r in range(args.repeats):
-        k = r % len(systems)
-        for system in systems[k:] + systems[:k]:
-            n = args.mpqueue_messages if system == "mpqueue" else args.messages
-            trial = Trial(
-                system=system,
-                warmup=args.warmup,
-                messages=n,
-                data_endpoint=f"ipc://{tmp}/{system}-{r}-data",
-                control_endpoint=f"ipc://{tmp}/{system}-{r}-control",
-                window=args.window,
-                profile_dir=args.profile,
-            )
-            outcome = run_trial(trial, timeout=args.trial_timeout)
-            results[system].append(outcome)
-            if args.verbose:
+    plan = Plan(
+        systems=tuple(args.systems),
+        rounds=args.repeats,
+        warmup=args.warmup,
+        messages=args.messages,
+        mpqueue_messages=args.mpqueue_messages,
+        window=args.window,
+        directory=tmp,
+        profile_dir=args.profile,
+    )
+    results = run_plan(plan, timeout=args.timeout)
+    if args.verbose:
+        for r in range(plan.rounds):
+            for system in plan.systems:
+                o = results[system][r]
                 print(
-                    f"  round {r + 1} {system:<10} {outcome.gbps:6.2f} GB/s  CPU/msg "
-                    f"tx {outcome.tx_cpu_us:5.0f} us (main {outcome.tx_main_cpu_us:4.0f}), "
-                    f"rx {outcome.rx_cpu_us:5.0f} us (main {outcome.rx_main_cpu_us:4.0f})"
-                    + _blocked_note(outcome.tx_blocked_pct),
-                    flush=True,
+                    f"  round {r + 1:>2} {system:<10} {o.gbps:6.2f} GB/s  CPU/msg "
+                    f"tx {o.tx_cpu_us:5.0f} us (main {o.tx_main_cpu_us:4.0f}), "
+                    f"rx {o.rx_cpu_us:5.0f} us (main {o.rx_main_cpu_us:4.0f})"
+                    + _blocked_note(o.tx_blocked_pct)
                 )
     return results
 
@@ -562,10 +665,10 @@ def print_table(
     end = os.getloadavg()
     print(
         f"T1 transport: {ROWS:,}-row batch of {nbytes:,} bytes (sum of Arrow buffers), ipc://, "
-        f"window {args.window}, median of {args.repeats} repeats"
+        f"window {args.window}, median of {args.repeats} rounds"
     )
     print(
-        f"messages per trial: {args.messages:,} (mpqueue {args.mpqueue_messages:,}) after "
+        f"messages per segment: {args.messages:,} (mpqueue {args.mpqueue_messages:,}) after "
         f"{args.warmup} warm-up; load average at start: "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end: {end[0]:.2f} {end[1]:.2f} "
         f"{end[2]:.2f} ({os.cpu_count()} CPUs)"
@@ -597,6 +700,12 @@ def print_table(
             f"arrow / raw round by round: {' '.join(f'{r:.2f}' for r in paired)} "
             f"(median {statistics.median(paired):.2f})"
         )
+    raw_frames = summary.get("raw_frames", {}).get("gbps")
+    if arrow and raw and raw_frames:
+        print(
+            f"the frame layout: raw_frames / raw = {raw_frames / raw:.2f}; the engine: "
+            f"arrow / raw_frames = {arrow / raw_frames:.2f} (medians; references, no target)"
+        )
     if arrow and mpq:
         verdict = "meets" if arrow >= 3 * mpq else "MISSES"
         print(f"arrow / mpqueue = {arrow / mpq:.2f}  (target >= 3: {verdict})")
@@ -627,6 +736,7 @@ def json_line(
             "mpqueue_gbps": gbps("mpqueue"),
             "zero_copy_receive": _all_true(results.get("arrow", []), "zero_copy") is True,
             "arrow_ipc_gbps": gbps("arrow_ipc"),
+            "raw_frames_gbps": gbps("raw_frames"),
             "arrow_raw_paired_median": (
                 round(statistics.median(paired), 3)
                 if (paired := paired_ratios(results, "arrow", "raw"))
@@ -647,23 +757,23 @@ def json_line(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true", help="3 repeats, fewer messages (< 1 minute)")
-    p.add_argument("--repeats", type=int, default=None, help="rounds per system (default 5)")
-    p.add_argument("--messages", type=int, default=None, help="measured batches per zmq trial")
+    p.add_argument("--quick", action="store_true", help="8 rounds, shorter segments (< 1 minute)")
+    p.add_argument("--repeats", type=int, default=None, help="rounds (default 30)")
+    p.add_argument("--messages", type=int, default=None, help="measured batches per zmq segment")
     p.add_argument("--mpqueue-messages", type=int, default=None, help="measured batches, mpqueue")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up batches per trial")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up batches per segment")
     p.add_argument("--window", type=int, default=WINDOW, help="credit window (raw: HWM - slack)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--profile", default=None, metavar="DIR", help="cProfile workers into DIR")
-    p.add_argument("--trial-timeout", type=float, default=120.0)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
-    p.add_argument("-v", "--verbose", action="store_true", help="print every trial")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every segment")
     args = p.parse_args(argv)
     quick = args.quick
-    args.repeats = args.repeats or (3 if quick else 5)
-    args.messages = args.messages or (600 if quick else 3000)
-    args.mpqueue_messages = args.mpqueue_messages or (100 if quick else 400)
-    args.warmup = args.warmup or (10 if quick else 30)
+    args.repeats = args.repeats or (8 if quick else 30)
+    args.messages = args.messages or (150 if quick else 300)
+    args.mpqueue_messages = args.mpqueue_messages or (20 if quick else 40)
+    args.warmup = args.warmup or (10 if quick else 20)
     if min(args.repeats, args.messages, args.mpqueue_messages, args.warmup, args.window) < 1:
         p.error("--repeats, --messages, --mpqueue-messages, --warmup and --window must be >= 1")
     args.systems = [s for s in args.systems.split(",") if s]
