@@ -32,8 +32,10 @@ A run is ``--repeats`` rounds; in each round every system runs one segment (``--
 from round to round, and a segment starts only when the receiver has had the last batch of the
 one before (a barrier message), so segments never overlap. Short interleaved segments replaced
 separate processes per trial: on this shared 2-core VM the machine's speed drifts by 20-50%
-from one minute to the next, and even trials a few seconds apart gave arrow/raw ratios from
-0.58 to 1.13 for the same code; segments a fraction of a second apart pair far more tightly.
+from one minute to the next, and trials a few seconds apart gave arrow/raw ratios from 0.58 to
+1.13 for the same code. Single segments are hit by the VM's stalls too (one round's ratio can
+be 0.3 or 3), but the medians of 30 pairs, each a fraction of a second apart, gave 0.72-0.81
+over full runs of one version of the code, against 0.58-0.83 for the per-trial way.
 
 Timing is done in the receiver: a segment's clock starts when its last warm-up message has been
 handled and stops when its last message has been handled, so process start-up, socket set-up,
@@ -180,7 +182,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the receiver measured in one trial."""
+    """What the receiver measured in one segment (the sender's figures added by the parent)."""
 
     system: str
     seconds: float
