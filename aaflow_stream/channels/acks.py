@@ -14,10 +14,10 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
+from .. import untrusted
 from ..protocol import MAX_HEADER_BYTES, ack_decoder
 from . import sockets
 
@@ -43,17 +43,14 @@ class AckInbox:
         acknowledge = getattr(self._operator, "acknowledge", None)
         while True:
             message = await self._socket.recv()
-            if len(message) > MAX_ACK_BYTES:
-                self._reject(f"{len(message)} bytes exceeds {MAX_ACK_BYTES}")
-                continue
             try:
-                ack = ack_decoder.decode(message)
+                ack = untrusted.decode(ack_decoder, message, max_bytes=MAX_ACK_BYTES, what="ack")
                 if ack.final:
                     self._finished.add(ack.shard)
                     self._shards = ack.shards
                 elif acknowledge is not None:
                     acknowledge(ack)
-            except (msgspec.DecodeError, ValueError) as exc:
+            except (untrusted.MalformedMessage, ValueError) as exc:
                 self._reject(str(exc))
                 continue
             self.received += 1

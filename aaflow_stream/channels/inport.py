@@ -18,12 +18,11 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import pyarrow as pa
 import zmq
 import zmq.asyncio
 
-from .. import frames
+from .. import frames, untrusted
 from ..errors import FrameError, HeaderError, PayloadError
 from ..flow import ReceiverCredits
 from ..protocol import (
@@ -126,9 +125,11 @@ class InPort:
         while True:
             routing_id, raw = await self._recv_control()
             try:
-                msg = link_control_decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                log.warning("%s: undecodable control message: %s", self.name, exc)
+                msg = untrusted.decode(
+                    link_control_decoder, raw, max_bytes=MAX_HEADER_BYTES, what="control message"
+                )
+            except untrusted.MalformedMessage as exc:
+                self._reject(f"control_{exc.reason}", str(exc))
                 continue
             if not isinstance(msg, Hello):
                 log.warning("%s: unexpected control message %s", self.name, type(msg).__name__)
@@ -149,7 +150,7 @@ class InPort:
             parts = await self._control.recv_multipart()
             if len(parts) == 2:
                 return parts[0], parts[1]
-            log.warning("%s: control message with %d frames dropped", self.name, len(parts))
+            self._reject("control_frames", f"control message with {len(parts)} frames")
 
     async def _give_credit(self, sender: _Sender, batches: int) -> None:
         if batches:
@@ -225,12 +226,12 @@ class InPort:
 
     async def _accept(self, message: list[Any]) -> Received | None:
         head = message[0]
-        if len(head) > MAX_HEADER_BYTES:
-            raise HeaderError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
         try:
-            header = data_decoder.decode(head.buffer)
-        except msgspec.DecodeError as exc:
-            raise HeaderError(f"undecodable header ({len(head)} bytes): {exc}") from exc
+            header = untrusted.decode(
+                data_decoder, head.buffer, max_bytes=MAX_HEADER_BYTES, what="header"
+            )
+        except untrusted.MalformedMessage as exc:
+            raise HeaderError(str(exc)) from exc
         match header:
             case SchemaHeader():
                 self._accept_schema(header, message)

@@ -13,15 +13,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import pyarrow as pa
 import zmq
 import zmq.asyncio
 
-from .. import frames
+from .. import frames, untrusted
 from ..errors import LinkClosed, LinkTimeout
 from ..flow import CreditViolation, SenderCredits, pick_link
-from ..protocol import Credit, EosAck, Hello, LinkStats, encode, link_control_decoder
+from ..protocol import (
+    MAX_HEADER_BYTES,
+    Credit,
+    EosAck,
+    Hello,
+    LinkStats,
+    encode,
+    link_control_decoder,
+)
 from . import sockets
 from .loopsocket import LoopSocket
 
@@ -82,6 +89,7 @@ class OutPort:
         self._schema_fp = ""
         self._schema_encoding = frames.BUFFERS
         self._blocked_s = 0.0
+        self.rejected = 0  # control messages that did not decode
         self._closed = False
 
     async def open(self) -> None:
@@ -113,10 +121,13 @@ class OutPort:
         while True:
             raw = await link.control.recv()
             try:
-                msg = link_control_decoder.decode(raw)
-            except msgspec.DecodeError as exc:
+                msg = untrusted.decode(
+                    link_control_decoder, raw, max_bytes=MAX_HEADER_BYTES, what="control message"
+                )
+            except untrusted.MalformedMessage as exc:
+                self.rejected += 1
                 log.warning(
-                    "%s: undecodable control message from %s: %s", self._sender, link.spec.peer, exc
+                    "%s: control message from %s dropped: %s", self._sender, link.spec.peer, exc
                 )
                 continue
             match msg:

@@ -12,6 +12,14 @@ from .loopsocket import LoopSocket
 # Slack above the credit window for the messages that travel without credit: a schema
 # announcement and the end-of-stream marker. A high-water mark below the window would cap it.
 HWM_SLACK = 8
+# ZeroMQ disconnects a peer that sends a frame larger than a socket's MAXMSGSIZE before any
+# of it is buffered: a bound on what a forged or broken peer can make a receiver allocate.
+# Data frames carry whole Arrow buffers (a 2048-row batch of 384-dim vectors is ~4 MB).
+MAX_DATA_FRAME_BYTES = 256 * 2**20
+# Credits, hellos, end-of-stream acks and delivery acks (the largest: ~12 bytes a document).
+MAX_LINK_CONTROL_BYTES = 4 * 2**20
+# Ready, Stats, Done, Failed, Start, Stop: a few KB.
+MAX_CONTROL_BYTES = 1 * 2**20
 
 
 def _plain(ctx: zmq.asyncio.Context, kind: int) -> zmq.Socket[Any]:
@@ -31,6 +39,7 @@ def data_socket(
     hwm = window + HWM_SLACK
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_DATA_FRAME_BYTES)
     # Default linger (-1) makes context termination hang on a message for an absent peer.
     sock.setsockopt(zmq.LINGER, 0)
     _attach(sock, bind, connect)
@@ -55,6 +64,7 @@ def link_control_socket(
     """The control half of a link (credits, acks): on the hot path too, so a LoopSocket."""
     sock = _plain(ctx, kind)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_LINK_CONTROL_BYTES)
     if identity is not None:
         sock.setsockopt(zmq.ROUTING_ID, identity.encode())
     _attach(sock, bind, connect)
@@ -71,6 +81,7 @@ def control_socket(
 ) -> zmq.asyncio.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
     if identity is not None:
         sock.setsockopt(zmq.ROUTING_ID, identity.encode())
     if bind:

@@ -154,6 +154,8 @@ def _garbage(fingerprint: str) -> list[list[bytes]]:
         [rng.bytes(64), rng.bytes(4096)],  # random multipart
         [b"\x93\xa5batch"],  # truncated header
         [b"\x00" * (1 << 20)],  # a huge header
+        [b"\x92\xa5batch\xa2\xff\xfe"],  # a header whose sender is not UTF-8
+        [b"\x91" * 5000 + b"\xc0"],  # a header nested 5000 deep
         [bytes(memoryview(f)) for f in wrong],  # a batch of the wrong schema
         [bytes(memoryview(f)) for f in truncated],  # frames missing
         [encode(stranger), b"1234"],  # a sender that never said hello
@@ -181,16 +183,29 @@ def test_garbage_on_a_data_endpoint_is_dropped_and_good_traffic_flows(run_dir: P
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 2000)
             push.connect(endpoint)
+            control = ctx.socket(zmq.DEALER)  # garbage on the link's control socket too
+            control.setsockopt(zmq.LINGER, 2000)
+            control.connect(sup.actors["sink.0"].spec.input.control_endpoint)  # type: ignore[union-attr]
             waiting = asyncio.create_task(sup.wait())
             for message in messages:
                 await push.send_multipart(message)
                 await asyncio.sleep(0.05)
+            hello_not_utf8 = b"\x92\xa5hello\xa2\xff\xfe"
+            for bad in ([hello_not_utf8], [b"\x91" * 5000 + b"\xc0"], [b"a", b"b"]):
+                await control.send_multipart(bad)
             push.close()
+            control.close()
             ctx.term()
             report = await waiting
         received = report.stats["sink.0"].input
-        assert received.rejected == len(messages)
-        assert received.rejected_by_reason == {"HeaderError": 6, "PayloadError": 2}
+        assert received.rejected == len(messages) + 3
+        assert received.rejected_by_reason == {
+            "HeaderError": 8,
+            "PayloadError": 2,
+            "control_invalid_utf8": 1,
+            "control_invalid": 1,
+            "control_frames": 1,
+        }
         assert sorted(sink_seqs(out)) == list(range(300 * 20))
 
     asyncio.run(asyncio.wait_for(main(), 60))
