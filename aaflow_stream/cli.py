@@ -15,8 +15,10 @@
 
 Exit codes:
   0  the run finished (or was interrupted and drained) cleanly
-  1  an actor failed; the supervisor stopped the rest
-  2  the command line, the topology or its data directory is invalid; nothing was started
+  1  an actor failed (and the restart policy was spent); the supervisor stopped the rest
+  2  the command line, the topology, a source path or the data directory is invalid, the
+     data or run directory is in use by another `up`, or an operator could not be built
+     at start-up; nothing was started (or what started was stopped, and not restarted)
   3  ingest: some documents were rejected (the others are durable)
 """
 
@@ -39,9 +41,11 @@ from . import daemon, pipeline, report, spec
 from .client import Client, GatewayUnavailable, QueryError
 from .errors import ActorFailed, SpecError
 from .observe.status import StatusUnavailable
+from .ownership import DirectoryBusy, Ownership
 from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
 from .query.protocol import QueryFilter
+from .runtime.failures import BadOperator
 from .spec import MetricsSpec, RestartSpec
 
 if TYPE_CHECKING:
@@ -109,6 +113,7 @@ async def _run(
     restart: RestartSpec | None = None,
     metrics: MetricsSpec | None = None,
     trace_dir: Path | None = None,
+    inherit_fds: tuple[int, ...] = (),
 ) -> tuple[float, dict[str, ActorStats], list[Restart]]:
     from .runtime.supervisor import Supervisor
 
@@ -121,6 +126,7 @@ async def _run(
         restart=restart,
         metrics=metrics,
         trace_dir=trace_dir,
+        inherit_fds=inherit_fds,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,40 +146,49 @@ async def _run(
 
 def _up(args: argparse.Namespace) -> int:
     topology = spec.load(args.topology)
-    pipeline.check_operators(topology)
-    pipeline.check_embedder(topology)
-    pipeline.check_data_dir(topology)
+    pipeline.preflight(topology)
     run_dir = args.run_dir.resolve() if args.run_dir else pipeline.run_dir(topology)
     if args.trace and args.detach:
         raise SpecError("--trace needs a run in the foreground (not --detach)")
     trace_dir = run_dir / "trace" if args.trace else None
-    if args.detach:
-        pid = daemon.detach(
-            args.topology.resolve(),
-            run_dir,
-            topology.query.endpoint,
-            args.log_level,
-            topology.timeouts.start_s + 60,
-        )
-        print(f"serving on {topology.query.endpoint} (pid {pid}; log {run_dir / daemon.LOG_FILE})")
-        return EXIT_OK
-    graph = pipeline.ingestion_graph(topology, serve=args.serve)
-    order = pipeline.stage_order(topology)
-    progress = _Progress(order, enabled=not args.quiet)
-    import uvloop
+    # One owner per directory, held until every process this `up` starts is gone; taken
+    # before anything in them is touched (ownership.py).
+    directories = [(pipeline.data_dir(topology), "data directory"), (run_dir, "run directory")]
+    if args.held_lock:  # the detached child of `up --detach`: its parent took them
+        owner = Ownership.adopt(args.held_lock, directories)
+    else:
+        owner = Ownership.acquire(directories)
+    with owner:
+        if args.detach:
+            pid = daemon.detach(
+                args.topology.resolve(),
+                run_dir,
+                topology.query.endpoint,
+                args.log_level,
+                topology.timeouts.start_s + 60,
+                locks=owner.fds,
+            )
+            log_path = run_dir / daemon.LOG_FILE
+            print(f"serving on {topology.query.endpoint} (pid {pid}; log {log_path})")
+            return EXIT_OK
+        graph = pipeline.ingestion_graph(topology, serve=args.serve)
+        order = pipeline.stage_order(topology)
+        progress = _Progress(order, enabled=not args.quiet)
+        import uvloop
 
-    startup_s, stats, restarts = uvloop.run(
-        _run(
-            graph,
-            run_dir,
-            args.log_level,
-            progress,
-            topology.timeouts.start_s,
-            topology.durability.restart,
-            topology.metrics,
-            trace_dir,
+        startup_s, stats, restarts = uvloop.run(
+            _run(
+                graph,
+                run_dir,
+                args.log_level,
+                progress,
+                topology.timeouts.start_s,
+                topology.durability.restart,
+                topology.metrics,
+                trace_dir,
+                owner.fds,
+            )
         )
-    )
     summary = report.summarize(stats.values(), order)
     timing = None
     if trace_dir is not None:
@@ -252,11 +267,14 @@ def _ingest(args: argparse.Namespace) -> int:
     from .ingest.inputs import LocalReject, read_documents
 
     endpoint = args.endpoint
+    # The topology's own request bound when it is known (the client's default otherwise).
+    bound: dict[str, int] = {}
     if not endpoint and args.topology:
         ingest = spec.load(args.topology).ingest
         if ingest is None:
             raise SpecError(f"{args.topology}: no ingest endpoint (add ingest: {{}})")
         endpoint = ingest.endpoint
+        bound["max_request_bytes"] = int(ingest.max_request_mb * 2**20)
     if not endpoint:
         raise SpecError("give --endpoint or --topology")
     try:
@@ -265,7 +283,7 @@ def _ingest(args: argparse.Namespace) -> int:
         raise SpecError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     docs = [d for d in items if not isinstance(d, LocalReject)]
     local = [d for d in items if isinstance(d, LocalReject)]
-    with Client(None, ingest_endpoint=endpoint) as client:
+    with Client(None, ingest_endpoint=endpoint, **bound) as client:
         result = client.ingest(docs, timeout_s=args.timeout)
     for reject in local:
         print(f"rejected {reject.where}: {reject.reason}")
@@ -304,9 +322,13 @@ def _run_graph(args: argparse.Namespace) -> int:
     graph = load_graph(args.file)
     order = [s.name for s in graph.stages]
     progress = _Progress(order, enabled=False)
+    run_dir = args.run_dir.resolve()
     import uvloop
 
-    _, stats, _ = uvloop.run(_run(graph, args.run_dir.resolve(), args.log_level, progress))
+    with Ownership.acquire([(run_dir, "run directory")]) as owner:
+        _, stats, _ = uvloop.run(
+            _run(graph, run_dir, args.log_level, progress, inherit_fds=owner.fds)
+        )
     print("finished")
     for name, s in sorted(stats.items()):
         print(
@@ -341,6 +363,9 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default=argparse.SUPPRESS,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    up.add_argument(  # internal: the directory locks `up --detach` hands to its child
+        "--held-lock", type=int, action="append", default=[], help=argparse.SUPPRESS
     )
     status = commands.add_parser("status", help="live figures of a running topology")
     status.add_argument("--topology", type=Path, help="the topology's run directory")
@@ -392,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "validate":
             topology = spec.load(args.topology)
-            pipeline.check_operators(topology)
-            pipeline.check_embedder(topology)
-            pipeline.check_data_dir(topology)
+            pipeline.preflight(topology)
             print(
                 f"{args.topology}: ok ({len(topology.stages)} stages, "
                 f"{topology.shards.count} shards)"
@@ -416,10 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return _status(args)
         return _run_graph(args)
-    except SpecError as exc:
+    except (SpecError, DirectoryBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (daemon.DaemonError, GatewayUnavailable, QueryError, StatusUnavailable) as exc:
+    except BadOperator as exc:
+        print(f"error: {exc} (not restarted: it would fail the same way)", file=sys.stderr)
+        return EXIT_USAGE
+    except daemon.DaemonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED
+    except (GatewayUnavailable, QueryError, StatusUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except ActorFailed as exc:

@@ -4,11 +4,15 @@ Both also ingest (``ingest(docs)``) through the topology's ingest endpoint (``in
 the call returns once every accepted document is durable on the shards, with the rejected ones
 by doc_id. Documents are split into requests of at most ``INGEST_BATCH_DOCS`` documents (and
 about ``INGEST_BATCH_BYTES``), a few in flight at once; an ``unavailable`` answer is retried
-with backoff until the timeout.
+with backoff until the timeout. A document that cannot be sent (a lone surrogate, a value
+msgpack cannot hold, larger than a request may be: ``max_request_bytes``) is rejected here,
+like the endpoint rejects one, and the others go on.
 
 Only the wire protocol and sockets live here, never the runtime: any program on the host can
 use them. Errors: ``GatewayUnavailable`` (nothing answered within the timeout: the gateway is
-down or not started), ``QueryError`` (the gateway answered with an error, ``code`` says which).
+down or not started), ``QueryError`` (the gateway answered with an error, ``code`` says which;
+``InvalidRequest``, also a ``ValueError``: the client refused to send a request whose values
+cannot be encoded, such as query text with a lone surrogate).
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import itertools
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
-import msgspec
 import zmq
 import zmq.asyncio
 
+from . import untrusted
 from .errors import AaflowError
 from .ingest import protocol as ingest_protocol
 from .ingest.protocol import Document, IngestError, IngestResult, Rejected
@@ -40,13 +44,20 @@ from .query.protocol import (
     encode,
     reply_decoder,
 )
+from .spec import IngestSpec
 
 DEFAULT_TIMEOUT_S = 10.0
 INGEST_TIMEOUT_S = 60.0
 INGEST_BATCH_DOCS = 256
 INGEST_BATCH_BYTES = 4 * 2**20
 INGEST_IN_FLIGHT = 4
+# The endpoint's limit (``ingest.max_request_mb``); a larger request it would not take.
+DEFAULT_MAX_REQUEST_BYTES: Final = int(IngestSpec().max_request_mb * 2**20)
+_REQUEST_OVERHEAD: Final = 64  # an IngestRequest's own bytes around its documents
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
+# What encoding a caller's values can raise: a lone surrogate (UnicodeEncodeError, a
+# ValueError), an int past 64 bits, an object msgpack has no type for, nesting too deep.
+_UNENCODABLE: Final = (ValueError, OverflowError, TypeError, RecursionError)
 
 
 class QueryError(AaflowError):
@@ -55,8 +66,30 @@ class QueryError(AaflowError):
         super().__init__(f"{code}: {message}")
 
 
+class InvalidRequest(QueryError, ValueError):
+    """The client refused to send a request: its values cannot be encoded (query text with a
+    lone surrogate, a number msgpack cannot hold). Nothing was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_request", message)
+
+
 class GatewayUnavailable(AaflowError):
     """No reply within the timeout: the gateway is down, not started yet, or overloaded."""
+
+
+def _encode(request: Any) -> bytes:
+    try:
+        return encode(request)
+    except _UNENCODABLE as exc:
+        raise InvalidRequest(f"cannot encode the {type(request).__name__}: {exc}") from exc
+
+
+def _reply(raw: bytes) -> Reply:
+    try:
+        return untrusted.decode(reply_decoder, raw, what="reply")
+    except untrusted.MalformedMessage as exc:
+        raise QueryError("internal", str(exc)) from exc
 
 
 def _request(
@@ -74,41 +107,74 @@ def _check(reply: Reply) -> Reply:
 
 
 IngestDoc = Document | Mapping[str, Any]
+_Part = tuple[list[int], list[bytes]]  # the documents' indices in the call, and their bytes
 
 
-def _ingest_parts(docs: Iterable[IngestDoc]) -> list[tuple[int, list[bytes]]]:
-    """(index of the first document, encoded documents) per request."""
-    parts: list[tuple[int, list[bytes]]] = []
-    current: list[bytes] = []
-    first = size = 0
-    for index, doc in enumerate(docs):
+def _shown_id(doc: object) -> str | None:
+    """The doc_id of a document the client rejects, printable even when it is not valid
+    Unicode (a lone surrogate is shown as ``\\ud800``)."""
+    if isinstance(doc, Document):
+        found: object = doc.doc_id
+    else:
+        found = doc.get("doc_id") if isinstance(doc, Mapping) else None
+    return found.encode("utf-8", "backslashreplace").decode() if isinstance(found, str) else None
+
+
+def _encode_document(doc: IngestDoc, max_request_bytes: int) -> bytes | str:
+    """The document's bytes, or why it cannot be sent."""
+    try:
         raw = ingest_protocol.encode(doc if isinstance(doc, Document) else dict(doc))
-        if current and (len(current) >= INGEST_BATCH_DOCS or size + len(raw) > INGEST_BATCH_BYTES):
-            parts.append((first, current))
-            current, first, size = [], index, 0
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode (a lone surrogate at {exc.start}): cannot be sent"
+    except _UNENCODABLE as exc:
+        return f"cannot be encoded: {exc}"
+    if len(raw) + _REQUEST_OVERHEAD > max_request_bytes:
+        return f"document of {len(raw)} bytes does not fit a request of {max_request_bytes} bytes"
+    return raw
+
+
+def _ingest_parts(
+    docs: Iterable[IngestDoc], max_request_bytes: int
+) -> tuple[list[_Part], list[Rejected]]:
+    """The requests to send, and the documents rejected before sending."""
+    parts: list[_Part] = []
+    rejected: list[Rejected] = []
+    budget = min(INGEST_BATCH_BYTES, max_request_bytes - _REQUEST_OVERHEAD)
+    indices: list[int] = []
+    current: list[bytes] = []
+    size = 0
+    for index, doc in enumerate(docs):
+        raw = _encode_document(doc, max_request_bytes)
+        if isinstance(raw, str):
+            rejected.append(Rejected(index, _shown_id(doc), raw))
+            continue
+        if current and (len(current) >= INGEST_BATCH_DOCS or size + len(raw) > budget):
+            parts.append((indices, current))
+            indices, current, size = [], [], 0
+        indices.append(index)
         current.append(raw)
         size += len(raw)
     if current:
-        parts.append((first, current))
-    return parts
+        parts.append((indices, current))
+    return parts, rejected
 
 
 class _IngestRound:
     """The bookkeeping of one ``ingest`` call: what is unsent, in flight, answered."""
 
-    def __init__(self, docs: Iterable[IngestDoc], ids: Any) -> None:
-        self.unsent = [(next(ids), first, raw) for first, raw in _ingest_parts(docs)]
+    def __init__(self, docs: Iterable[IngestDoc], ids: Any, max_request_bytes: int) -> None:
+        parts, self.rejected = _ingest_parts(docs, max_request_bytes)
+        self.unsent = [(next(ids), *part) for part in parts]
         self.unsent.reverse()  # pop() from the end keeps the order
-        self.in_flight: dict[int, tuple[int, list[bytes]]] = {}
+        self.in_flight: dict[int, _Part] = {}
         self.accepted = 0
-        self.rejected: list[Rejected] = []
         self.retry_s = _RETRY_FIRST_S
 
     def next_to_send(self) -> tuple[int, bytes] | None:
         if not self.unsent or len(self.in_flight) >= INGEST_IN_FLIGHT:
             return None
-        request_id, first, raw = self.unsent.pop()
-        self.in_flight[request_id] = (first, raw)
+        request_id, indices, raw = self.unsent.pop()
+        self.in_flight[request_id] = (indices, raw)
         return request_id, ingest_protocol.encode_raw_request(request_id, raw)
 
     @property
@@ -120,15 +186,17 @@ class _IngestRound:
         sent = self.in_flight.pop(reply.id, None)
         if sent is None:
             return False  # a late answer to an earlier call
-        first, raw = sent
+        indices, raw = sent
         if isinstance(reply, IngestError):
             if reply.code == "unavailable":
-                self.unsent.append((reply.id, first, raw))
+                self.unsent.append((reply.id, indices, raw))
                 return True
             raise QueryError(reply.code, reply.message)
         self.retry_s = _RETRY_FIRST_S
         self.accepted += reply.accepted
-        self.rejected += [Rejected(r.index + first, r.doc_id, r.reason) for r in reply.rejected]
+        for r in reply.rejected:  # the index in the request → the index in the call
+            index = indices[r.index] if 0 <= r.index < len(indices) else r.index
+            self.rejected.append(Rejected(index, r.doc_id, r.reason))
         return False
 
     def backoff(self) -> float:
@@ -136,14 +204,15 @@ class _IngestRound:
         return wait
 
     def result(self) -> IngestResult:
-        return IngestResult(id=0, accepted=self.accepted, rejected=self.rejected)
+        rejected = sorted(self.rejected, key=lambda r: r.index)
+        return IngestResult(id=0, accepted=self.accepted, rejected=rejected)
 
 
 def _ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
     try:
-        return ingest_protocol.reply_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise QueryError("internal", f"undecodable ingest reply: {exc}") from exc
+        return untrusted.decode(ingest_protocol.reply_decoder, raw, what="ingest reply")
+    except untrusted.MalformedMessage as exc:
+        raise QueryError("internal", str(exc)) from exc
 
 
 def _dealer(ctx: Any, endpoint: str | None) -> Any:
@@ -159,7 +228,7 @@ class Client:
     """Blocking client. One request in flight at a time; use several clients for concurrency.
 
     ``endpoint``: the query gateway (None: ingest only); ``ingest_endpoint``: the topology's
-    ingest endpoint, for ``ingest``.
+    ingest endpoint, for ``ingest``; ``max_request_bytes``: its ``ingest.max_request_mb``.
     """
 
     def __init__(
@@ -168,10 +237,12 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ingest_endpoint: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
+        self._max_request_bytes = max_request_bytes
         self._ctx = zmq.Context()
         self._sock = _dealer(self._ctx, endpoint)
         self._ingest_sock: zmq.Socket[Any] | None = None
@@ -186,7 +257,7 @@ class Client:
         self.close()
 
     def _call(self, request: Any) -> Reply:
-        self._sock.send(encode(request))
+        self._sock.send(_encode(request))
         deadline = time.monotonic() + self._timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -194,10 +265,7 @@ class Client:
                 # The unanswered request may still arrive later: a fresh socket drops it.
                 self._reconnect()
                 raise GatewayUnavailable(f"no reply from {self.endpoint} in {self._timeout_s}s")
-            try:
-                reply = reply_decoder.decode(self._sock.recv())
-            except msgspec.DecodeError as exc:
-                raise QueryError("internal", f"undecodable reply: {exc}") from exc
+            reply = _reply(self._sock.recv())
             if getattr(reply, "id", None) == request.id:
                 return _check(reply)
 
@@ -221,8 +289,9 @@ class Client:
     def query_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
         """Send all, then collect: the gateway answers them in shared collective rounds."""
         ids = [next(self._ids) for _ in texts]
-        for request_id, text in zip(ids, texts, strict=True):
-            self._sock.send(encode(_request(text, k, request_id)))
+        requests = [_encode(_request(t, k, i)) for i, t in zip(ids, texts, strict=True)]
+        for request in requests:  # none is sent unless all can be
+            self._sock.send(request)
         replies: dict[int, list[Hit]] = {}
         deadline = time.monotonic() + self._timeout_s
         while len(replies) < len(ids):
@@ -230,7 +299,7 @@ class Client:
             if left <= 0 or not self._sock.poll(int(left * 1000)):
                 self._reconnect()
                 raise GatewayUnavailable(f"{len(ids) - len(replies)} queries unanswered")
-            reply = _check(reply_decoder.decode(self._sock.recv()))
+            reply = _check(_reply(self._sock.recv()))
             if isinstance(reply, QueryReply) and reply.id in ids:
                 replies[reply.id] = reply.hits
         return [replies[i] for i in ids]
@@ -254,7 +323,7 @@ class Client:
         every accepted one is durable, with the rejected ones (index, doc_id, reason).
         ``GatewayUnavailable`` when the endpoint made no progress for ``timeout_s``."""
         sock = self._ingest_socket()
-        work = _IngestRound(docs, self._ids)
+        work = _IngestRound(docs, self._ids, self._max_request_bytes)
         deadline = time.monotonic() + timeout_s
         while not work.done:
             while (sending := work.next_to_send()) is not None:
@@ -296,10 +365,12 @@ class AsyncClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ingest_endpoint: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
+        self._max_request_bytes = max_request_bytes
         self._ctx = zmq.asyncio.Context()
         self._sock = _dealer(self._ctx, endpoint)
         self._ids = itertools.count(1)
@@ -316,17 +387,27 @@ class AsyncClient:
 
     async def _read(self) -> None:
         while self._waiting:
-            reply = reply_decoder.decode(await self._sock.recv())
-            future = self._waiting.pop(getattr(reply, "id", -1), None)
-            if future is not None and not future.done():
+            raw = await self._sock.recv()
+            try:
+                reply: Reply | QueryError = _reply(raw)
+                found = getattr(reply, "id", None)
+            except QueryError as exc:  # fail the query it names, if it names one
+                reply, found = exc, untrusted.peek_id(raw)
+            future = self._waiting.pop(found, None) if isinstance(found, int) else None
+            if future is None or future.done():
+                continue
+            if isinstance(reply, QueryError):
+                future.set_exception(reply)
+            else:
                 future.set_result(reply)
 
     async def _call(self, request: Any) -> Reply:
         import asyncio
 
+        message = _encode(request)
         future = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = future
-        await self._sock.send(encode(request))
+        await self._sock.send(message)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read())
         try:
@@ -371,7 +452,7 @@ class AsyncClient:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
         sock = _dealer(self._ctx, self.ingest_endpoint)
         try:
-            work = _IngestRound(docs, self._ids)
+            work = _IngestRound(docs, self._ids, self._max_request_bytes)
             while not work.done:
                 while (sending := work.next_to_send()) is not None:
                     await sock.send(sending[1])

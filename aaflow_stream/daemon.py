@@ -2,8 +2,10 @@
 
 ``detach`` starts ``aaflow-stream up TOPOLOGY --serve`` in a session of its own, with its
 output in ``<run_dir>/up.log`` and its pid in ``<run_dir>/up.pid``, and returns once the
-gateway answers (or the process died, with the log's tail as the reason). ``down`` asks it to
-stop (SIGTERM: the ordered drain of Ctrl-C), waits, and removes the pid file.
+gateway answers (or the process died, with the log's tail as the reason). The caller holds
+the data and run directory locks (``ownership.py``) and hands their descriptors to the child,
+which holds them from then on: no other ``up`` can slip in between. ``down`` asks it to stop
+(SIGTERM: the ordered drain of Ctrl-C), waits, and removes the pid file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ LOG_FILE = "up.log"
 
 
 class DaemonError(AaflowError):
-    pass
+    """The background topology could not be started or stopped; ``exit_code`` is the
+    detached process's own, when it ended."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _alive(pid: int) -> bool:
@@ -49,12 +56,23 @@ def _tail(path: Path, lines: int = 8) -> str:
         return "(no log)"
 
 
-def detach(topology: Path, run_dir: Path, endpoint: str, log_level: str, timeout_s: float) -> int:
-    """Start the serving topology in the background; return its pid once it answers."""
-    if (pid := running_pid(run_dir)) is not None:
-        raise DaemonError(f"already running (pid {pid}); stop it with: aaflow-stream down")
+def detach(
+    topology: Path,
+    run_dir: Path,
+    endpoint: str,
+    log_level: str,
+    timeout_s: float,
+    *,
+    locks: tuple[int, ...] = (),
+) -> int:
+    """Start the serving topology in the background; return its pid once it answers.
+
+    ``locks``: the directory locks the caller took, inherited by the child (which adopts
+    them with ``--held-lock``); the caller's own copies may close once this returns.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_FILE
+    held = [arg for fd in locks for arg in ("--held-lock", str(fd))]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [
@@ -69,11 +87,13 @@ def detach(topology: Path, run_dir: Path, endpoint: str, log_level: str, timeout
                 "--quiet",
                 "--run-dir",
                 str(run_dir),
+                *held,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=locks,
         )
     (run_dir / PID_FILE).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
@@ -81,7 +101,9 @@ def detach(topology: Path, run_dir: Path, endpoint: str, log_level: str, timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 (run_dir / PID_FILE).unlink(missing_ok=True)
-                raise DaemonError(f"exited with code {proc.returncode}:\n{_tail(log_path)}")
+                raise DaemonError(
+                    f"exited with code {proc.returncode}:\n{_tail(log_path)}", proc.returncode
+                )
             try:
                 client.stats()
                 return proc.pid

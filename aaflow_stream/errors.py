@@ -11,6 +11,7 @@
     ├── OperatorError        a user operator could not be loaded or configured
     │   └── EmbedderError    an embedder cannot be built (package or model missing, wrong dim)
     ├── StorageError         a shard's files cannot be written or are damaged (names the file)
+    ├── RetryLater           an operator cannot take an input yet (a full disk); offer it again
     └── ActorFailed          an actor process ended abnormally (exit code, last error)
 
 Foreign exceptions (zmq, pyarrow, msgspec) are translated at the boundary that met them,
@@ -62,6 +63,20 @@ class EmbedderError(OperatorError):
 
 class StorageError(AaflowError):
     """A shard's files cannot be written, or what is on disk is damaged; names the file."""
+
+
+class RetryLater(AaflowError):
+    """An operator cannot take this input yet (its disk is full) and did nothing with it.
+
+    Raised by the head operator of a chain from ``process``: the actor waits ``after_s``
+    without blocking its event loop (stats, acks and log syncs go on; the supervisor sees a
+    live actor) and offers the same input again. Its senders meanwhile run out of credit, so
+    the wait is backpressure all the way to the sources.
+    """
+
+    def __init__(self, reason: str, after_s: float) -> None:
+        self.after_s = after_s
+        super().__init__(reason)
 
 
 class ActorFailed(AaflowError):

@@ -1,6 +1,7 @@
 """A topology → the ingestion graph the supervisor runs, and checks of its data directory.
 
-Pure apart from reading the small manifests in an existing data directory.
+Pure apart from reading: the small manifests in an existing data directory, and the source
+paths (``preflight`` checks that each exists and can be read).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                 "sources": sources,
                 "batch_docs": stage.batch_docs,
                 "max_doc_bytes": topology.limits.max_doc_bytes,
+                "max_doc_id_bytes": topology.limits.max_doc_id_bytes,
+                "max_source_bytes": topology.limits.max_source_bytes,
                 "dead_letter_dir": str(data_dir(topology) / "deadletter"),
                 "checkpoint": {
                     "dir": str(data_dir(topology) / "checkpoints"),
@@ -132,6 +136,7 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
             "query_endpoint": query.endpoint,
             "max_batch": query.max_batch,
             "max_wait_ms": query.max_wait_ms,
+            "round_timeout_s": query.round_timeout_s,
             "wal_sync": durability.wal_sync,
             "sync_interval_ms": durability.sync_interval_ms,
             "snapshot_interval_s": durability.snapshot_interval_s,
@@ -160,10 +165,32 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
         eos_timeout_s=topology.timeouts.eos_s,
         drain_timeout_s=topology.timeouts.drain_s,
         flush_ms=topology.flow.flush_ms,
+        heartbeat_s=topology.timeouts.heartbeat_s,
     )
 
 
-def check_operators(topology: TopologySpec) -> None:
+def preflight(topology: TopologySpec) -> None:
+    """Every check that can fail before a process starts, all of them, every problem listed
+    at once (SpecError): operators, embedder, sources, data directory. Reads, never writes."""
+    found = [
+        *operator_problems(topology),
+        *_problem(check_embedder, topology),
+        *source_problems(topology),
+        *_problem(check_data_dir, topology),
+    ]
+    if found:
+        raise SpecError(f"{len(found)} problem(s):\n  " + "\n  ".join(found))
+
+
+def _problem(check: Callable[[TopologySpec], None], topology: TopologySpec) -> list[str]:
+    try:
+        check(topology)
+    except SpecError as exc:
+        return [str(exc)]
+    return []
+
+
+def operator_problems(topology: TopologySpec) -> list[str]:
     """Import every custom operator now, so a bad reference fails before any process starts.
 
     Actors run with the working directory on ``sys.path`` (``python -m``); so does this check.
@@ -172,16 +199,56 @@ def check_operators(topology: TopologySpec) -> None:
     added = cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
+    found = []
     try:
         for i, stage in enumerate(topology.stages):
             if isinstance(stage, CustomStage):
                 try:
                     resolve(stage.ref)
                 except OperatorError as exc:
-                    raise SpecError(f"$.stages[{i}].ref: {exc}") from exc
+                    found.append(f"$.stages[{i}].ref: {exc}")
     finally:
         if added:
             sys.path.remove(cwd)
+    return found
+
+
+def check_operators(topology: TopologySpec) -> None:
+    """``operator_problems``, the first of them raised as SpecError."""
+    found = operator_problems(topology)
+    if found:
+        raise SpecError(found[0])
+
+
+def source_problems(topology: TopologySpec) -> list[str]:
+    """Every source path that does not exist or cannot be read (as the load stage finds
+    sources: a directory is searched, a file taken; relative to the working directory)."""
+    found = []
+    for i, source in enumerate(topology.sources):
+        for j, entry in enumerate(source.paths):
+            problem = _unreadable(Path(entry).resolve())
+            if problem:
+                found.append(f"$.sources[{i}].paths[{j}]: {entry!r} {problem}")
+    return found
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot serve as a source, or None. Tries the read itself, as the load
+    stage would: permission bits say nothing for root, nor of ACLs."""
+    try:
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                next(entries, None)
+        elif path.is_file():
+            with open(path, "rb") as file:
+                file.read(0)
+        elif path.exists():
+            return f"({path}) is neither a file nor a directory"
+        else:
+            return f"does not exist ({path})"
+    except OSError as exc:
+        return f"cannot be read ({path}: {exc.strerror})"
+    return None
 
 
 def embedder_dim(topology: TopologySpec) -> int:

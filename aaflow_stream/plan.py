@@ -54,6 +54,8 @@ class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stats_interval_s: float = 0.5
     # A stage holding rows back for batching releases them after this long without input.
     flush_ms: float = 50.0
+    # An actor silent this long is suspect (runtime/liveness.py); None: the default there.
+    heartbeat_s: float | None = None
 
 
 class InputSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -118,6 +120,8 @@ def validate_graph(graph: GraphSpec) -> list[str]:
         problems.append(f"$.window: must be >= 1, got {graph.window}")
     if graph.flush_ms <= 0:
         problems.append(f"$.flush_ms: must be > 0, got {graph.flush_ms}")
+    if graph.heartbeat_s is not None and graph.heartbeat_s <= 0:
+        problems.append(f"$.heartbeat_s: must be > 0, got {graph.heartbeat_s}")
     if graph.encoding not in ("auto", "buffers", "ipc"):
         problems.append(f"$.encoding: expected auto, buffers or ipc, got {graph.encoding!r}")
     seen: set[str] = set()

@@ -135,6 +135,9 @@ class QuerySpec(_Spec, frozen=True):
     # Rounds run one at a time, so the queries that arrive during a round form the next
     # batch by themselves; waiting longer only delays a lone query. 0: no extra wait.
     max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # A collective round (search, count, delete) that has not finished on a rank after this
+    # long means a rank is gone or wedged: the job is aborted and the graph restarted.
+    round_timeout_s: PositiveFloat = 30.0
 
 
 class FlowSpec(_Spec, frozen=True):
@@ -151,7 +154,8 @@ class IngestSpec(_Spec, frozen=True):
 
     ``max_pending``: requests read and not yet durable; while that many are, the endpoint
     reads no more (a flooding client is slowed; ZeroMQ holds at most ``max_queued`` messages
-    per client connection). ``max_request_mb``: larger messages are dropped by ZeroMQ.
+    per client connection). ``max_request_mb``: a larger request gets a ``bad_request`` reply
+    (a frame beyond a hard cap a little above it is dropped by ZeroMQ with the connection).
     """
 
     endpoint: str = "tcp://127.0.0.1:7071"
@@ -161,7 +165,12 @@ class IngestSpec(_Spec, frozen=True):
 
 
 class LimitSpec(_Spec, frozen=True):
+    """What one document may hold, in UTF-8 bytes. ``doc_id`` and ``source`` are copied into
+    every chunk (and every log line about it), so they are bounded apart from the text."""
+
     max_doc_bytes: Positive = 10 * 1024 * 1024
+    max_doc_id_bytes: Positive = 1024
+    max_source_bytes: Positive = 4096  # a file's source is its path: PATH_MAX on Linux
 
 
 class EndpointSpec(_Spec, frozen=True):
@@ -172,9 +181,15 @@ class EndpointSpec(_Spec, frozen=True):
 
 
 class TimeoutSpec(_Spec, frozen=True):
+    """``heartbeat_s``: an actor that sent nothing this long (every actor reports its stats
+    every 0.5 s) is judged by its event-loop thread: stopped or blocked, it is declared hung,
+    killed and the graph restarted; busy in an operator call, it gets 12 times as long.
+    Default (unset): 5 stats intervals, at least 5 s (``runtime/liveness.py``)."""
+
     start_s: PositiveFloat = 60.0
     drain_s: PositiveFloat = 30.0
     eos_s: PositiveFloat = 120.0
+    heartbeat_s: PositiveFloat | None = None
 
 
 class RestartSpec(_Spec, frozen=True):

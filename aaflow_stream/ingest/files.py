@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from ..durability.fsio import make_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class Emission:
     sealed: bool = False  # every document of the reading has been sent
 
 
+class _Saved(msgspec.Struct):
+    files: dict[str, tuple[int, int, list[str]]]
+
+
 class FileManifest:
     def __init__(self, path: Path, save_every_s: float) -> None:
         self.path = path
@@ -53,19 +59,19 @@ class FileManifest:
 
     def _load(self) -> None:
         try:
-            saved = json.loads(self.path.read_text())
-            self.acked = {
-                key: ((int(size), int(mtime)), [str(d) for d in docs])
-                for key, (size, mtime, docs) in saved["files"].items()
-            }
+            # json, not msgspec: a file name that is not UTF-8 is a lone surrogate escape.
+            saved = msgspec.convert(json.loads(self.path.read_text()), _Saved)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, RecursionError, msgspec.ValidationError) as exc:
             log.warning(
                 "file manifest %s unreadable (%s): every file is read again", self.path, exc
             )
             self.acked = {}
             return
+        self.acked = {
+            key: ((size, mtime), docs) for key, (size, mtime, docs) in saved.files.items()
+        }
         log.info("file manifest: %d files already ingested", len(self.acked))
 
     def latest(self, key: str) -> tuple[Stat | None, list[str]] | None:

@@ -8,7 +8,8 @@ older than a few seconds or a dead supervisor pid says nothing runs). The Promet
 (``observe.metrics``) serves the same snapshot.
 
 A graph restart starts every actor's counters from zero again; rates treat a counter that went
-down as restarted.
+down as restarted. An actor the supervisor knows of but has no stats from yet (starting, or
+hung before its first report) gets rows of zeros with its state, so every actor shows.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class StageStatus(msgspec.Struct, frozen=True):
     stage: str
     replica: int
     actor: str
-    state: str
+    state: str  # starting | running | done | stopped | crashed | hung
     pid: int | None
     rows_in: int
     rows_out: int
@@ -118,6 +119,7 @@ class StatusBoard:
         self._run_dir = run_dir
         self._pid = pid or os.getpid()
         self._order = [n for s in graph.stages for n in (s.name, *(c.stage for c in s.chain))]
+        self._chains = {s.name: [c.stage for c in s.chain] for s in graph.stages}
         self._shard_stages = {s.name for s in graph.stages if s.launcher == "mpi"}
         self._started_at = time.time()
         self._samples: dict[str, _Sample] = {}
@@ -166,8 +168,11 @@ class StatusBoard:
         stages: list[StageStatus] = []
         shards: list[ShardStatus] = []
         query: QueryStatus | None = None
-        for name in sorted(self._samples, key=self._sort_key):
-            sample = self._samples[name]
+        for name in sorted(set(self._samples) | set(self._states), key=self._sort_key):
+            sample = self._samples.get(name)
+            if sample is None:
+                stages += self._placeholder_rows(name)
+                continue
             before = self._previous.get(name)
             stages += self._stage_rows(sample, before)
             if sample.stats.stage in self._shard_stages:
@@ -198,9 +203,36 @@ class StatusBoard:
         return status
 
     def _sort_key(self, actor: str) -> tuple[int, int]:
-        stats = self._samples[actor].stats
-        order = self._order.index(stats.stage) if stats.stage in self._order else len(self._order)
-        return order, stats.replica
+        stage, replica = _stage_replica(actor)
+        order = self._order.index(stage) if stage in self._order else len(self._order)
+        return order, replica
+
+    def _placeholder_rows(self, actor: str) -> list[StageStatus]:
+        """Rows of zeros for an actor without stats yet, one per stage it runs."""
+        stage, replica = _stage_replica(actor)
+        state, pid = self._states[actor]
+        return [
+            StageStatus(
+                stage=name,
+                replica=replica,
+                actor=actor,
+                state=state,
+                pid=pid,
+                rows_in=0,
+                rows_out=0,
+                rows_in_per_s=0.0,
+                rows_out_per_s=0.0,
+                busy_s=0.0,
+                busy_pct=0.0,
+                backpressured_s=0.0,
+                backpressured_pct=0.0,
+                in_flight=0,
+                credits=0,
+                rejected=0,
+                dead_letters=0,
+            )
+            for name in (stage, *self._chains.get(stage, []))
+        ]
 
     def _stage_rows(self, sample: _Sample, before: _Sample | None) -> list[StageStatus]:
         stats = sample.stats
@@ -271,6 +303,12 @@ class StatusBoard:
             p50_ms=float(extra.get("query_p50_ms", 0.0)),
             p99_ms=float(extra.get("query_p99_ms", 0.0)),
         )
+
+
+def _stage_replica(actor: str) -> tuple[str, int]:
+    """``plan.actor_name``'s inverse: ``"embed.1"`` → ``("embed", 1)``."""
+    stage, _, replica = actor.rpartition(".")
+    return (stage, int(replica)) if replica.isdigit() else (actor, 0)
 
 
 # --- reading (the status command) -------------------------------------------------------------

@@ -54,6 +54,10 @@ def render(status: RunStatus) -> str:
             f"queries {q.queries}  {q.queries_per_s:.1f}/s  p50 {q.p50_ms:.2f} ms  "
             f"p99 {q.p99_ms:.2f} ms",
         ]
+    hung = sorted({(s.actor, s.pid) for s in status.stages if s.state == "hung"}, key=str)
+    if hung:
+        listed = ", ".join(f"{actor} (pid {pid})" for actor, pid in hung)
+        lines += ["", f"hung (no message within the heartbeat timeout; killed): {listed}"]
     if status.last_restart:
         lines += ["", f"last restart after: {status.last_restart}"]
     return "\n".join(lines)

@@ -37,7 +37,7 @@ from ..ingest.endpoint import IngestEndpoint, PendingRequest
 from ..ingest.files import Emission, FileManifest, stat_of
 from ..protocol import Ack
 from .base import OperatorContext
-from .load import SUFFIXES, DeadLetters, Doc, document_batch, read_items
+from .load import SUFFIXES, DeadLetters, Doc, DocLimits, document_batch, read_items
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,8 @@ class _Source:
 
 
 def _share(key: str, replicas: int) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % (
-        replicas
-    )
+    data = key.encode("utf-8", "surrogateescape")  # a file name need not be UTF-8
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little") % replicas
 
 
 class ContinuousLoader:
@@ -83,13 +82,19 @@ class ContinuousLoader:
         dead_letter_dir: str,
         checkpoint: dict[str, Any],
         batch_docs: int = 64,
-        max_doc_bytes: int = 10 * 1024 * 1024,
+        max_doc_bytes: int = DocLimits().max_doc_bytes,
+        max_doc_id_bytes: int = DocLimits().max_doc_id_bytes,
+        max_source_bytes: int = DocLimits().max_source_bytes,
         ingest: dict[str, Any] | None = None,
     ) -> None:
         self._context = context
         self._sources = [_Source(s) for s in sources]
         self._batch_docs = batch_docs
-        self._limit = max_doc_bytes
+        self._limits = DocLimits(
+            max_doc_bytes=max_doc_bytes,
+            max_doc_id_bytes=max_doc_id_bytes,
+            max_source_bytes=max_source_bytes,
+        )
         self._dead = DeadLetters(Path(dead_letter_dir), context)
         self._save_every_s = float(checkpoint.get("interval_ms", 200.0)) / 1000.0
         self._manifest = FileManifest(
@@ -107,7 +112,7 @@ class ContinuousLoader:
             self._endpoint = IngestEndpoint(
                 ingest["endpoint"],
                 wake=self._wake.set,
-                max_doc_bytes=max_doc_bytes,
+                limits=self._limits,
                 max_pending=int(ingest.get("max_pending", 32)),
                 max_queued=int(ingest.get("max_queued", 4)),
                 max_request_bytes=int(float(ingest.get("max_request_mb", 32.0)) * 2**20),
@@ -226,7 +231,7 @@ class ContinuousLoader:
         old_docs = set(latest[1]) if latest is not None else set()
         now_ms = int(time.time() * 1000)
         if stat is not None:
-            for item in read_items(root, path, self._limit):
+            for item in read_items(root, path, self._limits):
                 if isinstance(item, Doc):
                     emission.docs.append(item.doc_id)
                     old_docs.discard(item.doc_id)

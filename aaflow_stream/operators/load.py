@@ -4,8 +4,13 @@ Formats: ``.txt`` and ``.md`` (one document per file; its id is the path relativ
 root) and ``.jsonl`` (one ``{doc_id, text, source?, ts?}`` object per line). Files are
 partitioned over the load replicas by their position in the sorted file list.
 
-A bad document (not UTF-8, binary, empty, larger than the limit, not a valid JSON object) goes
-to the dead-letter file ``<dead_letter_dir>/<actor>.jsonl`` with its reason; the run goes on.
+A bad document (not UTF-8, binary, empty, over a limit, a ``ts`` out of range, not a valid
+JSON object) goes to the dead-letter file ``<dead_letter_dir>/<actor>.jsonl`` with its reason
+and reason code; the run goes on. The checks here (``check_document``, ``ts_ms``) are the ones
+every document passes, the ingest endpoint's included.
+
+Limits (``DocLimits``, from the topology's ``limits``) count UTF-8 bytes, never characters.
+``ts`` is unix seconds, finite, in ``[TS_MIN_S, TS_MAX_S]`` (1970 to the end of year 9999).
 """
 
 from __future__ import annotations
@@ -17,18 +22,20 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Final, Literal, get_args
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
+from .. import untrusted
 from ..durability import acks
 from ..durability.checkpoint import CheckpointFile
 from ..durability.progress import SourceProgress
 from ..observe.events import event
 from ..protocol import Ack
 from ..schemas import DOCUMENT
+from ..spec import LimitSpec
 from .base import OperatorContext
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,49 @@ class _JsonDoc(msgspec.Struct, forbid_unknown_fields=False):
 
 _json_doc = msgspec.json.Decoder(_JsonDoc)
 
+_DEFAULT: Final = LimitSpec()  # the defaults live in the spec
+TS_MIN_S: Final = 0.0
+TS_MAX_S: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+# A JSON string escape takes at most 6 bytes per UTF-8 byte (``\u0001``): a JSONL line longer
+# than 6x the document's limits cannot hold a valid document, and is not read whole.
+_JSON_EXPANSION: Final = 6
+_JSON_SLACK: Final = 4096
+_SKIP_BYTES: Final = 1 << 20
+_SHOWN: Final = 300  # characters of a reason kept (msgspec errors may quote a hostile key)
+
+# Why a document was refused: ``untrusted.REASONS`` for bytes that do not decode, and these.
+RejectReason = Literal[
+    "too_large",
+    "invalid_utf8",
+    "too_deep",
+    "invalid",
+    "undecodable",
+    "empty_doc_id",
+    "doc_id_too_long",
+    "source_too_long",
+    "not_unicode",
+    "empty",
+    "binary",
+    "bad_ts",
+    "duplicate",
+    "unreadable",
+]
+REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
+
+
+class DocLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one document may hold, in UTF-8 bytes (the topology's ``limits``)."""
+
+    max_doc_bytes: int = _DEFAULT.max_doc_bytes
+    max_doc_id_bytes: int = _DEFAULT.max_doc_id_bytes
+    max_source_bytes: int = _DEFAULT.max_source_bytes
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest JSONL line that may hold a valid document."""
+        fields = self.max_doc_bytes + self.max_doc_id_bytes + self.max_source_bytes
+        return _JSON_EXPANSION * fields + _JSON_SLACK
+
 
 @dataclass(frozen=True)
 class Doc:
@@ -55,7 +105,22 @@ class Doc:
 
 
 class BadDocument(Exception):
-    """A document that cannot be ingested; the message is the dead-letter reason."""
+    """A document that cannot be ingested; the message is the dead-letter reason, ``reason``
+    its code (counted by the ingest endpoint)."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        self.reason: RejectReason = reason
+        super().__init__(message if len(message) <= _SHOWN else message[:_SHOWN] + "...")
+
+    @classmethod
+    def malformed(cls, exc: untrusted.MalformedMessage, what: str) -> BadDocument:
+        """``exc`` of a document that does not decode, said with the decoder's own words."""
+        cause = exc.__cause__
+        if cause is None or exc.reason == "too_deep":
+            detail = str(exc)
+        else:
+            detail = str(cause) or type(cause).__name__
+        return cls(exc.reason, f"not a valid {what} ({exc.reason}): {detail}")
 
 
 def discover(paths: list[str], formats: list[str]) -> list[tuple[Path, Path]]:
@@ -76,20 +141,64 @@ def discover(paths: list[str], formats: list[str]) -> list[tuple[Path, Path]]:
     return sorted(((root, path) for path, root in found.items()), key=lambda rp: str(rp[1]))
 
 
+def utf8_size(value: str, what: str) -> int:
+    """The UTF-8 bytes of ``value``; BadDocument when it has none (a lone surrogate, which
+    only a Python caller or a JSON ``\\ud800`` escape can make)."""
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise BadDocument(
+            "not_unicode", f"{what} is not valid Unicode (a lone surrogate at {exc.start})"
+        ) from exc
+
+
 def _check_text(text: str, limit: int) -> None:
-    if not text.strip():
-        raise BadDocument("empty document")
+    if not text or text.isspace():
+        raise BadDocument("empty", "empty document")
     if "\x00" in text:
-        raise BadDocument("binary content (NUL bytes)")
-    if len(text) > limit:
-        raise BadDocument(f"document of {len(text)} characters exceeds the limit of {limit}")
+        raise BadDocument("binary", "binary content (NUL bytes)")
+    size = utf8_size(text, "text")
+    if size > limit:
+        raise BadDocument("too_large", f"document of {size} bytes exceeds the limit of {limit}")
 
 
-def check_document(doc_id: str, text: str, limit: int) -> None:
+def _check_name(value: str, what: str, limit: int, reason: RejectReason) -> None:
+    size = utf8_size(value, what)
+    if size > limit:
+        raise BadDocument(reason, f"{what} of {size} bytes exceeds the limit of {limit}")
+
+
+def check_document(doc_id: str, text: str, limits: DocLimits, source: str | None = None) -> None:
     """The checks every document passes (files, JSONL lines, the ingest endpoint)."""
     if not doc_id:
-        raise BadDocument("empty doc_id")
-    _check_text(text, limit)
+        raise BadDocument("empty_doc_id", "empty doc_id")
+    _check_name(doc_id, "doc_id", limits.max_doc_id_bytes, "doc_id_too_long")
+    if source is not None:
+        _check_name(source, "source", limits.max_source_bytes, "source_too_long")
+    _check_text(text, limits.max_doc_bytes)
+
+
+def ts_ms(ts: float | None, default_ms: int) -> int:
+    """A document's ``ts`` (unix seconds) in ms, ``default_ms`` when it has none."""
+    if ts is None:
+        return default_ms
+    if not TS_MIN_S <= ts <= TS_MAX_S:  # NaN fails every comparison
+        raise BadDocument(
+            "bad_ts", f"ts {ts!r} is not unix seconds in [0, {TS_MAX_S:.0f}] (years 1970-9999)"
+        )
+    return int(ts * 1000)
+
+
+def shown_id(doc_id: object, limits: DocLimits) -> str | None:
+    """A doc_id fit to report back (None when it is not a string or over its limit)."""
+    if not isinstance(doc_id, str) or not doc_id:
+        return None
+    try:
+        return doc_id if utf8_size(doc_id, "doc_id") <= limits.max_doc_id_bytes else None
+    except BadDocument:
+        return None
 
 
 @dataclass(frozen=True)
@@ -98,57 +207,93 @@ class Dead:
     reason: str
     line: int | None = None
     doc_id: str | None = None
+    code: RejectReason = "invalid"
 
 
-def _read_plain(root: Path, path: Path, limit: int) -> Iterator[Doc]:
+def _read_plain(root: Path, path: Path, limits: DocLimits) -> Iterator[Doc]:
     size = path.stat().st_size
-    if size > limit:
-        raise BadDocument(f"file of {size} bytes exceeds the limit of {limit}")
+    if size > limits.max_doc_bytes:
+        raise BadDocument(
+            "too_large", f"file of {size} bytes exceeds the limit of {limits.max_doc_bytes}"
+        )
     raw = path.read_bytes()
     if b"\x00" in raw:
-        raise BadDocument("binary content (NUL bytes)")
+        raise BadDocument("binary", "binary content (NUL bytes)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadDocument(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    _check_text(text, limit)
-    yield Doc(str(path.relative_to(root)), text, str(path), int(path.stat().st_mtime * 1000))
+        raise BadDocument("invalid_utf8", f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    doc_id = str(path.relative_to(root))  # a file name that is not UTF-8 fails here
+    check_document(doc_id, text, limits, str(path))
+    yield Doc(doc_id, text, str(path), int(path.stat().st_mtime * 1000))
 
 
-def _read_jsonl(path: Path, limit: int) -> Iterator[Doc | Dead]:
+def _lines(handle: BinaryIO, cap: int) -> Iterator[tuple[int, bytes | None]]:
+    """Numbered lines of at most ``cap`` bytes; a longer one is skipped to its end unread
+    and given as None (a line read whole could take any amount of memory)."""
+    number = 0
+    while line := handle.readline(cap + 1):
+        number += 1
+        if len(line) <= cap or line.endswith(b"\n"):
+            yield number, line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = handle.readline(_SKIP_BYTES)
+        yield number, None
+
+
+def _json_line(line: bytes, default_ms: int, default_source: str, limits: DocLimits) -> Doc:
+    try:
+        doc = untrusted.decode(_json_doc, line, what="document object")
+    except untrusted.MalformedMessage as exc:
+        raise BadDocument.malformed(exc, "document object") from exc
+    source = doc.source or default_source  # the file's name, which need not be UTF-8
+    check_document(doc.doc_id, doc.text, limits, source)
+    return Doc(doc.doc_id, doc.text, source, ts_ms(doc.ts, default_ms))
+
+
+def _read_jsonl(path: Path, limits: DocLimits) -> Iterator[Doc | Dead]:
     mtime_ms = int(path.stat().st_mtime * 1000)
+    cap = limits.max_line_bytes
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            doc_id = None
-            try:
-                if len(line) > limit:
-                    raise BadDocument(f"line of {len(line)} bytes exceeds the limit")
+        for number, line in _lines(handle, cap):
+            if line is None:
+                reason = f"line of more than {cap} bytes exceeds the limit"
+                yield Dead(path, reason, number, None, "too_large")
+            elif line.strip():
                 try:
-                    doc = _json_doc.decode(line)
-                except msgspec.DecodeError as exc:
-                    raise BadDocument(f"not a valid document object: {exc}") from exc
-                doc_id = doc.doc_id
-                check_document(doc.doc_id, doc.text, limit)
-            except BadDocument as exc:
-                yield Dead(path, str(exc), number, doc_id)
-                continue
-            ts_ms = int(doc.ts * 1000) if doc.ts is not None else mtime_ms
-            yield Doc(doc.doc_id, doc.text, doc.source or path.name, ts_ms)
+                    yield _json_line(line, mtime_ms, path.name, limits)
+                except BadDocument as exc:
+                    yield Dead(path, str(exc), number, _peek_doc_id(line, limits), exc.reason)
 
 
-def read_items(root: Path, path: Path, limit: int) -> Iterator[Doc | Dead]:
+class _DocId(msgspec.Struct):
+    doc_id: Any = None
+
+
+_json_doc_id = msgspec.json.Decoder(_DocId)
+
+
+def _peek_doc_id(line: bytes, limits: DocLimits) -> str | None:
+    """The doc_id of a bad JSONL line, for its dead letter, when it has a fit one."""
+    try:
+        found = untrusted.decode(_json_doc_id, line).doc_id
+    except untrusted.MalformedMessage:
+        return None
+    return shown_id(found, limits)
+
+
+def read_items(root: Path, path: Path, limits: DocLimits) -> Iterator[Doc | Dead]:
     """The documents of one file, and a dead letter for each bad one (or for the file)."""
     try:
         if path.suffix == ".jsonl":
-            yield from _read_jsonl(path, limit)
+            yield from _read_jsonl(path, limits)
         else:
-            yield from _read_plain(root, path, limit)
+            yield from _read_plain(root, path, limits)
     except BadDocument as exc:
-        yield Dead(path, str(exc))
+        yield Dead(path, str(exc), code=exc.reason)
     except OSError as exc:
-        yield Dead(path, f"cannot read: {exc.strerror or exc}")
+        yield Dead(path, f"cannot read: {exc.strerror or exc}", code="unreadable")
 
 
 def document_batch(docs: list[tuple[Doc, int]], replica: int) -> pa.RecordBatch:
@@ -185,6 +330,7 @@ class DeadLetters:
             "line": dead.line,
             "doc_id": dead.doc_id,
             "reason": dead.reason,
+            "code": dead.code,
             "at": time.time(),
         }
         self._file.write(json.dumps(record) + "\n")
@@ -224,7 +370,9 @@ class FileLoader:
         sources: list[dict[str, list[str]]],
         dead_letter_dir: str,
         batch_docs: int = 64,
-        max_doc_bytes: int = 10 * 1024 * 1024,
+        max_doc_bytes: int = _DEFAULT.max_doc_bytes,
+        max_doc_id_bytes: int = _DEFAULT.max_doc_id_bytes,
+        max_source_bytes: int = _DEFAULT.max_source_bytes,
         checkpoint: dict[str, Any] | None = None,
     ) -> None:
         self._context = context
@@ -234,7 +382,11 @@ class FileLoader:
         )
         self._files = files[context.replica :: context.replicas]
         self._batch_docs = batch_docs
-        self._limit = max_doc_bytes
+        self._limits = DocLimits(
+            max_doc_bytes=max_doc_bytes,
+            max_doc_id_bytes=max_doc_id_bytes,
+            max_source_bytes=max_source_bytes,
+        )
         self._dead = DeadLetters(Path(dead_letter_dir), context)
         self._documents = 0
         self._replica = context.replica
@@ -255,13 +407,18 @@ class FileLoader:
     def _fingerprint(self, context: OperatorContext) -> str:
         """What this replica's offsets number: its files, their sizes and change times."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{context.replica}/{context.replicas}/{self._limit}".encode())
+        limits = self._limits
+        digest.update(
+            f"{context.replica}/{context.replicas}/{limits.max_doc_bytes}"
+            f"/{limits.max_doc_id_bytes}/{limits.max_source_bytes}".encode()
+        )
         for root, path in self._files:
             try:
                 stat = path.stat()
-                digest.update(f"|{root}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+                entry = f"|{root}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
             except OSError:
-                digest.update(f"|{root}|{path}|missing".encode())
+                entry = f"|{root}|{path}|missing"
+            digest.update(entry.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         return digest.hexdigest()
 
     def metrics(self) -> dict[str, float]:
@@ -317,7 +474,7 @@ class FileLoader:
         self._dead.write(dead)
 
     def _items_of(self, root: Path, path: Path) -> Iterator[Doc | Dead]:
-        return read_items(root, path, self._limit)
+        return read_items(root, path, self._limits)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         pending: list[tuple[Doc, int]] = []

@@ -13,11 +13,13 @@ Durability hook (for acknowledgements): ``process`` leaves the batch's LSN in ``
 ``durable_lsn`` is the highest LSN on disk; callbacks given to ``on_durable`` run on the event
 loop with the new durable LSN each time it advances.
 
-Serving: rank 0 runs the gateway (``query.gateway``). For each batch of queries it wakes the
-other ranks with a ZeroMQ message (their MPI threads then stay out of MPI while idle: no
-busy-polling) and runs one collective search round on a communicator of its own, apart from
-anything else MPI does here. The ranks learn each other's wake-up ports with one gather at
-start.
+Serving: rank 0 runs the gateway (``query.gateway``) and every rank takes part in collective
+rounds (``operators.shard_serving``: private wake-up sockets, round deadlines).
+
+Failure: a rank cannot end alone (its peers would wait for it in collectives). ``close`` is
+for a clean stop: it finalises MPI once every rank is stopping. A rank that fails is ended with
+the whole job by the actor runtime (``mpi.abort``); a failing constructor therefore leaves MPI
+as it is.
 """
 
 from __future__ import annotations
@@ -28,50 +30,26 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
-import zmq
 
-from ..channels.loopsocket import LoopSocket
 from ..durability.ack_sender import AckSender
 from ..embedders import factory as embedders
 from ..embedders.base import TextEmbedder
-from ..errors import SpecError, StorageError
-from ..mpi.thread import MpiThread, wait
-from ..query.gateway import Gateway
-from ..query.protocol import QueryFilter, encode, filter_decoder
-from ..query.round import ROOT, count_round, delete_round, search_round
+from ..errors import RetryLater, SpecError, StorageError
+from ..mpi.thread import MpiThread
+from ..query.round import ROOT
 from ..shard.store import ShardStore, WalSync, is_tombstone
 from .base import OperatorContext
+from .shard_serving import ShardServing
 
 log = logging.getLogger(__name__)
 
 
-# Wake-up messages: b"S" + the round's (queries, k, dim) as 3 int64, so the members need no
-# header broadcast; b"C" for a count round.
-SEARCH = b"S"
-COUNT = b"C"
-DELETE = b"D"  # + the msgpack list of doc ids to remove
-_doc_ids = msgspec.msgpack.Decoder(list[str])
 # How often the maintenance task looks at the snapshot triggers when it has nothing to sync.
 SNAPSHOT_CHECK_S = 0.25
-
-
-def _member_search(
-    comm: Any,
-    store: ShardStore,
-    k: int,
-    shape: tuple[int, int],
-    allowed: QueryFilter | None,
-    _: Any,
-) -> None:
-    search_round(comm, store, None, k, shape, allowed)
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -82,26 +60,6 @@ def _disk_full(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
-
-
-def _member_delete(comm: Any, store: ShardStore, doc_ids: list[str], _: Any) -> None:
-    delete_round(comm, store, doc_ids)
-
-
-def _member_count(comm: Any, store: ShardStore, _: Any) -> None:
-    count_round(comm, store)
-
-
-def _setup_serving(port: int) -> Any:
-    """On the MPI thread: a communicator for queries, and every rank's wake-up port at root."""
-
-    def run(comm: Any) -> tuple[Any, list[int]]:
-        query_comm = comm.Dup()
-        ports = np.zeros(comm.Get_size(), dtype=np.int64)
-        wait(comm.Igather(np.array([port], dtype=np.int64), ports, root=ROOT))
-        return query_comm, ports.tolist()
-
-    return run
 
 
 class ShardWriter:
@@ -124,11 +82,11 @@ class ShardWriter:
         snapshot_interval_s: float = 300.0,
         snapshot_wal_mb: float = 512.0,
         full_disk_wait_s: float = 600.0,
+        round_timeout_s: float = 30.0,
     ) -> None:
         self._mpi = MpiThread()
         rank, size = self._mpi.start()
         if (rank, size) != (context.replica, context.replicas):
-            self._mpi.stop()
             raise SpecError(
                 f"{context.actor} runs as MPI rank {rank} of {size}; expected rank "
                 f"{context.replica} of {context.replicas} (start shards with mpiexec -n)"
@@ -141,13 +99,7 @@ class ShardWriter:
         faiss.omp_set_num_threads(threads)
         self._mpi.submit(lambda _: faiss.omp_set_num_threads(threads)).result(timeout=60)
         shard_dir = Path(data_dir) / f"shard-{rank}"
-        try:
-            self._store = ShardStore(
-                shard_dir, dim=dim, index=index, metric=metric, wal_sync=wal_sync
-            )
-        except BaseException:
-            self._mpi.stop()
-            raise
+        self._store = ShardStore(shard_dir, dim=dim, index=index, metric=metric, wal_sync=wal_sync)
         self._interval_sync = wal_sync == "interval"
         self._sync_interval_s = sync_interval_ms / 1000.0
         self._snapshot_interval_s = snapshot_interval_s
@@ -160,54 +112,50 @@ class ShardWriter:
         self._on_durable.append(self._acks.durable)
         self._full_disk_wait_s = full_disk_wait_s
         self._disk_full_s = 0.0  # seconds ingestion waited for space
+        self._full_since: float | None = None  # monotonic time the disk was found full
+        self._full_tries = 0
         self._upserted = 0  # chunk rows applied by this run (tombstone rows not counted)
         self._appended = asyncio.Event()  # set by process(), cleared by the maintenance task
         self._applied_at = 0.0
         self._persist_s = 0.0
         self._snapshots = 0
         self._snapshot_s = 0.0
-        self._serving = serve
         self._query_endpoint = query_endpoint
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000.0
-        self._zmq: zmq.Context[Any] | None = None
-        self._wake: list[zmq.Socket[Any]] = []  # root: one PUSH per other rank
-        self._woken: zmq.Socket[Any] | None = None  # other ranks: their PULL
-        self._query_comm: Any = None
-        self._gateway: Gateway | None = None
+        self._serving: ShardServing | None = None
         self._query_embedder: TextEmbedder | None = None
         if serve:
-            self._prepare_serving()
-            if rank == ROOT:  # the gateway's embedder: a model loads here, before Ready
-                self._load_query_embedder(embedder or {"kind": "hash", "dim": dim}, threads)
+            try:
+                self._start_serving(
+                    context, embedder or {"kind": "hash", "dim": dim}, threads, round_timeout_s
+                )
+            except BaseException:
+                self._close_resources()
+                raise
 
-    def _load_query_embedder(self, params: dict[str, Any], threads: int) -> None:
-        try:
-            self._query_embedder = embedders.build(embedders.from_params(params), threads=threads)
-        except Exception:
-            self.close()
-            raise
+    def _start_serving(
+        self, context: OperatorContext, params: dict[str, Any], threads: int, timeout_s: float
+    ) -> None:
+        """Collective: every rank sets up its wake-ups; the root loads the query embedder (a
+        model loads here, before Ready)."""
+        self._serving = ShardServing(
+            self._mpi,
+            self._store,
+            rank=self._rank,
+            size=self._size,
+            dim=self._dim,
+            run_dir=context.run_dir,
+            round_timeout_s=timeout_s,
+        )
+        if self._rank != ROOT:
+            return
+        self._query_embedder = embedders.build(embedders.from_params(params), threads=threads)
         if self._query_embedder.dim != self._dim:
-            self.close()
             raise SpecError(
                 f"the query embedder makes dim {self._query_embedder.dim}, "
                 f"the shards hold dim {self._dim}"
             )
-
-    def _prepare_serving(self) -> None:
-        self._zmq = zmq.Context()
-        port = 0
-        if self._rank != ROOT:
-            self._woken = self._zmq.socket(zmq.PULL)
-            self._woken.setsockopt(zmq.LINGER, 0)
-            port = self._woken.bind_to_random_port("tcp://127.0.0.1")
-        self._query_comm, ports = self._mpi.submit(_setup_serving(port)).result(timeout=60)
-        if self._rank == ROOT:
-            for other in range(1, self._size):
-                push = self._zmq.socket(zmq.PUSH)
-                push.setsockopt(zmq.LINGER, 0)
-                push.connect(f"tcp://127.0.0.1:{ports[other]}")
-                self._wake.append(push)
 
     # --- ingestion ---------------------------------------------------------------------------
 
@@ -228,13 +176,8 @@ class ShardWriter:
             "acks_sent": self._acks.sent,
             "acks_dropped": self._acks.dropped,
         }
-        if self._gateway is not None:
-            out.update(
-                queries=self._gateway.stats.queries,
-                rounds=self._gateway.stats.rounds,
-                query_p50_ms=self._gateway.stats.percentile(50),
-                query_p99_ms=self._gateway.stats.percentile(99),
-            )
+        if self._serving is not None:
+            out.update(self._serving.metrics())
         return out
 
     def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
@@ -249,28 +192,34 @@ class ShardWriter:
         return ()
 
     def _append_when_space(self, batch: pa.RecordBatch) -> int:
-        """Append, waiting out a full disk: this shard then takes no more input, its senders
-        run out of credit and ingestion pauses all the way to the sources (backpressure).
-        Nothing is acknowledged that was not written. Other storage errors end the actor."""
-        delay, waited = 0.05, 0.0
-        while True:
-            try:
-                return self._store.append(batch)
-            except (StorageError, OSError) as exc:
-                if not _disk_full(exc) or waited >= self._full_disk_wait_s:
-                    raise
-                if waited == 0.0:
-                    log.error(
-                        "shard %d: %s; ingestion paused until space frees up (giving up "
-                        "after %.0fs)",
-                        self._rank,
-                        exc,
-                        self._full_disk_wait_s,
-                    )
-                self._disk_full_s += delay
-                time.sleep(delay)  # nothing else should run while the shard cannot log
-                waited += delay
-                delay = min(delay * 2, 1.0)
+        """Append, or wait out a full disk: ``RetryLater`` makes the actor offer the batch
+        again after a pause that does not block its loop. This shard then takes no more
+        input, its senders run out of credit and ingestion pauses all the way to the sources
+        (backpressure). Nothing is acknowledged that was not written. Other storage errors,
+        and a disk still full after ``full_disk_wait_s``, end the actor."""
+        try:
+            lsn = self._store.append(batch)
+        except (StorageError, OSError) as exc:
+            now = time.monotonic()
+            if not _disk_full(exc):
+                raise
+            if self._full_since is None:
+                self._full_since, self._full_tries = now, 0
+                log.error(
+                    "shard %d: %s; ingestion paused until space frees up (giving up after %.0fs)",
+                    self._rank,
+                    exc,
+                    self._full_disk_wait_s,
+                )
+            if now - self._full_since >= self._full_disk_wait_s:
+                raise
+            self._full_tries += 1
+            delay = min(0.05 * 2 ** (self._full_tries - 1), 1.0)
+            raise RetryLater(f"shard {self._rank}: disk full", delay) from exc
+        if self._full_since is not None:
+            self._disk_full_s += time.monotonic() - self._full_since
+            self._full_since = None
+        return lsn
 
     def flush(self) -> Iterable[pa.RecordBatch]:
         started = time.perf_counter()
@@ -368,79 +317,28 @@ class ShardWriter:
         (which see what is applied) when the topology serves them."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._maintain(tg))
-            if self._serving:
-                tg.create_task(self._serve_queries())
+            if self._serving is not None:
+                tg.create_task(self._serve_queries(self._serving))
 
-    async def _serve_queries(self) -> None:
-        if self._rank == ROOT:
-            assert self._zmq is not None and self._query_embedder is not None
-            sock = self._zmq.socket(zmq.ROUTER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(self._query_endpoint)
-            self._gateway = Gateway(
-                LoopSocket(sock),
-                embedder=self._query_embedder,
-                max_batch=self._max_batch,
-                max_wait_s=self._max_wait_s,
-                run_round=self._root_round,
-                shards=self._size,
-                vectors=self._root_count,
-                delete=self._root_delete,
-            )
-            log.info("gateway serving on %s", self._query_endpoint)
-            await self._gateway.serve()
-        else:
-            assert self._woken is not None
-            woken = LoopSocket(self._woken)
-            while True:
-                message = await woken.recv()
-                if message[:1] == SEARCH:
-                    nq, k, dim = np.frombuffer(message[1:25], dtype=np.int64).tolist()
-                    allowed = filter_decoder.decode(message[25:])
-                    store, comm = self._store, self._query_comm
-                    task = partial(_member_search, comm, store, k, (nq, dim), allowed)
-                elif message[:1] == DELETE:
-                    doc_ids = _doc_ids.decode(message[1:])
-                    task = partial(_member_delete, self._query_comm, self._store, doc_ids)
-                else:
-                    task = partial(_member_count, self._query_comm, self._store)
-                await asyncio.wrap_future(self._mpi.submit(task))
-
-    def _wake_members(self, message: bytes) -> None:
-        # Waking and submitting happen with no await between them, so every rank's MPI
-        # thread sees the rounds in the same order.
-        for push in self._wake:
-            push.send(message)
-
-    async def _root_delete(self, doc_ids: list[str]) -> int:
-        self._wake_members(DELETE + msgspec.msgpack.encode(doc_ids))
-        store, comm = self._store, self._query_comm
-        future = self._mpi.submit(lambda _: delete_round(comm, store, doc_ids))
-        removed = await asyncio.wrap_future(future)
-        assert removed is not None
-        return removed
-
-    async def _root_count(self) -> int:
-        self._wake_members(COUNT)
-        store, comm = self._store, self._query_comm
-        total = await asyncio.wrap_future(self._mpi.submit(lambda _: count_round(comm, store)))
-        assert total is not None
-        return total
-
-    async def _root_round(
-        self, matrix: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None
-    ) -> list[pa.Table]:
-        header = np.array([len(matrix), k, matrix.shape[1]], dtype=np.int64)
-        self._wake_members(SEARCH + header.tobytes() + encode(allowed))
-        store, comm = self._store, self._query_comm
-        future = self._mpi.submit(
-            lambda _: search_round(comm, store, matrix, k, matrix.shape, allowed)
+    async def _serve_queries(self, serving: ShardServing) -> None:
+        if self._rank != ROOT:
+            await serving.serve_member()
+            return
+        assert self._query_embedder is not None
+        await serving.serve_gateway(
+            self._query_endpoint,
+            embedder=self._query_embedder,
+            max_batch=self._max_batch,
+            max_wait_s=self._max_wait_s,
         )
-        result = await asyncio.wrap_future(future)
-        assert result is not None
-        return result
 
     def close(self) -> None:
+        """A clean stop: snapshot, close, then finalise MPI once every rank is stopping."""
+        self._close_resources()
+        self._mpi.stop()
+
+    def _close_resources(self) -> None:
+        """Everything but MPI. Idempotent."""
         self._acks.close()
         # A serving shard may have logged writes (deletes) since its end-of-stream snapshot:
         # leave files that show them. The log has them anyway, so a failure here loses nothing.
@@ -451,8 +349,5 @@ class ShardWriter:
                 "shard %d: no snapshot at stop (%s); the log has everything", self._rank, exc
             )
         self._store.close()
-        for sock in [*self._wake, *([self._woken] if self._woken else [])]:
-            sock.close(linger=0)
-        self._mpi.stop(timeout_s=5.0)
-        if self._zmq is not None:
-            self._zmq.destroy(linger=0)
+        if self._serving is not None:
+            self._serving.close()

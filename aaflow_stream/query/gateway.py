@@ -2,57 +2,68 @@
 
 Requests arrive on a ROUTER. Valid queries are gathered until ``max_batch`` are waiting or the
 oldest has waited ``max_wait_s``, embedded together with the topology's embedder, and answered
-by one collective round over every shard (``round.search_round``). A bad request (undecodable,
-unknown fields, k out of range, an empty or gigantic text, a vector of the wrong dimension)
-gets a typed error reply at once; the others are not disturbed.
+by one collective round over every shard (``round.search_round``).
+
+Every message gets exactly one reply, whatever it holds. What ``admission.admit`` refuses
+(undecodable, several frames, too large, out of bounds) gets ``ErrorReply(bad_request)`` at
+once; the others are not disturbed. No exception that input can cause escapes a handler: one
+the gateway did not foresee becomes ``ErrorReply(internal)``, logged, and the gateway goes on.
+Rejections are counted by reason (``GatewayStats.rejected``).
+
+Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
+then the error propagates, because the shard ranks can no longer be trusted to be in step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from ..channels.loopsocket import LoopSocket
+from .. import untrusted
 from ..embedders.base import TextEmbedder
+from ..errors import AaflowError
+from .admission import REJECTION_REASONS, Rejection, RejectReason, admit
 from .protocol import (
-    MAX_DELETE_IDS,
-    MAX_K,
-    MAX_REQUEST_BYTES,
-    MAX_TEXT_CHARS,
+    MAX_PENDING_QUERIES,
     DeleteReply,
     DeleteRequest,
-    ErrorCode,
-    ErrorReply,
     Hit,
     QueryFilter,
     QueryReply,
     QueryRequest,
     StatsReply,
-    StatsRequest,
     Timings,
     encode,
-    request_decoder,
 )
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RunRound = Callable[[npt.NDArray[np.float32], int, QueryFilter | None], Awaitable[list[pa.Table]]]
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
-MAX_PENDING = 4096
+MAX_PENDING = MAX_PENDING_QUERIES
 LATENCY_WINDOW = 10_000
 
 
-class BadRequest(Exception):
-    pass
+class RoundFailed(AaflowError):
+    """A round over the shards (search, count or delete) failed: the gateway stops."""
+
+
+class RequestSocket(Protocol):
+    """What the gateway needs of its ROUTER (``LoopSocket``; a fake in unit tests)."""
+
+    async def recv_multipart(self) -> list[bytes]: ...
+
+    async def send_multipart(self, parts: list[bytes]) -> None: ...
 
 
 @dataclass
@@ -62,11 +73,17 @@ class _Pending:
     arrived: float
 
 
+def _no_rejections() -> dict[RejectReason, int]:
+    return dict.fromkeys(REJECTION_REASONS, 0)
+
+
 @dataclass
 class GatewayStats:
     queries: int = 0
     rounds: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # Requests answered with an error, by reason (query.admission.REJECTION_REASONS).
+    rejected: dict[RejectReason, int] = field(default_factory=_no_rejections)
 
     def record(self, ms: float) -> None:
         self.queries += 1
@@ -81,7 +98,7 @@ class GatewayStats:
 class Gateway:
     def __init__(
         self,
-        sock: LoopSocket,
+        sock: RequestSocket,
         *,
         embedder: TextEmbedder,
         max_batch: int,
@@ -113,93 +130,78 @@ class Gateway:
     async def _reply(self, client: bytes, reply: msgspec.Struct) -> None:
         await self._sock.send_multipart([client, encode(reply)])
 
-    async def _error(
-        self, client: bytes, request_id: int | None, code: ErrorCode, message: str
-    ) -> None:
-        await self._reply(client, ErrorReply(id=request_id, code=code, message=message))
+    async def _reject(self, client: bytes, rejection: Rejection) -> None:
+        self.stats.rejected[rejection.reason] += 1
+        log.debug("request refused (%s): %s", rejection.reason, rejection.message)
+        await self._reply(client, rejection.reply())
 
     async def _receive(self) -> None:
         while True:
             frames = await self._sock.recv_multipart()
-            client, body = frames[0], frames[-1]
-            if len(frames) != 2 or len(body) > MAX_REQUEST_BYTES:
-                await self._error(
-                    client,
-                    None,
-                    "bad_request",
-                    f"expected one request frame of at most {MAX_REQUEST_BYTES} "
-                    f"bytes, got {len(frames) - 1} frame(s)",
-                )
-                continue
-            try:
-                request = request_decoder.decode(body)
-            except msgspec.DecodeError as exc:
-                await self._error(client, _peek_id(body), "bad_request", str(exc))
-                continue
-            if isinstance(request, DeleteRequest):
-                await self._handle_delete(client, request)
-                continue
-            if isinstance(request, StatsRequest):
-                await self._reply(client, await self._stats(request.id))
-                continue
-            try:
-                self._validate(request)
-            except BadRequest as exc:
-                await self._error(client, request.id, "bad_request", str(exc))
-                continue
-            if len(self._pending) >= MAX_PENDING:
-                await self._error(client, request.id, "unavailable", "too many queries waiting")
-                continue
-            self._pending.append(_Pending(client, request, time.perf_counter()))
-            self._arrived.set()
+            await self.handle(frames)
+
+    async def handle(self, frames: list[bytes]) -> None:
+        """One message from the ROUTER (routing id, then the request's frames): it gets one
+        reply (a query's comes once its round is done). Raises only ``RoundFailed``."""
+        if not frames:
+            return
+        client = frames[0]
+        try:
+            admitted = admit(frames[1:], self._dim)
+            if isinstance(admitted, Rejection):
+                await self._reject(client, admitted)
+            elif isinstance(admitted, QueryRequest):
+                await self._enqueue(client, admitted)
+            elif isinstance(admitted, DeleteRequest):
+                await self._handle_delete(client, admitted)
+            else:
+                await self._reply(client, await self._stats(client, admitted.id))
+        except RoundFailed:
+            raise
+        except Exception as exc:  # input must never end the gateway: a bug, answered
+            log.exception("the gateway failed on a request")
+            request_id = untrusted.peek_id(frames[-1])
+            await self._reject(client, _internal(request_id, exc))
+
+    async def _enqueue(self, client: bytes, request: QueryRequest) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            busy = Rejection(request.id, "busy", "too many queries waiting", "unavailable")
+            await self._reject(client, busy)
+            return
+        self._pending.append(_Pending(client, request, time.perf_counter()))
+        self._arrived.set()
+
+    async def _round(self, client: bytes, request_id: int, call: Awaitable[T]) -> T:
+        """A count or delete round for one request: a failure answers it, then ends us."""
+        try:
+            return await call
+        except Exception as exc:
+            await self._reject(client, _internal(request_id, exc, "the round failed"))
+            raise RoundFailed(f"a round over the shards failed: {exc!r}") from exc
 
     async def _handle_delete(self, client: bytes, request: DeleteRequest) -> None:
-        ids = request.doc_ids
-        if not ids or len(ids) > MAX_DELETE_IDS or not all(ids):
-            await self._error(
-                client,
-                request.id,
-                "bad_request",
-                f"give between 1 and {MAX_DELETE_IDS} non-empty doc ids, got {len(ids)}",
-            )
-            return
         if self._delete is None:
-            await self._error(client, request.id, "unavailable", "this gateway takes no deletes")
+            refused = Rejection(
+                request.id, "unsupported", "this gateway takes no deletes", "unavailable"
+            )
+            await self._reject(client, refused)
             return
-        removed = await self._delete(list(dict.fromkeys(ids)))
+        ids = list(dict.fromkeys(request.doc_ids))
+        removed = await self._round(client, request.id, self._delete(ids))
         await self._reply(client, DeleteReply(id=request.id, removed=removed))
 
-    def _validate(self, request: QueryRequest) -> None:
-        if not 1 <= request.k <= MAX_K:
-            raise BadRequest(f"k must be between 1 and {MAX_K}, got {request.k}")
-        if (request.text is None) == (request.vector is None):
-            raise BadRequest("give exactly one of text or vector")
-        if request.text is not None:
-            if not request.text.strip():
-                raise BadRequest("the query text is empty")
-            if len(request.text) > MAX_TEXT_CHARS:
-                raise BadRequest(
-                    f"the query text has {len(request.text)} characters, more than {MAX_TEXT_CHARS}"
-                )
-        if request.vector is not None:
-            if len(request.vector) != self._dim:
-                raise BadRequest(
-                    f"the vector has dimension {len(request.vector)}, "
-                    f"the shards hold dimension {self._dim}"
-                )
-            if not all(math.isfinite(v) for v in request.vector):
-                raise BadRequest("the vector has non-finite values")
-
-    async def _stats(self, request_id: int) -> StatsReply:
+    async def _stats(self, client: bytes, request_id: int) -> StatsReply:
         s = self.stats
+        vectors = await self._round(client, request_id, self._vectors())
         return StatsReply(
             id=request_id,
             shards=self._shards,
-            vectors=await self._vectors(),
+            vectors=vectors,
             queries=s.queries,
             rounds=s.rounds,
             p50_ms=s.percentile(50),
             p99_ms=s.percentile(99),
+            rejected={reason: n for reason, n in s.rejected.items() if n},
         )
 
     async def _next_batch(self) -> list[_Pending]:
@@ -231,15 +233,21 @@ class Gateway:
 
     async def _answer_group(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        matrix = self._embed(batch)
+        try:
+            matrix = self._embed(batch)
+        except Exception as exc:  # no round started: answer these and go on
+            log.exception("embedding %d queries failed", len(batch))
+            for p in batch:
+                await self._reject(p.client, _internal(p.request.id, exc, "embedding failed"))
+            return
         embedded = time.perf_counter()
         k = max(p.request.k for p in batch)
         try:
             tables = await self._run_round(matrix, k, batch[0].request.filter)
         except Exception as exc:  # a failed round answers its queries, then ends the actor
             for p in batch:
-                await self._error(p.client, p.request.id, "internal", f"search failed: {exc}")
-            raise
+                await self._reject(p.client, _internal(p.request.id, exc, "search failed"))
+            raise RoundFailed(f"a search round failed: {exc!r}") from exc
         done = time.perf_counter()
         self.stats.rounds += 1
         for p, table in zip(batch, tables, strict=True):
@@ -249,7 +257,12 @@ class Gateway:
                 total_ms=(done - p.arrived) * 1e3,
                 batch=len(batch),
             )
-            hits = _hits(table.slice(0, p.request.k))
+            try:
+                hits = _hits(table.slice(0, p.request.k))
+            except Exception as exc:
+                log.exception("the hits of query %d could not be built", p.request.id)
+                await self._reject(p.client, _internal(p.request.id, exc))
+                continue
             await self._reply(p.client, QueryReply(id=p.request.id, hits=hits, timings=timings))
             self.stats.record(timings.total_ms)
 
@@ -272,11 +285,7 @@ def _hits(table: pa.Table) -> list[Hit]:
     return [Hit(*row) for row in zip(*columns.values(), strict=True)]
 
 
-def _peek_id(body: bytes) -> int | None:
-    """The request id of an otherwise invalid request, so the client can match the error."""
-    try:
-        value = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
-        return None
-    request_id = value.get("id") if isinstance(value, dict) else None
-    return request_id if isinstance(request_id, int) else None
+def _internal(request_id: int | None, exc: BaseException, what: str = "") -> Rejection:
+    detail = f"{type(exc).__name__}: {exc}"
+    message = f"{what}: {detail}" if what else f"the gateway failed on this request ({detail})"
+    return Rejection(request_id, "internal", message, "internal")

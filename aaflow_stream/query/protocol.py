@@ -3,17 +3,43 @@
 A client sends one request frame; the gateway answers one reply frame carrying the request's
 ``id``. A request that does not decode gets an ``ErrorReply`` (with ``id`` when it could be
 read), never silence: the gateway goes on serving everyone else.
+
+Bounds (checked by the decoder where a type can say them, by ``query.admission`` otherwise;
+a request outside them gets ``ErrorReply(code="bad_request")``):
+
+* a request is one frame of at most ``MAX_REQUEST_BYTES``; frames over ``MAX_FRAME_BYTES``
+  are refused by ZeroMQ itself (``MAXMSGSIZE``): the connection is dropped unanswered;
+* ``k`` in [1, ``MAX_K``]; a text of 1 to ``MAX_TEXT_CHARS`` characters, or a vector of the
+  shards' dimension with finite values;
+* a filter's ``sources``: 1 to ``MAX_FILTER_SOURCES`` names of at most
+  ``MAX_SOURCE_CHARS`` characters each (``None``: every source); its times: milliseconds
+  since the epoch within int64 (``MIN_TS_MS``..``MAX_TS_MS``), both ends inclusive, and
+  ``ts_from_ms`` not after ``ts_to_ms`` (an inverted range is refused, not an empty answer);
+* a delete: 1 to ``MAX_DELETE_IDS`` doc ids of 1 to ``MAX_DOC_ID_BYTES`` bytes (UTF-8).
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
 MAX_K: Final = 1000
 MAX_TEXT_CHARS: Final = 100_000
 MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
+# The hard cap per frame, set as the gateway ROUTER's MAXMSGSIZE: requests between
+# MAX_REQUEST_BYTES and this get a bad_request reply; larger frames never reach the gateway.
+MAX_FRAME_BYTES: Final = MAX_REQUEST_BYTES + 1024 * 1024
+MAX_FILTER_SOURCES: Final = 1024
+MAX_SOURCE_CHARS: Final = 4096
+MIN_TS_MS: Final = -(2**63)
+MAX_TS_MS: Final = 2**63 - 1
+MAX_DOC_ID_BYTES: Final = 1024
+# Queries waiting for a round at the gateway; so also the most queries one round can carry.
+MAX_PENDING_QUERIES: Final = 4096
+
+TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+SourceName = Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_CHARS)]
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -21,11 +47,15 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="k
 
 
 class QueryFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Only chunks from these sources and/or with ``ts`` in [ts_from_ms, ts_to_ms]."""
+    """Only chunks from these sources and/or with ``ts`` in [ts_from_ms, ts_to_ms] (bounds in
+    the module docstring; the decoder checks all but the order of the two ends)."""
 
-    sources: list[str] | None = None
-    ts_from_ms: int | None = None
-    ts_to_ms: int | None = None
+    sources: (
+        Annotated[list[SourceName], msgspec.Meta(min_length=1, max_length=MAX_FILTER_SOURCES)]
+        | None
+    ) = None
+    ts_from_ms: TimestampMs | None = None
+    ts_to_ms: TimestampMs | None = None
 
 
 class QueryRequest(_Msg, tag="query", frozen=True):
@@ -50,7 +80,7 @@ class DeleteRequest(_Msg, tag="delete", frozen=True):
     shard has logged (durably) and applied the removal."""
 
     id: int
-    doc_ids: list[str]
+    doc_ids: list[str]  # bounds: query.admission
 
 
 Request = QueryRequest | StatsRequest | DeleteRequest
@@ -87,6 +117,8 @@ class StatsReply(_Msg, tag="stats_reply", frozen=True):
     rounds: int
     p50_ms: float
     p99_ms: float
+    # Requests answered with an error since start, by reason (query.admission).
+    rejected: dict[str, int] = {}
 
 
 class DeleteReply(_Msg, tag="deleted", frozen=True):
@@ -107,7 +139,6 @@ Reply = QueryReply | StatsReply | DeleteReply | ErrorReply
 
 _encoder = msgspec.msgpack.Encoder()
 request_decoder: Final = msgspec.msgpack.Decoder(Request)
-filter_decoder: Final = msgspec.msgpack.Decoder(QueryFilter | None)
 reply_decoder: Final = msgspec.msgpack.Decoder(Reply)
 
 

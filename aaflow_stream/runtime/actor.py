@@ -41,7 +41,8 @@ import zmq.asyncio
 from ..channels.acks import AckInbox
 from ..channels.inport import InPort, Received
 from ..channels.outport import LinkSpec, OutPort
-from ..errors import LinkTimeout, OperatorError
+from ..errors import LinkTimeout, OperatorError, RetryLater
+from ..mpi.abort import DeferredAbort
 from ..observe.events import SLOW_CONSUMER_S, event
 from ..observe.trace import Arrival, TraceRecorder
 from ..operators.base import OperatorContext, Output, Routed, build
@@ -63,6 +64,8 @@ PARENT_PID_ENV: Final = "AAFLOW_SUPERVISOR_PID"
 # Set by MPICH's process manager for every rank; replaces ``{rank}`` in the spec path.
 MPI_RANK_ENV: Final = "PMI_RANK"
 PROFILE_DIR_ENV: Final = "AAFLOW_PROFILE_DIR"
+# A failed MPI rank ends its whole job at most this long after its failure (mpi.abort).
+MPI_ABORT_GRACE_S: Final = 2.0
 
 
 class Actor:
@@ -293,7 +296,7 @@ class Actor:
                     continue
                 self._arrived(item)
                 for batch in item.batches:
-                    await self._emit(chain.process(batch))
+                    await self._emit(await _process_when_ready(chain, batch))
                 await self._inport.finished(item)
                 await _let_others_run()
         await self._finish_stream()
@@ -433,6 +436,16 @@ def _ignore_stop_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+async def _process_when_ready(chain: Chain, batch: pa.RecordBatch) -> list[Output]:
+    """``chain.process(batch)``, offered again after each ``RetryLater`` of its head operator
+    (a full disk): the wait sleeps on the loop, which keeps serving everything else."""
+    while True:
+        try:
+            return chain.process(batch)
+        except RetryLater as wait:
+            await asyncio.sleep(wait.after_s)
+
+
 async def _let_others_run() -> None:
     """A receive or send that need not wait does not suspend, so under steady input the main
     loop would never yield: the actor's other tasks (a shard's log syncs and snapshots, acks,
@@ -450,6 +463,7 @@ async def run_actor(spec: ActorSpec) -> int:
     ctx = zmq.asyncio.Context()
     actor = Actor(spec, ctx)
     code, linger = EXIT_OK, CLEAN_LINGER_MS
+    abort: DeferredAbort | None = None
     try:
         await actor.run()
     except Exception as exc:  # every failure of the actor ends here, logged once
@@ -462,10 +476,17 @@ async def run_actor(spec: ActorSpec) -> int:
         actor._event(logging.ERROR, "actor_crash", reason=reason)
         await actor.report_failure(reason)
         linger = 500
+        if MPI_RANK_ENV in os.environ:
+            # A rank cannot end alone: its peers would wait for it in collectives, and
+            # MPI_Finalize for them. The whole job ends once the report is out (the close
+            # below), or after MPI_ABORT_GRACE_S should the close hang.
+            abort = DeferredAbort(f"{spec.name} failed: {reason}", MPI_ABORT_GRACE_S, code)
     finally:
         _ignore_stop_signals()
         actor.close(linger)
         ctx.term()
+        if abort is not None:
+            abort.now()
     return code
 
 

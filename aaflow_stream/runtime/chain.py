@@ -123,9 +123,10 @@ class Chain:
 
     def process(self, batch: pa.RecordBatch) -> list[Output]:
         head = self.runs[0]
+        out = head.call(head.operator.process, batch)  # RetryLater: nothing happened yet
         head.rows_in += batch.num_rows
         self.holding = bool(self._idlers)
-        return self._through(1, head.call(head.operator.process, batch))
+        return self._through(1, out)
 
     def idle(self) -> list[Output]:
         """Input stopped for a while: what the operators with ``idle()`` held back, fed

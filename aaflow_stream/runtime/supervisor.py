@@ -4,9 +4,15 @@
   sinks first, each as ``python -m aaflow_stream.runtime.actor`` in its own session (a Ctrl-C in
   the terminal reaches the supervisor only, which then stops actors in order). The supervisor is
   *started* once every actor reported Ready; only then are sources told to Start.
-* Watch: actors report Stats periodically and Done at the end over a ROUTER socket; their exit
-  codes are polled. A non-zero exit is a crash: it is reported with the exit code and the last
-  error (the actor's Failed message, else the tail of its log) and the rest are stopped.
+* Watch: actors report Stats periodically and Done at the end over a ROUTER socket. A failure
+  is any of: a launch that exited non-zero; an MPI rank whose own process ended without its
+  Done (also while its mpiexec still runs, or when the job then exits 0); an actor silent for
+  the heartbeat timeout whose event loop is stopped or blocked (``liveness.py``: it is
+  declared *hung*, shown so in the status, and SIGKILLed). A failure is reported with the
+  exit code and the last error (the actor's Failed message, else the tail of its log).
+* Restart: the policy allows ``max_restarts`` attempts in all; a crash while a restarted graph
+  starts consumes the next one. At the very first start-up an operator that could not be
+  built (exit code 2) fails at once (``BadOperator``): it would fail the same way again.
 * Stop: sources first (they end their streams, which drains every stage behind them), then
   whatever is still running is sent SIGTERM stage by stage, then SIGKILL after a deadline.
   Every process is reaped and the socket directory removed, also when the supervisor itself is
@@ -21,29 +27,34 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from ..channels import sockets
-from ..errors import ActorFailed, SpecError
+from ..errors import ActorFailed
 from ..observe.events import event
 from ..observe.status import StatusBoard
 from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
 from ..spec import MetricsSpec, RestartSpec
-from .actor import PARENT_PID_ENV
+from ..untrusted import MalformedMessage, decode
+from . import launches, watch
+from .actor import EXIT_BAD_OPERATOR, PARENT_PID_ENV
+from .failures import BadOperator, StartTimeout
+from .launches import ActorProcess, Launch, mpiexec_path
+from .liveness import heartbeat_timeout
 from .procs import alive
 
 if TYPE_CHECKING:
@@ -52,79 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
-# How long an mpiexec whose ranks were killed gets to exit by itself before a signal. Hydra
-# then removes its /tmp/hydra_hwloc_xmlfile_* (a SIGKILLed mpiexec leaves it behind).
-MPIEXEC_GRACE_S = 2.0
 
-
-@dataclass
-class Launch:
-    """One started OS process: an actor, or an ``mpiexec`` job whose ranks are actors."""
-
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-
-async def _reap_mpiexec(popen: subprocess.Popen[bytes]) -> None:
-    """An mpiexec whose ranks were killed: let it exit and clean up, else SIGTERM, then SIGKILL."""
-    for send in (None, popen.terminate, popen.kill):
-        if popen.poll() is not None:
-            return
-        if send is not None:
-            send()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(popen.wait, MPIEXEC_GRACE_S)
-
-
-@dataclass
-class ActorProcess:
-    spec: ActorSpec
-    launch: Launch
-    pid: int | None = None  # reported in Ready; an MPI rank's differs from the launch's
-    ready: bool = False
-    done: bool = False
-    stats: ActorStats | None = None
-    failure: str | None = None
-
-    @property
-    def popen(self) -> subprocess.Popen[bytes]:
-        return self.launch.popen
-
-    @property
-    def log_path(self) -> Path:
-        return self.launch.log_path
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.launch.popen.poll()
-
-    @property
-    def is_rank(self) -> bool:
-        """A rank of an mpiexec job: its own pid, not the launch's (known once Ready)."""
-        return self.pid is not None and self.pid != self.launch.popen.pid
-
-    def last_error(self) -> str:
-        if self.failure:
-            return self.failure
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        code = self.exit_code
-        tail = " | ".join(lines[-3:]) if lines else "empty log"
-        if code is not None and code < 0:
-            return f"killed by signal {signal.Signals(-code).name}; log tail: {tail}"
-        return tail
-
-
-def mpiexec_path() -> str:
-    """The ``mpiexec`` the project installs into its virtual environment (MPICH from PyPI)."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if not found:
-        raise SpecError("mpiexec not found: install the project (make install) to get MPICH")
-    return found
+__all__ = ["ActorProcess", "Launch", "Restart", "RunReport", "Supervisor", "mpiexec_path"]
 
 
 def _in_stages(stages: set[str], actor: ActorProcess) -> bool:
@@ -172,6 +112,7 @@ class Supervisor:
         restart: RestartSpec | None = None,
         metrics: MetricsSpec | None = None,
         trace_dir: Path | None = None,
+        inherit_fds: tuple[int, ...] = (),
     ) -> None:
         self.graph = graph
         self.run_dir = run_dir
@@ -181,7 +122,11 @@ class Supervisor:
         self._stop_timeout_s = stop_timeout_s
         self._on_stats = on_stats
         self._restart_policy = restart
-        self.restarts: list[Restart] = []
+        self._heartbeat_s = heartbeat_timeout(graph.stats_interval_s, graph.heartbeat_s)
+        # Descriptors every started process inherits: the run's directory locks.
+        self._inherit_fds = inherit_fds
+        self.restarts: list[Restart] = []  # the restarts that got the graph ready again
+        self.restart_attempts = 0  # every attempt, including those that failed to start
         self._specs: list[ActorSpec] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
@@ -198,6 +143,7 @@ class Supervisor:
         self.board = StatusBoard(graph, run_dir)
         self._exited: set[str] = set()  # actors whose exit was logged (or caused by us)
         self._dead_letters: dict[str, int] = {}
+        self.malformed: Counter[str] = Counter()  # dropped control messages, by reason
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -218,12 +164,22 @@ class Supervisor:
     def actors(self) -> dict[str, ActorProcess]:
         return self._actors
 
+    @property
+    def heartbeat_s(self) -> float:
+        """The silence after which an actor is suspect (``liveness.heartbeat_timeout``)."""
+        return self._heartbeat_s
+
     def request_stop(self) -> None:
         """Ask ``wait`` to stop the graph in order (what Ctrl-C does)."""
         self._stop_requested.set()
 
     async def start(self) -> None:
-        """Start every actor and return once all of them report Ready."""
+        """Start every actor and return once all of them report Ready.
+
+        A crash during this first start-up is retried by the restart policy, unless it is
+        deterministic (an operator that could not be built: ``BadOperator``) or the start
+        timed out (``StartTimeout``: it already took ``start_timeout_s``).
+        """
         self._clock = _Clock()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "actors").mkdir(exist_ok=True)
@@ -231,8 +187,10 @@ class Supervisor:
         self._start_observing()
         self._socket_dir = self._make_socket_dir()
         self._ctx = zmq.asyncio.Context()
-        endpoint = f"ipc://{self._socket_dir / 'supervisor'}"
+        router_path = self._socket_dir / "supervisor"
+        endpoint = f"ipc://{router_path}"
         self._router = sockets.control_socket(self._ctx, zmq.ROUTER, bind=endpoint)
+        router_path.chmod(0o600)  # the directory is 0700 already: defence in depth
         self._specs = plan_actors(
             self.graph,
             self.run_dir,
@@ -242,7 +200,15 @@ class Supervisor:
             trace_dir=self._trace_dir,
         )
         self._launch_all()
-        await self._await_ready()
+        try:
+            await self._await_ready()
+        except StartTimeout:
+            raise
+        except ActorFailed as error:
+            if error.exit_code == EXIT_BAD_OPERATOR:
+                log.error("%s: not restarted (the operator cannot be built)", error)
+                raise BadOperator(error.actor, error.exit_code, error.last_error) from error
+            await self._recover(error, start_sources=False)
         self.board.run_state("running")
         self._clock.ready_at = time.perf_counter()
         log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
@@ -310,10 +276,10 @@ class Supervisor:
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self._start_timeout_s
         while not all(a.ready for a in self._actors.values()):
-            self._raise_on_crash()
+            self._check()
             if time.monotonic() > deadline:
                 waiting = sorted(n for n, a in self._actors.items() if not a.ready)
-                raise ActorFailed(
+                raise StartTimeout(
                     waiting[0],
                     None,
                     f"not ready after {self._start_timeout_s}s (waiting for {waiting})",
@@ -336,7 +302,7 @@ class Supervisor:
     async def wait(self) -> RunReport:
         """Let sources run; return when every actor ended cleanly.
 
-        A crash raises ActorFailed, unless the restart policy allows another try: then the
+        A failure raises ActorFailed, unless the restart policy allows another try: then the
         whole graph is restarted (see ``_restart``) and the wait goes on.
         """
         await self._start_sources()
@@ -346,9 +312,7 @@ class Supervisor:
                 await self._watch()
                 break
             except ActorFailed as error:
-                if self._stop_requested.is_set() or not self._may_restart():
-                    raise
-                await self._restart(error)
+                await self._recover(error, start_sources=True)
         return RunReport(
             stats={n: a.stats for n, a in self._actors.items() if a.stats is not None},
             exit_codes={n: a.exit_code or 0 for n, a in self._actors.items()},
@@ -364,21 +328,42 @@ class Supervisor:
                 await self._router.send_multipart([a.spec.name.encode(), encode(Start())])
 
     async def _watch(self) -> None:
-        while any(a.exit_code is None for a in self._actors.values()):
+        while True:
             if self._stop_requested.is_set():
                 await self.stop()
                 break
-            self._raise_on_crash()
+            self._check()
+            if all(a.exit_code is not None for a in self._actors.values()):
+                if not self._awaiting_done():
+                    break
             await self._pump(POLL_S)
         await self._pump(0)  # final Done messages
-        self._raise_on_crash()
+        self._check(final=True)
+
+    def _awaiting_done(self) -> bool:
+        return watch.awaiting_done(self._groups(), time.monotonic())
+
+    # --- restarts -----------------------------------------------------------------------------
 
     def _may_restart(self) -> bool:
         return self._restart_policy is not None and (
-            len(self.restarts) < self._restart_policy.max_restarts
+            self.restart_attempts < self._restart_policy.max_restarts
         )
 
-    async def _restart(self, error: ActorFailed) -> None:
+    async def _recover(self, failure: ActorFailed, *, start_sources: bool) -> None:
+        """Restart the graph until it is ready again; each attempt consumes one restart of
+        the policy, also one whose graph crashed while starting. Raises the last failure
+        once the policy is spent (or a stop was requested)."""
+        while True:
+            if self._stop_requested.is_set() or not self._may_restart():
+                raise failure
+            try:
+                await self._restart(failure, start_sources=start_sources)
+                return
+            except ActorFailed as error:
+                failure = error
+
+    async def _restart(self, error: ActorFailed, *, start_sources: bool) -> None:
         """Kill every actor, wait the backoff, start the graph again and restart its sources.
 
         The whole graph is the unit of restart (as a pipelined region is in Flink): a stage's
@@ -389,7 +374,8 @@ class Supervisor:
         detected_at = time.time()
         policy = self._restart_policy
         assert policy is not None
-        attempt = len(self.restarts) + 1
+        self.restart_attempts += 1
+        attempt = self.restart_attempts
         backoff = min(policy.backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
         log.error(
             "restarting the graph after %s (restart %d of at most %d, in %.2fs)",
@@ -422,30 +408,14 @@ class Supervisor:
         await self._await_ready()
         self.board.run_state("running")
         self.restarts.append(Restart(str(error), detected_at, time.time()))
-        await self._start_sources()
+        if start_sources:
+            await self._start_sources()
         log.info("graph restarted: %d actors ready", len(self._actors))
 
     async def _kill_all(self) -> None:
-        """SIGKILL every actor (MPI ranks by their own pid: killing mpiexec may orphan them)."""
-        for a in self._actors.values():
-            if a.pid is not None and a.exit_code is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(a.pid, signal.SIGKILL)
-        ranks = {id(a.launch) for a in self._actors.values() if a.is_rank}
-        for launch in self._launches():
-            if id(launch) in ranks:
-                await _reap_mpiexec(launch.popen)
-            elif launch.popen.poll() is None:
-                launch.popen.kill()
-        for launch in self._launches():
-            await asyncio.to_thread(launch.popen.wait)
-            launch.log_file.close()
-        # Ranks are not our children: make sure they are gone before their ports are reused.
-        deadline = time.monotonic() + self._stop_timeout_s
-        while any(alive(a.pid) for a in self._actors.values() if a.pid is not None):
-            if time.monotonic() > deadline:
-                raise ActorFailed("supervisor", None, "actors outlived SIGKILL")
-            await asyncio.sleep(POLL_S)
+        await launches.kill_all(list(self._actors.values()), self._stop_timeout_s)
+
+    # --- stopping -----------------------------------------------------------------------------
 
     async def stop(self) -> None:
         """Sources first, then stage by stage; SIGKILL whatever outlives the deadline.
@@ -471,17 +441,17 @@ class Supervisor:
             self._exited.add(a.spec.name)  # its job's exit code is ours, not a crash
             rank_pid = a.pid if a.is_rank else None
             if rank_pid is not None and not alive(rank_pid):
-                continue  # a rank that ended while another rank of its job did not
+                jobs[id(a.launch)] = a.launch  # the rank ended, its mpiexec did not (yet)
+                continue
             log.warning("%s did not stop in time: SIGKILL", a.spec.name)
             self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
-            if rank_pid is not None:  # the rank itself: a SIGKILLed mpiexec leaves a /tmp file
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(rank_pid, signal.SIGKILL)
+            if rank_pid is not None:  # the rank itself: a SIGKILLed mpiexec leaves it behind
+                launches.kill_pid(rank_pid)
                 jobs[id(a.launch)] = a.launch
             else:
                 a.popen.kill()
         for launch in jobs.values():
-            await _reap_mpiexec(launch.popen)
+            await launches.reap_mpiexec(launch.popen)
         await self._wait_exit(lambda a: True, 5.0)
 
     async def aclose(self) -> None:
@@ -514,50 +484,50 @@ class Supervisor:
         if self._metrics is not None:
             self._metrics.close()
 
-    # --- internals ----------------------------------------------------------------------------
+    # --- launching ----------------------------------------------------------------------------
 
     def _make_socket_dir(self) -> Path:
+        """Where the ipc sockets live: mode 0700, so no other user can reach them."""
         preferred = self.run_dir / "sock"
         longest_name = max(len(s.name) for s in self.graph.stages) + 12
         if len(str(preferred.resolve())) + longest_name <= MAX_IPC_PATH:
-            preferred.mkdir(exist_ok=True)
+            preferred.mkdir(mode=0o700, exist_ok=True)
+            preferred.chmod(0o700)  # also when an earlier run left it with another mode
             return preferred.resolve()
         return Path(tempfile.mkdtemp(prefix="aaf-"))  # run dir too deep for unix socket paths
 
     def _launches(self) -> list[Launch]:
         return list({id(a.launch): a.launch for a in self._actors.values()}.values())
 
+    def _members(self, launch: Launch) -> list[ActorProcess]:
+        return [a for a in self._actors.values() if a.launch is launch]
+
     def _write_spec(self, spec: ActorSpec) -> Path:
         path = self.run_dir / "actors" / f"{spec.name}.json"
         path.write_bytes(msgspec.json.encode(spec))
         return path
 
-    def _start_process(self, argv: list[str], log_name: str) -> Launch:
+    def _start_process(
+        self, argv: list[str], log_name: str, extra_env: dict[str, str] | None = None
+    ) -> Launch:
         log_path = self.run_dir / "logs" / f"{log_name}.log"
-        log_file = open(log_path, "ab")  # closed in aclose()
-        env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid())}
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        return Launch(popen, log_path, log_file)
+        env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid()), **(extra_env or {})}
+        popen, log_file = launches.start_process(argv, log_path, env, self._inherit_fds)
+        return Launch(popen, log_path, log_file, mpi=extra_env is not None)
 
     def _launch(self, spec: ActorSpec) -> None:
         argv = [sys.executable, "-m", "aaflow_stream.runtime.actor", str(self._write_spec(spec))]
         self._actors[spec.name] = ActorProcess(spec, self._start_process(argv, spec.name))
 
     def _launch_mpi_job(self, specs: list[ActorSpec]) -> None:
-        """All replicas of a stage as the ranks of one ``mpiexec -n`` job (rank = replica)."""
+        """All replicas of a stage as the ranks of one job (rank = replica), on this host:
+        under ``mpiexec.gforker`` (no listening port), its transport on loopback."""
         specs = sorted(specs, key=lambda s: s.replica)
         for spec in specs:
             self._write_spec(spec)
         template = self.run_dir / "actors" / f"{specs[0].stage}.{{rank}}.json"
         argv = [
-            mpiexec_path(),
+            launches.local_mpiexec(),
             "-n",
             str(len(specs)),
             sys.executable,
@@ -565,9 +535,11 @@ class Supervisor:
             "aaflow_stream.runtime.actor",
             str(template),
         ]
-        launch = self._start_process(argv, specs[0].stage)
+        launch = self._start_process(argv, specs[0].stage, launches.loopback_env())
         for spec in specs:
             self._actors[spec.name] = ActorProcess(spec, launch)
+
+    # --- messages -----------------------------------------------------------------------------
 
     async def _pump(self, timeout_s: float) -> None:
         """Handle every actor message that arrives within ``timeout_s``."""
@@ -580,13 +552,21 @@ class Supervisor:
             name = parts[0].decode(errors="replace")
             actor = self._actors.get(name)
             if actor is None or len(parts) != 2:
+                self.malformed["unknown_peer"] += 1
                 log.warning("message from unknown peer %r dropped", name)
                 continue
             try:
-                msg = actor_up_decoder.decode(parts[1])
-            except msgspec.DecodeError as exc:
-                log.warning("undecodable message from %s dropped: %s", name, exc)
+                msg = decode(
+                    actor_up_decoder,
+                    parts[1],
+                    max_bytes=sockets.MAX_CONTROL_BYTES,
+                    what=f"control message from {name}",
+                )
+            except MalformedMessage as exc:
+                self.malformed[exc.reason] += 1
+                log.warning("%s: dropped", exc)
                 continue
+            actor.heard_at = time.monotonic()
             match msg:
                 case Ready(pid=pid):
                     actor.ready, actor.pid = True, pid
@@ -601,24 +581,49 @@ class Supervisor:
                 case Failed(reason=reason):
                     actor.failure = reason
 
-    def _raise_on_crash(self) -> None:
-        for launch in self._launches():
-            code = launch.popen.poll()
-            if code is None or code == 0:
-                continue
-            members = [a for a in self._actors.values() if a.launch is launch]
-            # In an MPI job the rank that reported a failure is the culprit, not its peers.
-            culprit = next((a for a in members if a.failure), members[0])
-            error = ActorFailed(culprit.spec.name, code, culprit.last_error())
-            if not self._crashed:
-                log.error("%s", error)
-                if culprit.spec.name not in self._exited:
-                    self._exited.add(culprit.spec.name)
-                    self._event(
-                        logging.ERROR, "actor_crash", culprit, code=code, reason=error.last_error
-                    )
-            self._crashed = True
-            raise error
+    # --- failure detection --------------------------------------------------------------------
+
+    def _check(self, *, final: bool = False) -> None:
+        """Raise ActorFailed for the first failure ``watch.find`` sees. ``final``: every
+        process has ended and its last messages were read: no more grace for a Done."""
+        found = watch.find(self._groups(), self._heartbeat_s, time.monotonic(), final)
+        if found is None:
+            return
+        if found.hung:
+            raise self._hung(found.actor, found.why)
+        raise self._failed(found.actor, found.code, found.why)
+
+    def _groups(self) -> list[watch.Group]:
+        return [(launch, self._members(launch)) for launch in self._launches()]
+
+    def _hung(self, actor: ActorProcess, reason: str) -> ActorFailed:
+        actor.hung = True
+        name = actor.spec.name
+        self._exited.add(name)  # its SIGKILL is ours: not logged as a crash of its own
+        error = ActorFailed(name, None, f"hung: {reason}")
+        log.error("%s; SIGKILL", error)
+        self._event(logging.ERROR, "actor_hung", actor, pid=actor.pid, reason=reason)
+        self.board.actor_state(name, "hung")
+        assert actor.pid is not None
+        launches.kill_pid(actor.pid)
+        self._crashed = True
+        with contextlib.suppress(OSError):
+            self.board.write()  # status shows it now, not at the next due write
+        return error
+
+    def _failed(self, culprit: ActorProcess, code: int | None, why: str = "") -> ActorFailed:
+        reason = culprit.last_error()
+        error = ActorFailed(culprit.spec.name, code, f"{why}; {reason}" if why else reason)
+        if not self._crashed:
+            log.error("%s", error)
+            if culprit.spec.name not in self._exited:
+                self._exited.add(culprit.spec.name)
+                self._event(
+                    logging.ERROR, "actor_crash", culprit, code=code, reason=error.last_error
+                )
+                self.board.actor_state(culprit.spec.name, "crashed")
+        self._crashed = True
+        return error
 
     def _signal_stage(self, stage: str, sig: signal.Signals) -> None:
         for a in self._actors.values():

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
-import msgspec
 import zmq
 import zmq.asyncio
 
 from ..channels import sockets
 from ..protocol import ActorUp, Start, Stop, actor_down_decoder, encode
+from ..untrusted import MalformedMessage, decode
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 class SupervisorLink:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str | None, actor: str) -> None:
         self._actor = actor
+        self.malformed: Counter[str] = Counter()  # dropped messages, by reason
         self._sock = (
             sockets.control_socket(ctx, zmq.DEALER, identity=actor, connect=endpoint)
             if endpoint
@@ -43,9 +45,15 @@ class SupervisorLink:
         while True:
             raw = await self._sock.recv()
             try:
-                msg = actor_down_decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                log.warning("undecodable message from the supervisor dropped: %s", exc)
+                msg = decode(
+                    actor_down_decoder,
+                    raw,
+                    max_bytes=sockets.MAX_CONTROL_BYTES,
+                    what="message from the supervisor",
+                )
+            except MalformedMessage as exc:  # any decoding failure, never the actor's end
+                self.malformed[exc.reason] += 1
+                log.warning("%s: dropped", exc)
                 continue
             match msg:
                 case Start():

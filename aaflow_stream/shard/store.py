@@ -64,6 +64,10 @@ def _metric(name: str) -> int:
     return {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[name]
 
 
+def _clamp_ms(value: int) -> int:
+    return max(-(2**63), min(2**63 - 1, value))
+
+
 def is_tombstone(batch: pa.RecordBatch) -> bool:
     return "keep_version" in batch.schema.names
 
@@ -395,13 +399,17 @@ class ShardStore:
             return self._faiss.IDSelectorBatch(np.zeros(0, dtype=np.int64))
         table = self._table()
         mask = pa.array(np.ones(table.num_rows, dtype=bool))
+        # A filter reaches here checked by the gateway; still, no value may fail the round on
+        # this rank alone: no sources match nothing, times are clamped to the int64 column's
+        # range, an inverted range matches nothing.
         if allowed.sources is not None:
-            mask = pc.and_(mask, pc.is_in(table.column("source"), pa.array(allowed.sources)))
+            sources = pa.array(allowed.sources, pa.string())
+            mask = pc.and_(mask, pc.is_in(table.column("source"), value_set=sources))
         ts = table.column("ts").cast(pa.int64())
         if allowed.ts_from_ms is not None:
-            mask = pc.and_(mask, pc.greater_equal(ts, allowed.ts_from_ms))
+            mask = pc.and_(mask, pc.greater_equal(ts, _clamp_ms(allowed.ts_from_ms)))
         if allowed.ts_to_ms is not None:
-            mask = pc.and_(mask, pc.less_equal(ts, allowed.ts_to_ms))
+            mask = pc.and_(mask, pc.less_equal(ts, _clamp_ms(allowed.ts_to_ms)))
         ids = table.column("chunk_id").filter(mask).to_numpy().view(np.int64)
         # A replaced row's older copy, or a removed chunk's row, may pass the filter: keep
         # only ids whose live row is the one that passed.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aaflow_stream.client import Client, QueryError
+from aaflow_stream.runtime.liveness import heartbeat_timeout
 from aaflow_stream.synthetic import generate
 
 from ..support.bench import load_bench
@@ -203,8 +204,10 @@ def test_a_full_disk_pauses_ingestion_and_it_resumes_without_loss(
     while "ingestion paused" not in (shard_log.read_text() if shard_log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, "never paused"
         time.sleep(0.1)
-    # Paused: nothing moves, and nothing that is not in a log was acknowledged.
-    time.sleep(1.0)
+    # Paused for longer than the heartbeat timeout: the wait does not hold the shard's event
+    # loop, so the supervisor sees a live shard (not a hung one to restart); nothing moves,
+    # and nothing that is not in a log was acknowledged.
+    time.sleep(heartbeat_timeout(0.5) + 2.0)
     assert proc.poll() is None
     subprocess.run(["mount", "-o", "remount,size=512m", str(small_disk)], check=True)
     stdout, stderr = proc.communicate(timeout=180)

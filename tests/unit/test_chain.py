@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pytest
 
-from aaflow_stream.errors import OperatorError
+from aaflow_stream.errors import OperatorError, RetryLater
 from aaflow_stream.operators.base import Routed
 from aaflow_stream.runtime.chain import Chain, OperatorRun
 
@@ -93,3 +94,25 @@ def test_a_stage_chain_counts_rows_in_and_out_per_operator() -> None:
     stats = {s.stage: s for s in chain.stats()}
     assert stats["pairs"].rows_in == 3 and stats["pairs"].rows_out == 2
     assert stats["route"].rows_in == 2 and stats["route"].rows_out == 2
+
+
+class FullUntil:
+    """Refuses its first ``refusals`` inputs with RetryLater (a full disk), then doubles."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
+        if self.refusals:
+            self.refusals -= 1
+            raise RetryLater("disk full", 0.0)
+        return Double().process(batch)
+
+
+def test_an_input_refused_with_retry_later_is_counted_once_when_it_finally_goes_through() -> None:
+    from aaflow_stream.runtime.actor import _process_when_ready
+
+    chain = Chain([OperatorRun("shard", FullUntil(refusals=3))], source=False)
+    out = asyncio.run(asyncio.wait_for(_process_when_ready(chain, _batch(1, 2)), 5))
+    assert [b.column("n").to_pylist() for b in out] == [[2, 4]]
+    assert chain.stats()[0].rows_in == 2
