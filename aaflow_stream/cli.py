@@ -7,6 +7,7 @@
   aaflow-stream down TOPOLOGY      stop a detached topology
   aaflow-stream status             a running topology's live figures (--topology or --run-dir)
   aaflow-stream query TEXT         ask a serving topology (--topology or --endpoint)
+  aaflow-stream delete DOC_ID...   remove documents from a serving topology; returns once durable
   aaflow-stream ingest FILES...    send documents (JSONL files, text files, - for stdin JSONL)
                                    to a running topology's ingest endpoint; returns once durable
   aaflow-stream validate TOPOLOGY  check a topology file; start nothing

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Final
 
 from .errors import AaflowError
-from .runtime.procs import alive
+from .procs import alive
 
 LOCK_FILE: Final = "LOCK"
 _PID_WIDTH: Final = 12  # the pid is written in place, fixed width: a reader never sees half

@@ -1,6 +1,6 @@
 """Wire messages other than Arrow payloads: msgspec Structs, msgpack-encoded, strictly decoded.
 
-Three conversations use them:
+Four conversations use them:
 
 * data links (PUSH → PULL): frame 0 of every message is a ``DataMessage`` header; the Arrow
   buffers follow (see ``frames``);
@@ -9,7 +9,8 @@ Three conversations use them:
 * delivery acks (shard PUSH → source PULL): ``Ack`` says which documents' rows a shard made
   durable;
 * actor control (supervisor ROUTER ↔ actor DEALER): ``Ready``, ``Stats``, ``Done`` and
-  ``Failed`` go up; ``Start`` and ``Stop`` come down.
+  ``Failed`` go up; ``Start`` comes down. An actor also acts on ``Stop``, but the supervisor
+  sends none today: it stops actors with SIGTERM, which drains them the same way.
 
 No pickle anywhere: a frame that does not decode into one of these is rejected by the caller.
 """

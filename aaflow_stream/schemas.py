@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Where a row came from, so that shards can acknowledge what they made durable (DESIGN.md
-# section 6): the load replica, the document's offset in that replica's stream, and (from the
-# transform on) how many chunks the document has. They travel through every stage; shards do
-# not keep them.
+# Where a row came from, so that shards can acknowledge what they made durable
+# (docs/architecture.md, "Delivery, checkpoints and restarts"): the load replica, the
+# document's offset in that replica's stream, and (from the transform on) how many chunks the
+# document has. They travel through every stage; shards do not keep them.
 SOURCE_FIELDS = [
     pa.field("src_replica", pa.int32()),
     pa.field("src_offset", pa.int64()),

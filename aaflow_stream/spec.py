@@ -61,7 +61,8 @@ class TransformStage(_Stage, tag="transform", tag_field="operator", frozen=True)
     chunk_size: Positive = 512
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 64
     prefer: Literal["none", "paragraph", "sentence"] = "none"
-    # Collapse whitespace runs and strip ends first. BENCH.md W1 cuts the raw text: false.
+    # Collapse whitespace runs and strip ends first. W1 (docs/benchmarks.md) cuts the raw
+    # text: false.
     normalize: bool = True
 
 
@@ -210,7 +211,9 @@ class MetricsSpec(_Spec, frozen=True):
 
 
 class DurabilitySpec(_Spec, frozen=True):
-    """How shards make upserts durable before they acknowledge them (DESIGN.md section 6).
+    """How shards make upserts durable before they acknowledge them.
+
+    The mechanism: docs/architecture.md, "Shards".
 
     ``wal_sync``: ``batch`` fsyncs the write-ahead log after every batch; ``interval`` fsyncs
     at most every ``sync_interval_ms`` (group commit: fewer fsyncs, acks wait for the next one);

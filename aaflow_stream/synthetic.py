@@ -1,4 +1,4 @@
-"""W1 corpus: deterministic synthetic JSONL documents, exactly as BENCH.md specifies.
+"""W1 corpus: deterministic synthetic JSONL documents, as docs/benchmarks.md defines it.
 
 Words are drawn Zipf(s=1.1) by rank over a 50,000-word vocabulary of lowercase words
 (length 2-12) generated from the seed; documents are 1,500-2,500 characters. Each file

@@ -1,4 +1,4 @@
-"""W1 baseline pipelines (BENCH.md): the same stage functions run by other systems.
+"""W1 baseline pipelines (docs/benchmarks.md): the same stage functions run by other systems.
 
 Every baseline loads and parses the JSONL files, cuts 512/64 windows with `chunk_windows`
 and `chunk_id`, embeds batches with `HashEmbedder`, and upserts into 4 FAISS shards

@@ -1,4 +1,4 @@
-"""M1 — real model (BENCH.md): chunks/s through the embed stage next to one direct encode.
+"""M1 — real model (docs/benchmarks.md): chunks/s through the embed stage vs one direct encode.
 
 The corpus: the docstrings (``inspect.getdoc``) of the standard library's public modules (each
 package followed by its public submodules) and of their public members (classes' methods
@@ -23,7 +23,7 @@ Systems, each ``--repeats`` times round-robin (the order rotates each repeat), m
 Every stage run's vectors are checked against the direct run's (same model and device):
 the smallest cosine over the chunks must be at least ``--min-cosine``; the exit status is 1
 otherwise. The table shows each split's ratio to ``direct``; the target is >= 0.9x with one
-replica (BENCH.md M1 / issue 6). The load average is printed at start and end.
+replica (M1 in docs/benchmarks.md; issue 6). The load average is printed at start and end.
 
     python bench/embed.py                          # M1: 2,000 chunks, 3 repeats, 1x2 and 2x1
     python bench/embed.py --quick --json           # < 1 minute; last line: one JSON object

@@ -315,6 +315,7 @@ def discover_targets(run_dir: Path, gateway: str, ingest: str) -> list[Target]:
         endpoint = f"ipc://{path}"
         targets.append(Target(f"{path.name} push", endpoint, "PUSH"))
         targets.append(Target(f"{path.name} dealer", endpoint, "DEALER"))
+        known.add(endpoint)
     for endpoint in sorted(e for e in known if e.startswith("ipc://")):
         targets.append(Target(f"{Path(endpoint[6:]).name} raw unix", endpoint, "raw"))
     return targets

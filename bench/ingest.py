@@ -1,4 +1,4 @@
-"""W1 ingestion (BENCH.md): the aaflow-stream engine next to the baselines, in one run.
+"""W1 ingestion (docs/benchmarks.md): the aaflow-stream engine next to the baselines, in one run.
 
 Each system ingests the same synthetic corpus; systems are interleaved round-robin across
 `--repeats` (the order rotates each repeat) so that machine noise hits all of them. What is
@@ -15,7 +15,8 @@ measured, per system (median over its verified runs):
   run that fails the check, or that fails, has no time.
 - stages: busy seconds of load, transform, embed and upsert, summed over workers. The
   engine's upsert is the shuffle (`upsert` busy) plus the shard ranks' busy time less
-  their final flush (persisting to disk plus an MPI all-reduce), which is shown apart.
+  their final flush (syncing the log, the end-of-stream snapshot and the last acks), which
+  is shown apart.
 - cpu_s: CPU seconds of the whole command, start-up and teardown included (user + system of
   it and of every process it reaped; the engine's end-of-run snapshots count too): the more
   stable figure on a noisy machine.
@@ -450,8 +451,8 @@ def engine_table(detail: dict[str, Any]) -> Iterator[str]:
         )
     metrics = detail["stages"].get("shard", {}).get("metrics", {})
     yield (
-        f"shard flush_s {metrics.get('flush_s', 0.0):.3f} (summed over ranks; "
-        f"persist_s {metrics.get('persist_s', 0.0):.3f}, the rest the MPI all-reduce), "
+        f"shard flush_s {metrics.get('flush_s', 0.0):.3f} (summed over ranks: the log sync, "
+        "the end-of-stream snapshot and the last acks), "
         f"total_s {detail['total_s']:.3f}, startup_s {detail['startup_s']:.2f}, "
         f"whole command {detail['command_wall_s']:.2f} s"
     )

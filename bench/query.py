@@ -1,4 +1,4 @@
-"""Q1 retrieval (BENCH.md): the engine's query path next to in-process FAISS baselines.
+"""Q1 retrieval (docs/benchmarks.md): the engine's query path next to in-process FAISS baselines.
 
 The engine (`aaflow-stream up --detach`) ingests a W1 corpus into 4 `IndexFlatIP` shard ranks
 and serves queries on the topology's endpoint; once every shard has taken its end-of-stream
@@ -7,7 +7,7 @@ are loaded in this process for the baselines. Query texts are deterministic 100-
 character slices of the corpus's documents. Measured, on the same query texts:
 
 - aaflow: p50 / p99 latency of single queries from one blocking `Client`, one at a time,
-  after a warm-up (client -> gateway -> embed -> MPI broadcast / reduce -> client), and
+  after a warm-up (client -> gateway -> embed -> MPI broadcast / gather -> client), and
   queries/s with `--concurrency` (64) queries in flight: 64 blocking clients, one thread
   each. Then a probe: one `AsyncClient` keeping 64 in flight over 512 queries, reported as
   answered or stalled (a client that pipelines requests on one socket can lose the

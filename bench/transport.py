@@ -1,10 +1,10 @@
 """T1 — transport: one Arrow RecordBatch sent repeatedly between two processes over ``ipc://``.
 
-What is measured (BENCH.md "T1 — transport", DESIGN.md sections 3-4): a 1,024-row batch
-(``doc_id`` string, ``text`` ~1 KiB string, ``embedding`` fixed_size_list<float32>[384]) goes
-from a sender process to a receiver process (both started with the ``spawn`` method), over
-ZeroMQ ``ipc://`` endpoints in a temporary directory, by five systems, all open in the
-same two processes for the whole run:
+What is measured (T1 in docs/benchmarks.md; the wire layout and the credits are described in
+docs/architecture.md): a 1,024-row batch (``doc_id`` string, ``text`` ~1 KiB string,
+``embedding`` fixed_size_list<float32>[384]) goes from a sender process to a receiver process
+(both started with the ``spawn`` method), over ZeroMQ ``ipc://`` endpoints in a temporary
+directory, by five systems, all open in the same two processes for the whole run:
 
 ``arrow``
     ``OutPort`` → ``InPort`` with credit flow control on (window 16), encoding ``buffers``: each

@@ -1,4 +1,4 @@
-"""W1 stage functions (BENCH.md), shared by every baseline and by bench/ingest.py.
+"""W1 stage functions (docs/benchmarks.md), shared by every baseline and by bench/ingest.py.
 
 Load (read and parse a JSONL file), transform (512/64 windows and their chunk ids), embed
 (the hash embedder, dim 384, in batches), upsert (4 FAISS shards, `shard = chunk_id % 4`,

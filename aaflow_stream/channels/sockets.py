@@ -1,4 +1,7 @@
-"""Socket construction with the options every link needs (DESIGN.md section 9 pitfalls)."""
+"""Socket construction with the options every link needs.
+
+Why each option: docs/architecture.md, "Pitfalls met while building" (the ZeroMQ entry).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The W1 hash embedder: a deterministic bag-of-tokens vector, no model.
 
-Rule (BENCH.md W1): lowercase; tokens are `[a-z0-9]+`; for each token
+Rule (W1 in docs/benchmarks.md): lowercase; tokens are `[a-z0-9]+`; for each token
 `h = blake2b(token, digest_size=8)` read as a little-endian uint64; `vec[h % dim] += +1`
 if `h >> 63 == 0` else `-1`; then L2-normalise (a zero vector stays zero).
 

@@ -3,7 +3,7 @@ durable.
 
 ``IngestDesk`` is the endpoint without its socket (pure, tested without one): each message is
 decoded, and each of its documents checked like the file loader checks a document
-(``operators.load.check_document``, ``ts_ms``); rejected ones are reported by index and
+(``documents.check_document``, ``ts_ms``); rejected ones are reported by index and
 doc_id, the accepted ones wait in their request until the source operator takes them
 (``take``), at the pace its sends get credit. The reply goes out when the last accepted
 document of a request completed (``done``: every shard acknowledged it).
@@ -36,7 +36,8 @@ import zmq
 
 from .. import untrusted
 from ..channels.loopsocket import LoopSocket
-from ..operators.load import (
+from . import protocol
+from .documents import (
     REJECT_REASONS,
     BadDocument,
     Doc,
@@ -45,7 +46,6 @@ from ..operators.load import (
     shown_id,
     ts_ms,
 )
-from . import protocol
 from .protocol import IngestError, IngestResult, Rejected
 
 log = logging.getLogger(__name__)

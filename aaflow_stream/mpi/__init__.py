@@ -1,1 +1,1 @@
-"""MPI: one thread per process owns every MPI call (DESIGN.md section 2)."""
+"""MPI: one thread per process owns every MPI call; the asyncio loop never blocks on MPI."""

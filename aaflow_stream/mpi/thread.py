@@ -4,7 +4,7 @@ MPI is initialised inside this thread when it starts (never at package import). 
 as callables through a bounded queue and comes back as futures, so the asyncio loop never
 blocks on MPI.
 
-Liveness (DESIGN.md: half-alive is worse than dead):
+Liveness (half-alive is worse than dead):
 
 * A call submitted with ``timeout_s`` (a collective round) is watched (``mpi.watchdog``): if it
   runs past its deadline, a peer is dead, frozen or out of step, and nothing this rank can do
@@ -14,8 +14,8 @@ Liveness (DESIGN.md: half-alive is worse than dead):
   If the others do not come within the stop's timeout, the job is aborted instead.
 
 MPICH busy-polls a core inside blocking calls; the collectives here are nonblocking ones waited
-for with ``wait``, which tests and sleeps (DESIGN.md section 9), so an idle or waiting rank
-leaves the CPU to the stage actors.
+for with ``wait``, which tests and sleeps, so an idle or waiting rank leaves the CPU to the
+stage actors (docs/architecture.md, "Pitfalls met while building", has the measurement).
 """
 
 from __future__ import annotations

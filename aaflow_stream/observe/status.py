@@ -25,9 +25,9 @@ import msgspec
 from .. import report
 from ..errors import AaflowError
 from ..plan import GraphSpec
+from ..procs import alive
 from ..protocol import ActorStats
 from ..report import operators_of
-from ..runtime.procs import alive
 
 STATUS_FILE: Final = "status.json"
 STATUS_EVERY_S: Final = 1.0

@@ -33,11 +33,12 @@ import pyarrow as pa
 
 from ..durability import acks
 from ..durability.progress import SourceProgress
+from ..ingest.documents import Doc, DocLimits
 from ..ingest.endpoint import IngestEndpoint, PendingRequest
 from ..ingest.files import Emission, FileManifest, stat_of
 from ..protocol import Ack
 from .base import OperatorContext
-from .load import SUFFIXES, DeadLetters, Doc, DocLimits, document_batch, read_items
+from .load import SUFFIXES, DeadLetters, document_batch, read_items
 
 log = logging.getLogger(__name__)
 

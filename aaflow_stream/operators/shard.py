@@ -40,7 +40,7 @@ from ..embedders import factory as embedders
 from ..embedders.base import TextEmbedder
 from ..errors import RetryLater, SpecError, StorageError
 from ..mpi.thread import MpiThread
-from ..query.round import ROOT
+from ..shard.round import ROOT
 from ..shard.store import ShardStore, WalSync, is_tombstone
 from .base import OperatorContext
 from .shard_serving import ShardServing

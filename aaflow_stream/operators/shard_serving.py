@@ -40,9 +40,11 @@ from ..embedders.base import TextEmbedder
 from ..errors import StorageError
 from ..mpi.thread import MpiThread, wait
 from ..plan import MAX_IPC_PATH
+from ..procs import alive
 from ..query.gateway import Gateway
-from ..query.protocol import MAX_FRAME_BYTES, QueryFilter
-from ..query.round import ROOT, count_round, delete_round, search_round
+from ..query.protocol import MAX_FRAME_BYTES
+from ..shard.filters import QueryFilter
+from ..shard.round import ROOT, count_round, delete_round, search_round
 from ..shard.store import ShardStore
 from ..shard.wakeup import (
     MAX_WAKEUP_BYTES,
@@ -99,18 +101,8 @@ def _remove_stale(run_dir: Path) -> None:
     with contextlib.suppress(OSError):
         for old in run_dir.glob(f"{_DIR_PREFIX}*-*"):
             pid = old.name[len(_DIR_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _share_setup(setup: bytes | None) -> Any:

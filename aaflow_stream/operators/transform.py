@@ -1,8 +1,9 @@
 """The transform stage: normalise whitespace, cut chunks, give each a stable id.
 
-Chunk ids follow BENCH.md W1 (``blake2b(f"{doc_id}:{seq}")``, 63 bits) so that the same chunk
-of the same document always lands on the same shard with the same id: the basis of idempotent
-upserts. ``doc_version`` hashes the normalised text, so a changed document is recognisable.
+Chunk ids follow W1 in docs/benchmarks.md (``blake2b(f"{doc_id}:{seq}")``, 63 bits) so that
+the same chunk of the same document always lands on the same shard with the same id: the
+basis of idempotent upserts. ``doc_version`` hashes the normalised text, so a changed
+document is recognisable.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The query path: exact distributed top-k over the shard ranks."""
+"""The query gateway: the client wire protocol, admission, and batching into shard rounds."""

@@ -20,42 +20,33 @@ a request outside them gets ``ErrorReply(code="bad_request")``):
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
-MAX_K: Final = 1000
+# The filter and the round's bounds belong to the shard, which applies them; they are
+# re-exported here under the names a client has always used (``query.protocol.QueryFilter``).
+from ..shard.filters import MAX_FILTER_SOURCES as MAX_FILTER_SOURCES
+from ..shard.filters import MAX_SOURCE_CHARS as MAX_SOURCE_CHARS
+from ..shard.filters import MAX_TS_MS as MAX_TS_MS
+from ..shard.filters import MIN_TS_MS as MIN_TS_MS
+from ..shard.filters import QueryFilter as QueryFilter
+from ..shard.limits import MAX_DELETE_IDS as MAX_DELETE_IDS
+from ..shard.limits import MAX_K as MAX_K
+from ..shard.limits import MAX_ROUND_BYTES, MAX_ROUND_QUERIES
+
 MAX_TEXT_CHARS: Final = 100_000
-MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
+MAX_REQUEST_BYTES: Final = MAX_ROUND_BYTES
 # The hard cap per frame, set as the gateway ROUTER's MAXMSGSIZE: requests between
 # MAX_REQUEST_BYTES and this get a bad_request reply; larger frames never reach the gateway.
 MAX_FRAME_BYTES: Final = MAX_REQUEST_BYTES + 1024 * 1024
-MAX_FILTER_SOURCES: Final = 1024
-MAX_SOURCE_CHARS: Final = 4096
-MIN_TS_MS: Final = -(2**63)
-MAX_TS_MS: Final = 2**63 - 1
 MAX_DOC_ID_BYTES: Final = 1024
 # Queries waiting for a round at the gateway; so also the most queries one round can carry.
-MAX_PENDING_QUERIES: Final = 4096
-
-TimestampMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
-SourceName = Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_CHARS)]
+MAX_PENDING_QUERIES: Final = MAX_ROUND_QUERIES
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
     pass
-
-
-class QueryFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Only chunks from these sources and/or with ``ts`` in [ts_from_ms, ts_to_ms] (bounds in
-    the module docstring; the decoder checks all but the order of the two ends)."""
-
-    sources: (
-        Annotated[list[SourceName], msgspec.Meta(min_length=1, max_length=MAX_FILTER_SOURCES)]
-        | None
-    ) = None
-    ts_from_ms: TimestampMs | None = None
-    ts_to_ms: TimestampMs | None = None
 
 
 class QueryRequest(_Msg, tag="query", frozen=True):
@@ -70,9 +61,6 @@ class QueryRequest(_Msg, tag="query", frozen=True):
 
 class StatsRequest(_Msg, tag="stats", frozen=True):
     id: int
-
-
-MAX_DELETE_IDS: Final = 100_000
 
 
 class DeleteRequest(_Msg, tag="delete", frozen=True):

@@ -47,10 +47,10 @@ from ..observe.events import SLOW_CONSUMER_S, event
 from ..observe.trace import Arrival, TraceRecorder
 from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
+from ..procs import alive
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
 from . import imports
 from .chain import Chain, OperatorRun
-from .procs import alive
 from .supervisor_link import SupervisorLink
 
 log = logging.getLogger(__name__)

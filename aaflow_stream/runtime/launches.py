@@ -29,8 +29,8 @@ import psutil
 
 from ..errors import ActorFailed, SpecError
 from ..plan import ActorSpec
+from ..procs import ThreadSample, alive, main_thread
 from ..protocol import ActorStats
-from .procs import ThreadSample, alive, main_thread
 
 log = logging.getLogger(__name__)
 

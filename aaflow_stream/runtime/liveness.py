@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from .procs import ThreadSample
+from ..procs import ThreadSample
 
 # A busy actor (its event loop held by an operator call) may stay silent this many heartbeat
 # timeouts before it counts as hung: a CPU embedding batch of 256 chunks takes ~6 s here.

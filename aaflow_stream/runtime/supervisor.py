@@ -47,6 +47,7 @@ from ..errors import ActorFailed
 from ..observe.events import event
 from ..observe.status import StatusBoard
 from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
+from ..procs import alive
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
 from ..spec import MetricsSpec, RestartSpec
 from ..untrusted import MalformedMessage, decode
@@ -55,7 +56,6 @@ from .actor import EXIT_BAD_OPERATOR, PARENT_PID_ENV
 from .failures import BadOperator, StartTimeout
 from .launches import ActorProcess, Launch, mpiexec_path
 from .liveness import heartbeat_timeout
-from .procs import alive
 
 if TYPE_CHECKING:
     from ..observe.metrics import MetricsServer

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from ..procs import alive, main_thread
 from .launches import MPIEXEC_GRACE_S, ActorProcess, Launch
 from .liveness import Verdict, judge
-from .procs import alive, main_thread
 
 # A silent actor's main thread is looked at no more often than this.
 PROBE_EVERY_S: Final = 0.5

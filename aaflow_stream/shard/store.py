@@ -43,11 +43,11 @@ import pyarrow.compute as pc
 
 from ..durability.fsio import make_dir, write_atomic
 from ..errors import SpecError, StorageError
-from ..query import topk
-from ..query.protocol import QueryFilter
-from ..query.topk import Ids, Scores
 from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
 from . import snapshot as snap
+from . import topk
+from .filters import QueryFilter
+from .topk import Ids, Scores
 from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ class ShardStore:
     def search(
         self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
     ) -> tuple[Scores, Ids]:
-        """This shard's exact top-k per query under ``query.topk.order``: (nq, k), -1 padded.
+        """This shard's exact top-k per query under ``shard.topk.order``: (nq, k), -1 padded.
 
         FAISS cuts at k without looking at ids, so a tie at the cut could drop the smaller id:
         ask for ``TIE_MARGIN`` more and re-order. (Ties wider than that are not resolved.)

@@ -34,20 +34,15 @@ import msgspec
 
 from .. import untrusted
 from ..errors import AaflowError
-from ..query.protocol import (
-    MAX_DELETE_IDS,
-    MAX_K,
-    MAX_PENDING_QUERIES,
-    MAX_REQUEST_BYTES,
-    QueryFilter,
-)
+from .filters import QueryFilter
+from .limits import MAX_DELETE_IDS, MAX_K, MAX_ROUND_BYTES, MAX_ROUND_QUERIES
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES: Final = 16
 MAX_DIM: Final = 65536
-# A delete wake-up carries the doc ids of one request, which was at most MAX_REQUEST_BYTES.
-MAX_WAKEUP_BYTES: Final = MAX_REQUEST_BYTES + 64 * 1024
+# A delete wake-up carries the doc ids of one request, which was at most MAX_ROUND_BYTES.
+MAX_WAKEUP_BYTES: Final = MAX_ROUND_BYTES + 64 * 1024
 
 # Why a message was dropped: a decoding failure (untrusted.REASONS), or one of these.
 DROP_REASONS: Final[tuple[str, ...]] = (*untrusted.REASONS, "multipart", "forged", "stale")
@@ -66,7 +61,7 @@ class _Wake(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="
 
 
 class SearchWake(_Wake, tag="search", frozen=True):
-    nq: Annotated[int, msgspec.Meta(ge=1, le=MAX_PENDING_QUERIES)]
+    nq: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUND_QUERIES)]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)]
     dim: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIM)]
     filter: QueryFilter | None

@@ -1,4 +1,4 @@
-"""Chunking and chunk identity, exactly as BENCH.md W1 specifies.
+"""Chunking and chunk identity, exactly as W1 specifies (docs/benchmarks.md).
 
 Shared by the engine's transform operator and every benchmark baseline, so that
 all systems cut the same chunks and assign the same ids.

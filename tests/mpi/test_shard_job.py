@@ -15,7 +15,7 @@ import pytest
 
 from aaflow_stream import pipeline, spec
 from aaflow_stream.errors import ActorFailed
-from aaflow_stream.runtime.procs import alive
+from aaflow_stream.procs import alive
 from aaflow_stream.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.mpi

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
 
-from aaflow_stream.query.round import search_round
 from aaflow_stream.schemas import stored
+from aaflow_stream.shard.round import search_round
 from aaflow_stream.shard.store import ShardStore
 
 DIM, N = 32, 3000

@@ -13,11 +13,12 @@ from aaflow_stream import spec
 from aaflow_stream.durability.progress import SourceProgress
 from aaflow_stream.errors import SpecError
 from aaflow_stream.ingest import protocol
+from aaflow_stream.ingest.documents import Doc
 from aaflow_stream.ingest.endpoint import check
 from aaflow_stream.ingest.files import FileManifest
 from aaflow_stream.operators.base import OperatorContext
 from aaflow_stream.operators.embed import EmbedChunks
-from aaflow_stream.operators.load import Doc, document_batch
+from aaflow_stream.operators.load import document_batch
 from aaflow_stream.operators.transform import Chunker
 from aaflow_stream.operators.upsert import ShardRouter
 from aaflow_stream.runtime.chain import Chain, OperatorRun

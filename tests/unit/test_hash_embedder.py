@@ -15,7 +15,7 @@ from aaflow_stream.embedders.hash_embedder import HashEmbedder
 
 
 def reference_embed(text: str, dim: int = 384) -> list[float]:
-    """BENCH.md W1's rule, written as plainly as possible."""
+    """W1's rule (docs/benchmarks.md), written as plainly as possible."""
     vec = [0.0] * dim
     for token in re.findall(r"[a-z0-9]+", text.lower()):
         h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")

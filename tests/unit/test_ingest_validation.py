@@ -17,21 +17,19 @@ import pytest
 
 from aaflow_stream.client import InvalidRequest, QueryError, _encode, _IngestRound, _request
 from aaflow_stream.ingest import endpoint, protocol
+from aaflow_stream.ingest.documents import (
+    REJECT_REASONS,
+    BadDocument,
+    Doc,
+    DocLimits,
+    check_document,
+)
 from aaflow_stream.ingest.endpoint import IngestDesk, check
 from aaflow_stream.ingest.files import FileManifest
 from aaflow_stream.ingest.inputs import LocalReject, read_documents
 from aaflow_stream.operators.base import OperatorContext
 from aaflow_stream.operators.feed import _share
-from aaflow_stream.operators.load import (
-    REJECT_REASONS,
-    BadDocument,
-    Dead,
-    Doc,
-    DocLimits,
-    FileLoader,
-    check_document,
-    read_items,
-)
+from aaflow_stream.operators.load import Dead, FileLoader, read_items
 
 from ..support.bench import load_bench
 

@@ -9,8 +9,8 @@ import pytest
 
 from aaflow_stream.observe.status import StatusBoard
 from aaflow_stream.plan import ChainedOperator, GraphSpec, StageSpec
+from aaflow_stream.procs import ThreadSample, main_thread
 from aaflow_stream.runtime.liveness import BUSY_FACTOR, Verdict, heartbeat_timeout, judge
-from aaflow_stream.runtime.procs import ThreadSample, main_thread
 
 TIMEOUT = 5.0
 SLEEPING = ThreadSample("S", 100)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aaflow_stream.ownership import LOCK_FILE, DirectoryBusy, Ownership, acquire, adopt
-from aaflow_stream.runtime.procs import alive
+from aaflow_stream.procs import alive
 
 
 def test_a_locked_directory_is_refused_naming_the_holder_pid(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 
 from aaflow_stream.errors import SpecError, StorageError
-from aaflow_stream.query.protocol import QueryFilter
 from aaflow_stream.schemas import DELETE_ALL
 from aaflow_stream.shard import snapshot as snap
+from aaflow_stream.shard.filters import QueryFilter
 from aaflow_stream.shard.store import WAL_DIR, ShardStore
 from aaflow_stream.shard.wal import segments
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aaflow_stream.query.protocol import QueryFilter
+from aaflow_stream.shard.filters import QueryFilter
 from aaflow_stream.shard.store import ShardStore
 
 from ..support.chunks import chunk_rows

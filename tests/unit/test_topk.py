@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aaflow_stream.query import topk
 from aaflow_stream.schemas import stored
+from aaflow_stream.shard import topk
 from aaflow_stream.shard.store import ShardStore
 
 

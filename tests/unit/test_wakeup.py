@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from aaflow_stream.mpi.watchdog import Watchdog
-from aaflow_stream.query.protocol import QueryFilter
+from aaflow_stream.shard.filters import QueryFilter
 from aaflow_stream.shard.wakeup import (
     DROP_REASONS,
     TOKEN_BYTES,

@@ -17,9 +17,9 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ..mpi.thread import wait
-from ..shard.store import ShardStore
 from . import topk
-from .protocol import QueryFilter
+from .filters import QueryFilter
+from .store import ShardStore
 
 ROOT = 0
 # A round is short; poll faster than an idle wait would.

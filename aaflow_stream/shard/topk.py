@@ -1,4 +1,5 @@
-"""Exact top-k order, the same on a shard and across shards. Pure numpy.
+"""Exact top-k order, the same on a shard (``ShardStore.search``) and across shards
+(``shard.round``). Pure numpy.
 
 Order: better score first (inner product: larger; L2: smaller), then the smaller chunk id, and
 missing entries (id -1, FAISS's filler when a shard has fewer than k candidates) last. Merging

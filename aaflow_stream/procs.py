@@ -1,4 +1,5 @@
-"""Process liveness, for the supervisor, the actors and the tools that look at a run."""
+"""Process liveness, read from signals and ``/proc``: for the supervisor, the actors, the shard
+job and the tools that look at a run. Pure stdlib, so every layer may use it."""
 
 from __future__ import annotations
 
