@@ -41,7 +41,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 bench: $(BENCH_STAMP)
 	@set -e; for script in bench/transport.py bench/ingest.py bench/query.py bench/embed.py \
-		bench/chaos.py bench/wal.py; do \
+		bench/chaos.py bench/wal.py bench/fuzz.py; do \
 		echo "== $$script"; $(PY) $$script --quick; done
 	@echo "== bench/topk_reduce.py"; $(VENV)/bin/mpiexec -n 4 $(PY) bench/topk_reduce.py
 

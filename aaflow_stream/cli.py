@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import daemon, pipeline, report, spec
-from .client import Client, GatewayUnavailable, QueryError
+from .client import Client, GatewayUnavailable, RequestError
 from .errors import ActorFailed, SpecError
 from .observe.status import StatusUnavailable
 from .ownership import DirectoryBusy, Ownership
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     except daemon.DaemonError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if exc.exit_code == EXIT_USAGE else EXIT_FAILED
-    except (GatewayUnavailable, QueryError, StatusUnavailable) as exc:
+    except (GatewayUnavailable, RequestError, StatusUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except ActorFailed as exc:

@@ -9,15 +9,27 @@ msgpack cannot hold, larger than a request may be: ``max_request_bytes``) is rej
 like the endpoint rejects one, and the others go on.
 
 Only the wire protocol and sockets live here, never the runtime: any program on the host can
-use them. Errors: ``GatewayUnavailable`` (nothing answered within the timeout: the gateway is
-down or not started), ``QueryError`` (the gateway answered with an error, ``code`` says which;
-``InvalidRequest``, also a ``ValueError``: the client refused to send a request whose values
-cannot be encoded, such as query text with a lone surrogate).
+use them. Errors (all from ``errors.py``, re-exported here):
+
+- ``GatewayUnavailable``: nothing answered within the timeout (the gateway or the ingest
+  endpoint is down or not started), or the asyncio client's reply reader failed;
+- ``RequestError``, with ``code``: the engine answered with an error, or with bytes that do
+  not decode (``internal``). ``QueryError`` for the gateway (``InvalidRequest``, also a
+  ``ValueError``: the client refused to send a request whose values cannot be encoded, such
+  as query text with a lone surrogate); ``IngestFailed`` for the ingest endpoint;
+- ``LinkClosed``: the ``AsyncClient`` was closed while the call waited.
+
+Both clients share one sans-IO core (no sockets): ``encode_request``, ``read_reply`` (a reply
+frame → the request id it names and the reply or the ``QueryError`` it means), ``Exchange``
+(which waiting request a reply answers) and ``_IngestRound`` (an ingest call's bookkeeping).
+So the same bytes give the same result, or the same exception, whichever client reads them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -27,7 +39,16 @@ import zmq
 import zmq.asyncio
 
 from . import untrusted
-from .errors import AaflowError
+from .errors import (
+    AaflowError,
+    GatewayUnavailable,
+    IngestFailed,
+    InvalidRequest,
+    LinkClosed,
+    MalformedMessage,
+    QueryError,
+    RequestError,
+)
 from .ingest import protocol as ingest_protocol
 from .ingest.protocol import Document, IngestError, IngestResult, Rejected
 from .query.protocol import (
@@ -46,6 +67,22 @@ from .query.protocol import (
 )
 from .spec import IngestSpec
 
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Exchange",
+    "GatewayUnavailable",
+    "IngestFailed",
+    "InvalidRequest",
+    "LinkClosed",
+    "QueryError",
+    "RequestError",
+    "encode_request",
+    "read_reply",
+]
+
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT_S = 10.0
 INGEST_TIMEOUT_S = 60.0
 INGEST_BATCH_DOCS = 256
@@ -60,36 +97,77 @@ _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 _UNENCODABLE: Final = (ValueError, OverflowError, TypeError, RecursionError)
 
 
-class QueryError(AaflowError):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
+# The sans-IO core: what both clients send, and what they make of what comes back.
 
 
-class InvalidRequest(QueryError, ValueError):
-    """The client refused to send a request: its values cannot be encoded (query text with a
-    lone surrogate, a number msgpack cannot hold). Nothing was sent."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("bad_request", message)
-
-
-class GatewayUnavailable(AaflowError):
-    """No reply within the timeout: the gateway is down, not started yet, or overloaded."""
-
-
-def _encode(request: Any) -> bytes:
+def encode_request(request: Any) -> bytes:
+    """A request's bytes; ``InvalidRequest`` (nothing sent) when its values cannot be encoded."""
     try:
         return encode(request)
     except _UNENCODABLE as exc:
         raise InvalidRequest(f"cannot encode the {type(request).__name__}: {exc}") from exc
 
 
-def _reply(raw: bytes) -> Reply:
+_encode = encode_request
+
+
+def read_reply(raw: bytes) -> tuple[int | None, Reply | QueryError]:
+    """One reply frame from the gateway: the request id it names (None when it names none),
+    and the reply, or the ``QueryError`` it means (an ``ErrorReply``; bytes that do not decode
+    are ``internal``). Never raises: the caller decides whose error it is."""
     try:
-        return untrusted.decode(reply_decoder, raw, what="reply")
-    except untrusted.MalformedMessage as exc:
-        raise QueryError("internal", str(exc)) from exc
+        reply = untrusted.decode(reply_decoder, raw, what="reply")
+    except MalformedMessage as exc:
+        error = QueryError("internal", str(exc))
+        error.__cause__ = exc
+        return untrusted.peek_id(raw), error
+    if isinstance(reply, ErrorReply):
+        return reply.id, QueryError(reply.code, reply.message)
+    return reply.id, reply
+
+
+def settle(outcome: Reply | QueryError) -> Reply:
+    """The reply, or its error raised."""
+    if isinstance(outcome, QueryError):
+        raise outcome
+    return outcome
+
+
+class Exchange:
+    """The requests of one client that await a reply, and which of them a reply answers.
+
+    A reply goes to the waiting request it names; one that names another request is a late
+    answer to a call given up on, and is dropped. One that names no request at all (bytes that
+    do not decode and carry no id, an ``ErrorReply`` without one) cannot be told whose it is:
+    it fails every waiting request, rather than leave them to time out.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, None] = {}  # ordered: the order of sending
+
+    def sent(self, request_id: int) -> None:
+        self._waiting[request_id] = None
+
+    def forget(self, request_id: int) -> None:
+        self._waiting.pop(request_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def receive(self, raw: bytes) -> list[tuple[int, Reply | QueryError]]:
+        """What a reply frame settles: (request id, reply or error) for each request it ends."""
+        found, outcome = read_reply(raw)
+        if found is not None:
+            if found not in self._waiting:
+                return []
+            del self._waiting[found]
+            return [(found, outcome)]
+        if isinstance(outcome, QueryError):
+            ended = list(self._waiting)
+            self._waiting.clear()
+            return [(request_id, outcome) for request_id in ended]
+        return []
 
 
 def _request(
@@ -98,12 +176,6 @@ def _request(
     if isinstance(text, str):
         return QueryRequest(id=request_id, text=text, k=k, filter=where)
     return QueryRequest(id=request_id, vector=[float(v) for v in text], k=k, filter=where)
-
-
-def _check(reply: Reply) -> Reply:
-    if isinstance(reply, ErrorReply):
-        raise QueryError(reply.code, reply.message)
-    return reply
 
 
 IngestDoc = Document | Mapping[str, Any]
@@ -191,13 +263,17 @@ class _IngestRound:
             if reply.code == "unavailable":
                 self.unsent.append((reply.id, indices, raw))
                 return True
-            raise QueryError(reply.code, reply.message)
+            raise IngestFailed(reply.code, reply.message)
         self.retry_s = _RETRY_FIRST_S
         self.accepted += reply.accepted
         for r in reply.rejected:  # the index in the request → the index in the call
             index = indices[r.index] if 0 <= r.index < len(indices) else r.index
             self.rejected.append(Rejected(index, r.doc_id, r.reason))
         return False
+
+    def receive(self, raw: bytes) -> bool:
+        """``answer`` for a reply frame; ``IngestFailed`` (internal) when it does not decode."""
+        return self.answer(read_ingest_reply(raw))
 
     def backoff(self) -> float:
         wait, self.retry_s = self.retry_s, min(self.retry_s * 2, _RETRY_MAX_S)
@@ -208,11 +284,13 @@ class _IngestRound:
         return IngestResult(id=0, accepted=self.accepted, rejected=rejected)
 
 
-def _ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
+def read_ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
+    """One reply frame from the ingest endpoint; ``IngestFailed`` (internal) when it does not
+    decode."""
     try:
         return untrusted.decode(ingest_protocol.reply_decoder, raw, what="ingest reply")
-    except untrusted.MalformedMessage as exc:
-        raise QueryError("internal", str(exc)) from exc
+    except MalformedMessage as exc:
+        raise IngestFailed("internal", str(exc)) from exc
 
 
 def _dealer(ctx: Any, endpoint: str | None) -> Any:
@@ -257,7 +335,10 @@ class Client:
         self.close()
 
     def _call(self, request: Any) -> Reply:
-        self._sock.send(_encode(request))
+        message = encode_request(request)
+        exchange = Exchange()
+        exchange.sent(request.id)
+        self._sock.send(message)
         deadline = time.monotonic() + self._timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -265,9 +346,8 @@ class Client:
                 # The unanswered request may still arrive later: a fresh socket drops it.
                 self._reconnect()
                 raise GatewayUnavailable(f"no reply from {self.endpoint} in {self._timeout_s}s")
-            reply = _reply(self._sock.recv())
-            if getattr(reply, "id", None) == request.id:
-                return _check(reply)
+            for _, outcome in exchange.receive(self._sock.recv()):
+                return settle(outcome)
 
     def _reconnect(self) -> None:
         self._sock.close(linger=0)
@@ -289,19 +369,24 @@ class Client:
     def query_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
         """Send all, then collect: the gateway answers them in shared collective rounds."""
         ids = [next(self._ids) for _ in texts]
-        requests = [_encode(_request(t, k, i)) for i, t in zip(ids, texts, strict=True)]
-        for request in requests:  # none is sent unless all can be
+        requests = [encode_request(_request(t, k, i)) for i, t in zip(ids, texts, strict=True)]
+        exchange = Exchange()
+        for request_id, request in zip(
+            ids, requests, strict=True
+        ):  # none is sent unless all can be
+            exchange.sent(request_id)
             self._sock.send(request)
         replies: dict[int, list[Hit]] = {}
         deadline = time.monotonic() + self._timeout_s
-        while len(replies) < len(ids):
+        while exchange.waiting:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(int(left * 1000)):
                 self._reconnect()
-                raise GatewayUnavailable(f"{len(ids) - len(replies)} queries unanswered")
-            reply = _check(_reply(self._sock.recv()))
-            if isinstance(reply, QueryReply) and reply.id in ids:
-                replies[reply.id] = reply.hits
+                raise GatewayUnavailable(f"{exchange.waiting} queries unanswered")
+            for request_id, outcome in exchange.receive(self._sock.recv()):
+                reply = settle(outcome)
+                assert isinstance(reply, QueryReply)
+                replies[request_id] = reply.hits
         return [replies[i] for i in ids]
 
     def delete(self, doc_ids: list[str]) -> int:
@@ -335,8 +420,7 @@ class Client:
                 raise GatewayUnavailable(
                     f"no answer from the ingest endpoint {self.ingest_endpoint} in {timeout_s}s"
                 )
-            reply = _ingest_reply(sock.recv())
-            if work.answer(reply):
+            if work.receive(sock.recv()):
                 time.sleep(work.backoff())
             else:
                 deadline = time.monotonic() + timeout_s
@@ -357,7 +441,13 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client; many queries may be in flight at once from one client."""
+    """asyncio client; many queries may be in flight at once from one client.
+
+    One reader task, started by the first call and owned by the client, reads every reply and
+    settles the waiting call it answers. Should it fail, its error (``GatewayUnavailable``
+    from a foreign one) reaches every waiting call; ``aclose`` cancels and awaits it, and the
+    calls still waiting then get ``LinkClosed``.
+    """
 
     def __init__(
         self,
@@ -374,8 +464,10 @@ class AsyncClient:
         self._ctx = zmq.asyncio.Context()
         self._sock = _dealer(self._ctx, endpoint)
         self._ids = itertools.count(1)
-        self._waiting: dict[int, Any] = {}
-        self._reader: Any = None
+        self._exchange = Exchange()
+        self._waiting: dict[int, asyncio.Future[Reply]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -386,38 +478,54 @@ class AsyncClient:
         await self.aclose()
 
     async def _read(self) -> None:
-        while self._waiting:
-            raw = await self._sock.recv()
-            try:
-                reply: Reply | QueryError = _reply(raw)
-                found = getattr(reply, "id", None)
-            except QueryError as exc:  # fail the query it names, if it names one
-                reply, found = exc, untrusted.peek_id(raw)
-            future = self._waiting.pop(found, None) if isinstance(found, int) else None
-            if future is None or future.done():
-                continue
-            if isinstance(reply, QueryError):
-                future.set_exception(reply)
+        """Settle waiting calls from the replies, while any waits; a failure fails them all."""
+        try:
+            while self._waiting:
+                raw = await self._sock.recv()
+                for request_id, outcome in self._exchange.receive(raw):
+                    future = self._waiting.pop(request_id, None)
+                    if future is None or future.done():
+                        continue
+                    if isinstance(outcome, QueryError):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        except Exception as exc:  # the reader's failure is every waiting caller's
+            if isinstance(exc, AaflowError):
+                error: AaflowError = exc
             else:
-                future.set_result(reply)
+                error = GatewayUnavailable(f"reading replies from {self.endpoint} failed: {exc!r}")
+                error.__cause__ = exc
+            if not self._waiting:
+                log.warning("the reply reader failed with no call waiting: %s", error)
+            self._fail_waiting(error)
+
+    def _fail_waiting(self, error: AaflowError) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for request_id, future in waiting.items():
+            self._exchange.forget(request_id)
+            if not future.done():
+                future.set_exception(error)
 
     async def _call(self, request: Any) -> Reply:
-        import asyncio
-
-        message = _encode(request)
-        future = asyncio.get_running_loop().create_future()
+        if self._closed:
+            raise LinkClosed("this client is closed")
+        message = encode_request(request)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = future
-        await self._sock.send(message)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.ensure_future(self._read())
+        self._exchange.sent(request.id)
         try:
-            return _check(await asyncio.wait_for(future, self._timeout_s))
+            await self._sock.send(message)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read(), name="aaflow-client-reader")
+            return await asyncio.wait_for(future, self._timeout_s)
         except TimeoutError as exc:
             raise GatewayUnavailable(
                 f"no reply from {self.endpoint} in {self._timeout_s}s"
             ) from exc
         finally:
             self._waiting.pop(request.id, None)
+            self._exchange.forget(request.id)
 
     async def query(
         self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
@@ -427,8 +535,6 @@ class AsyncClient:
         return reply.hits
 
     async def query_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
-        import asyncio
-
         return list(await asyncio.gather(*(self.query(t, k) for t in texts)))
 
     async def delete(self, doc_ids: list[str]) -> int:
@@ -446,8 +552,6 @@ class AsyncClient:
         self, docs: Iterable[IngestDoc], *, timeout_s: float = INGEST_TIMEOUT_S
     ) -> IngestResult:
         """See ``Client.ingest``. Each call uses a socket of its own, so calls may overlap."""
-        import asyncio
-
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
         sock = _dealer(self._ctx, self.ingest_endpoint)
@@ -462,15 +566,23 @@ class AsyncClient:
                     raise GatewayUnavailable(
                         f"no answer from the ingest endpoint {self.ingest_endpoint} in {timeout_s}s"
                     ) from exc
-                if work.answer(_ingest_reply(raw)):
+                if work.receive(raw):
                     await asyncio.sleep(work.backoff())
             return work.result()
         finally:
             sock.close(linger=0)
 
     async def aclose(self) -> None:
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
+        """Cancel and await the reply reader, fail the calls still waiting, close the socket.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait([reader])  # our own cancellation still propagates
+        self._fail_waiting(LinkClosed("the client was closed while the call waited"))
         if not self._sock.closed:
             self._sock.close(linger=0)
         self._ctx.term()

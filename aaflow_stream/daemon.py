@@ -17,20 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from .client import Client, GatewayUnavailable
-from .errors import AaflowError
+from .client import Client
+from .errors import DaemonError, GatewayUnavailable
 
 PID_FILE = "up.pid"
 LOG_FILE = "up.log"
-
-
-class DaemonError(AaflowError):
-    """The background topology could not be started or stopped; ``exit_code`` is the
-    detached process's own, when it ended."""
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _alive(pid: int) -> bool:

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-class CreditViolation(Exception):
-    """A peer broke the credit protocol (returned more than it had, or sent without credit)."""
+from .errors import CreditViolation
 
 
 @dataclass

@@ -23,15 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from .errors import AaflowError
+from .errors import DirectoryBusy
 from .procs import alive
 
 LOCK_FILE: Final = "LOCK"
 _PID_WIDTH: Final = 12  # the pid is written in place, fixed width: a reader never sees half
-
-
-class DirectoryBusy(AaflowError):
-    """Another ``aaflow-stream up`` owns the directory (its pid is in the message)."""
 
 
 @dataclass

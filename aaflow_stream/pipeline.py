@@ -18,6 +18,16 @@ import msgspec
 from .embedders import factory as embedders
 from .errors import EmbedderError, OperatorError, SpecError
 from .operators.base import resolve
+from .operators.params import (
+    CheckpointParams,
+    ChunkerParams,
+    EmbedParams,
+    FeedParams,
+    LoadParams,
+    OperatorParams,
+    RouterParams,
+    ShardParams,
+)
 from .plan import ChainedOperator, GraphSpec, StageSpec
 from .shard.store import MANIFEST_FILE
 from .spec import (
@@ -44,59 +54,68 @@ def run_dir(topology: TopologySpec) -> Path:
     return Path(topology.run_dir or f"runs/{topology.name}").resolve()
 
 
-def _builtin(name: str, operator: str, params: dict[str, Any], replicas: int) -> StageSpec:
-    return StageSpec(name, operator, params, replicas, block_imports=BUILTIN_BLOCKS)
+def _as_dict(params: OperatorParams) -> dict[str, Any]:
+    """A built-in operator's parameters as the stage description holds them (JSON)."""
+    return dict(msgspec.to_builtins(params))
+
+
+def _builtin(name: str, operator: str, params: OperatorParams, replicas: int) -> StageSpec:
+    return StageSpec(name, operator, _as_dict(params), replicas, block_imports=BUILTIN_BLOCKS)
 
 
 def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
-    shards = topology.shards
+    shards, limits = topology.shards, topology.limits
     match stage:
         case LoadStage():
-            sources: list[dict[str, Any]] = [
-                {"paths": [str(Path(p).resolve()) for p in s.paths], "formats": s.formats}
+            sources = [
+                msgspec.structs.replace(s, paths=[str(Path(p).resolve()) for p in s.paths])
                 for s in topology.sources
             ]
-            params = {
+            dead_letter_dir = str(data_dir(topology) / "deadletter")
+            checkpoint = CheckpointParams(
+                dir=str(data_dir(topology) / "checkpoints"),
+                shards=shards.count,
+                interval_ms=topology.durability.checkpoint_interval_ms,
+            )
+            # What the file loader and the continuous feed both take.
+            loader: dict[str, Any] = {
                 "sources": sources,
+                "dead_letter_dir": dead_letter_dir,
+                "checkpoint": checkpoint,
                 "batch_docs": stage.batch_docs,
-                "max_doc_bytes": topology.limits.max_doc_bytes,
-                "max_doc_id_bytes": topology.limits.max_doc_id_bytes,
-                "max_source_bytes": topology.limits.max_source_bytes,
-                "dead_letter_dir": str(data_dir(topology) / "deadletter"),
-                "checkpoint": {
-                    "dir": str(data_dir(topology) / "checkpoints"),
-                    "shards": shards.count,
-                    "interval_ms": topology.durability.checkpoint_interval_ms,
-                },
+                "max_doc_bytes": limits.max_doc_bytes,
+                "max_doc_id_bytes": limits.max_doc_id_bytes,
+                "max_source_bytes": limits.max_source_bytes,
             }
+            params: OperatorParams
             if topology.continuous:  # watched sources, the ingest endpoint: until stopped
-                for entry, source in zip(sources, topology.sources, strict=True):
-                    entry.update(watch=source.watch, deletes=source.deletes)
-                if topology.ingest is not None:
-                    params["ingest"] = msgspec.to_builtins(topology.ingest)
+                params = FeedParams(**loader, ingest=topology.ingest)
                 operator = f"{OPS}.feed:ContinuousLoader"
                 return _builtin(stage.name, operator, params, stage.replicas)
+            params = LoadParams(**loader)
             return _builtin(stage.name, f"{OPS}.load:FileLoader", params, stage.replicas)
         case TransformStage():
-            params = {
-                "chunk_size": stage.chunk_size,
-                "overlap": stage.overlap,
-                "prefer": stage.prefer,
-                "normalize": stage.normalize,
-            }
+            params = ChunkerParams(
+                chunk_size=stage.chunk_size,
+                overlap=stage.overlap,
+                prefer=stage.prefer,
+                normalize=stage.normalize,
+            )
             return _builtin(stage.name, f"{OPS}.transform:Chunker", params, stage.replicas)
         case EmbedStage():
             embedder = topology.embedder
-            params = {
-                "batch_size": stage.batch_size,
-                "embedder": embedders.to_params(embedder),
-                "threads": embedders.threads_per_replica(embedder, stage.replicas),
-            }
+            params = EmbedParams(
+                batch_size=stage.batch_size,
+                embedder=embedder,
+                threads=embedders.threads_per_replica(embedder, stage.replicas),
+            )
             blocks = embedders.blocked_imports(embedder, BUILTIN_BLOCKS)
             operator = f"{OPS}.embed:EmbedChunks"
-            return StageSpec(stage.name, operator, params, stage.replicas, block_imports=blocks)
+            return StageSpec(
+                stage.name, operator, _as_dict(params), stage.replicas, block_imports=blocks
+            )
         case UpsertStage():
-            params = {"shards": shards.count, "batch_size": stage.batch_size}
+            params = RouterParams(shards=shards.count, batch_size=stage.batch_size)
             return _builtin(stage.name, f"{OPS}.upsert:ShardRouter", params, stage.replicas)
         case CustomStage():
             return StageSpec(stage.name, stage.ref, stage.params, stage.replicas)
@@ -125,24 +144,26 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
     shard = StageSpec(
         SHARD_STAGE,
         f"{OPS}.shard:ShardWriter",
-        {
-            "data_dir": str(data_dir(topology)),
-            "dim": embedder_dim(topology),
-            "embedder": embedders.to_params(topology.embedder),  # the gateway embeds queries
-            "index": shards.index,
-            "metric": shards.metric,
-            "threads": shards.threads or max(1, (os.cpu_count() or 1) // shards.count),
-            "serve": serve,
-            "query_endpoint": query.endpoint,
-            "max_batch": query.max_batch,
-            "max_wait_ms": query.max_wait_ms,
-            "round_timeout_s": query.round_timeout_s,
-            "wal_sync": durability.wal_sync,
-            "sync_interval_ms": durability.sync_interval_ms,
-            "snapshot_interval_s": durability.snapshot_interval_s,
-            "snapshot_wal_mb": durability.snapshot_wal_mb,
-            "full_disk_wait_s": durability.full_disk_wait_s,
-        },
+        _as_dict(
+            ShardParams(
+                data_dir=str(data_dir(topology)),
+                dim=embedder_dim(topology),
+                embedder=topology.embedder,  # the gateway embeds queries
+                index=shards.index,
+                metric=shards.metric,
+                threads=shards.threads or max(1, (os.cpu_count() or 1) // shards.count),
+                serve=serve,
+                query_endpoint=query.endpoint,
+                max_batch=query.max_batch,
+                max_wait_ms=query.max_wait_ms,
+                round_timeout_s=query.round_timeout_s,
+                wal_sync=durability.wal_sync,
+                sync_interval_ms=durability.sync_interval_ms,
+                snapshot_interval_s=durability.snapshot_interval_s,
+                snapshot_wal_mb=durability.snapshot_wal_mb,
+                full_disk_wait_s=durability.full_disk_wait_s,
+            )
+        ),
         shards.count,
         launcher="mpi",
         block_imports=embedders.blocked_imports(topology.embedder, BUILTIN_BLOCKS),

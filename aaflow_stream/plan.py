@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import SpecError
+from .spec import FlowSpec, TimeoutSpec, spec_field
 
 # sun_path of a unix socket holds 108 bytes; ZeroMQ needs room for the terminating NUL.
 MAX_IPC_PATH = 100
@@ -47,15 +48,16 @@ class GraphSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A linear pipeline: every replica of a stage links to every replica of the next."""
 
     stages: list[StageSpec]
-    window: int = 16
-    encoding: str = "auto"
-    eos_timeout_s: float = 60.0
-    drain_timeout_s: float = 10.0
+    # Defaults: the topology's (spec.py); ``stats_interval_s`` is the runtime's own.
+    window: int = spec_field(FlowSpec, "window")
+    encoding: str = spec_field(FlowSpec, "encoding")
+    eos_timeout_s: float = spec_field(TimeoutSpec, "eos_s")
+    drain_timeout_s: float = spec_field(TimeoutSpec, "drain_s")
     stats_interval_s: float = 0.5
     # A stage holding rows back for batching releases them after this long without input.
-    flush_ms: float = 50.0
+    flush_ms: float = spec_field(FlowSpec, "flush_ms")
     # An actor silent this long is suspect (runtime/liveness.py); None: the default there.
-    heartbeat_s: float | None = None
+    heartbeat_s: float | None = spec_field(TimeoutSpec, "heartbeat_s")
 
 
 class InputSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -87,10 +89,10 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     run_dir: str
     supervisor_endpoint: str | None = None
     wait_for_start: bool = False
-    eos_timeout_s: float = 60.0
-    drain_timeout_s: float = 10.0
+    eos_timeout_s: float = spec_field(TimeoutSpec, "eos_s")
+    drain_timeout_s: float = spec_field(TimeoutSpec, "drain_s")
     stats_interval_s: float = 0.5
-    flush_ms: float = 50.0
+    flush_ms: float = spec_field(FlowSpec, "flush_ms")
     log_level: str = "INFO"
     block_imports: list[str] = []
     chain: list[ChainedOperator] = []

@@ -367,3 +367,17 @@ def load(path: Path) -> TopologySpec:
 
 def json_schema() -> dict[str, Any]:
     return msgspec.json.schema(TopologySpec)
+
+
+def spec_field(spec: type[msgspec.Struct], name: str) -> Any:
+    """A Struct field whose default is the one ``spec.name`` has: a default lives in one
+    place, the topology's Spec, and operator parameters and actor specs take it from there."""
+    for info in msgspec.structs.fields(spec):
+        if info.name != name:
+            continue
+        if info.default is not msgspec.NODEFAULT:
+            return msgspec.field(default=info.default)
+        if info.default_factory is not msgspec.NODEFAULT:
+            return msgspec.field(default_factory=info.default_factory)
+        raise TypeError(f"{spec.__name__}.{name} has no default")
+    raise TypeError(f"{spec.__name__} has no field {name!r}")

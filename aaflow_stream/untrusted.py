@@ -10,30 +10,16 @@ code, so that receivers can answer with a typed error and count rejections by re
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 
-from .errors import FrameError
+from .errors import DECODE_REASONS, DecodeReason, MalformedMessage
 
 T = TypeVar("T")
 
-Reason = Literal["too_large", "invalid_utf8", "too_deep", "invalid", "undecodable"]
-REASONS: Final[tuple[Reason, ...]] = (
-    "too_large",
-    "invalid_utf8",
-    "too_deep",
-    "invalid",
-    "undecodable",
-)
-
-
-class MalformedMessage(FrameError):
-    """Bytes from a peer that are not a valid message; ``reason`` is one of ``REASONS``."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        self.reason: Reason = reason
-        super().__init__(message)
+Reason = DecodeReason
+REASONS: Final[tuple[Reason, ...]] = DECODE_REASONS
 
 
 def reason_of(exc: BaseException) -> Reason:

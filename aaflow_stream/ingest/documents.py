@@ -10,11 +10,11 @@ with the dead letter by the file loaders).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 import msgspec
 
-from .. import untrusted
+from ..errors import BadDocument, RejectReason
 from ..spec import LimitSpec
 
 _DEFAULT: Final = LimitSpec()  # the defaults live in the spec
@@ -24,25 +24,9 @@ TS_MAX_S: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 # than 6x the document's limits cannot hold a valid document, and is not read whole.
 _JSON_EXPANSION: Final = 6
 _JSON_SLACK: Final = 4096
-_SHOWN: Final = 300  # characters of a reason kept (msgspec errors may quote a hostile key)
 
-# Why a document was refused: ``untrusted.REASONS`` for bytes that do not decode, and these.
-RejectReason = Literal[
-    "too_large",
-    "invalid_utf8",
-    "too_deep",
-    "invalid",
-    "undecodable",
-    "empty_doc_id",
-    "doc_id_too_long",
-    "source_too_long",
-    "not_unicode",
-    "empty",
-    "binary",
-    "bad_ts",
-    "duplicate",
-    "unreadable",
-]
+# Why a document was refused (``errors.RejectReason``): ``untrusted.REASONS`` for bytes that
+# do not decode, and the document checks' own.
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 
@@ -66,25 +50,6 @@ class Doc:
     text: str | None  # None: a delete of the document (continuous sources, operators/feed.py)
     source: str
     ts_ms: int
-
-
-class BadDocument(Exception):
-    """A document that cannot be ingested; the message is the dead-letter reason, ``reason``
-    its code (counted by the ingest endpoint)."""
-
-    def __init__(self, reason: RejectReason, message: str) -> None:
-        self.reason: RejectReason = reason
-        super().__init__(message if len(message) <= _SHOWN else message[:_SHOWN] + "...")
-
-    @classmethod
-    def malformed(cls, exc: untrusted.MalformedMessage, what: str) -> BadDocument:
-        """``exc`` of a document that does not decode, said with the decoder's own words."""
-        cause = exc.__cause__
-        if cause is None or exc.reason == "too_deep":
-            detail = str(exc)
-        else:
-            detail = str(cause) or type(cause).__name__
-        return cls(exc.reason, f"not a valid {what} ({exc.reason}): {detail}")
 
 
 def utf8_size(value: str, what: str) -> int:

@@ -23,7 +23,7 @@ from typing import Final
 import msgspec
 
 from .. import report
-from ..errors import AaflowError
+from ..errors import StatusUnavailable
 from ..plan import GraphSpec
 from ..procs import alive
 from ..protocol import ActorStats
@@ -33,10 +33,6 @@ STATUS_FILE: Final = "status.json"
 STATUS_EVERY_S: Final = 1.0
 # status.json is rewritten every STATUS_EVERY_S while the supervisor lives.
 STALE_AFTER_S: Final = 10.0
-
-
-class StatusUnavailable(AaflowError):
-    """Nothing runs in that run directory (or its status cannot be read)."""
 
 
 class StageStatus(msgspec.Struct, frozen=True):

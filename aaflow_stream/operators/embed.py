@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -28,24 +28,18 @@ from ..embedders import factory
 from ..embedders.base import to_arrow
 from ..schemas import EMBEDDING
 from .base import OperatorContext
+from .params import EmbedParams
 
 Message = list[pa.RecordBatch]
 
 
 class EmbedChunks:
-    def __init__(
-        self,
-        context: OperatorContext,
-        *,
-        batch_size: int = 256,
-        embedder: dict[str, Any] | None = None,
-        threads: int = 1,
-    ) -> None:
-        self._batch_size = batch_size
+    Params: ClassVar[type[EmbedParams]] = EmbedParams
+
+    def __init__(self, context: OperatorContext, params: EmbedParams) -> None:
+        self._batch_size = params.batch_size
         started = time.perf_counter()
-        self._embedder = factory.build(
-            factory.from_params(embedder or {"kind": "hash"}), threads=threads
-        )
+        self._embedder = factory.build(params.embedder, threads=params.threads)
         self._load_s = time.perf_counter() - started
         self._pending: deque[pa.RecordBatch] = deque()
         self._pending_rows = 0

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -37,18 +37,20 @@ from ..ingest.documents import Doc, DocLimits
 from ..ingest.endpoint import IngestEndpoint, PendingRequest
 from ..ingest.files import Emission, FileManifest, stat_of
 from ..protocol import Ack
+from ..spec import SourceSpec
 from .base import OperatorContext
 from .load import SUFFIXES, DeadLetters, document_batch, read_items
+from .params import FeedParams
 
 log = logging.getLogger(__name__)
 
 
 class _Source:
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.roots = [Path(p).resolve() for p in spec["paths"]]
-        self.formats = set(spec.get("formats", ["txt", "md", "jsonl"]))
-        self.watch = bool(spec.get("watch", False))
-        self.follow = spec.get("deletes", "keep") == "follow"
+    def __init__(self, spec: SourceSpec) -> None:
+        self.roots = [Path(p).resolve() for p in spec.paths]
+        self.formats: set[str] = set(spec.formats)
+        self.watch = spec.watch
+        self.follow = spec.deletes == "follow"
 
     def root_of(self, path: Path) -> Path | None:
         """The root a file belongs to (doc ids of plain files are relative to it)."""
@@ -75,33 +77,24 @@ def _share(key: str, replicas: int) -> int:
 
 
 class ContinuousLoader:
-    def __init__(
-        self,
-        context: OperatorContext,
-        *,
-        sources: list[dict[str, Any]],
-        dead_letter_dir: str,
-        checkpoint: dict[str, Any],
-        batch_docs: int = 64,
-        max_doc_bytes: int = DocLimits().max_doc_bytes,
-        max_doc_id_bytes: int = DocLimits().max_doc_id_bytes,
-        max_source_bytes: int = DocLimits().max_source_bytes,
-        ingest: dict[str, Any] | None = None,
-    ) -> None:
+    Params: ClassVar[type[FeedParams]] = FeedParams
+
+    def __init__(self, context: OperatorContext, params: FeedParams) -> None:
         self._context = context
-        self._sources = [_Source(s) for s in sources]
-        self._batch_docs = batch_docs
+        self._sources = [_Source(s) for s in params.sources]
+        self._batch_docs = params.batch_docs
         self._limits = DocLimits(
-            max_doc_bytes=max_doc_bytes,
-            max_doc_id_bytes=max_doc_id_bytes,
-            max_source_bytes=max_source_bytes,
+            max_doc_bytes=params.max_doc_bytes,
+            max_doc_id_bytes=params.max_doc_id_bytes,
+            max_source_bytes=params.max_source_bytes,
         )
-        self._dead = DeadLetters(Path(dead_letter_dir), context)
-        self._save_every_s = float(checkpoint.get("interval_ms", 200.0)) / 1000.0
+        self._dead = DeadLetters(Path(params.dead_letter_dir), context)
+        checkpoint = params.checkpoint
+        self._save_every_s = checkpoint.interval_ms / 1000.0
         self._manifest = FileManifest(
-            Path(checkpoint["dir"]) / f"{context.actor}.files.json", self._save_every_s
+            Path(checkpoint.dir) / f"{context.actor}.files.json", self._save_every_s
         )
-        self._progress = SourceProgress(0, int(checkpoint["shards"]), self._completed)
+        self._progress = SourceProgress(0, checkpoint.shards, self._completed)
         self._owners: dict[int, Emission | PendingRequest] = {}
         self._wake = asyncio.Event()
         self._changed: dict[str, None] = {}  # files to look at, in order (an ordered set)
@@ -109,14 +102,15 @@ class ContinuousLoader:
         self._documents = 0
         self._deletes = 0
         self._endpoint: IngestEndpoint | None = None
+        ingest = params.ingest
         if ingest is not None and context.replica == 0:
             self._endpoint = IngestEndpoint(
-                ingest["endpoint"],
+                ingest.endpoint,
                 wake=self._wake.set,
                 limits=self._limits,
-                max_pending=int(ingest.get("max_pending", 32)),
-                max_queued=int(ingest.get("max_queued", 4)),
-                max_request_bytes=int(float(ingest.get("max_request_mb", 32.0)) * 2**20),
+                max_pending=ingest.max_pending,
+                max_queued=ingest.max_queued,
+                max_request_bytes=int(ingest.max_request_mb * 2**20),
             )
 
     # --- hooks ---------------------------------------------------------------------------------

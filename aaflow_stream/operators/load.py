@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, ClassVar, Final
 
 import msgspec
 import numpy as np
@@ -42,6 +42,7 @@ from ..observe.events import event
 from ..protocol import Ack
 from ..schemas import DOCUMENT
 from .base import OperatorContext
+from .params import LoadParams
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ class _JsonDoc(msgspec.Struct, forbid_unknown_fields=False):
 
 _json_doc = msgspec.json.Decoder(_JsonDoc)
 _SKIP_BYTES: Final = 1 << 20
-_DEFAULT_LIMITS: Final = DocLimits()  # its defaults are the topology's (LimitSpec)
 
 
 def discover(paths: list[str], formats: list[str]) -> list[tuple[Path, Path]]:
@@ -240,31 +240,22 @@ class FileLoader:
     covers.
     """
 
-    def __init__(
-        self,
-        context: OperatorContext,
-        *,
-        sources: list[dict[str, list[str]]],
-        dead_letter_dir: str,
-        batch_docs: int = 64,
-        max_doc_bytes: int = _DEFAULT_LIMITS.max_doc_bytes,
-        max_doc_id_bytes: int = _DEFAULT_LIMITS.max_doc_id_bytes,
-        max_source_bytes: int = _DEFAULT_LIMITS.max_source_bytes,
-        checkpoint: dict[str, Any] | None = None,
-    ) -> None:
+    Params: ClassVar[type[LoadParams]] = LoadParams
+
+    def __init__(self, context: OperatorContext, params: LoadParams) -> None:
         self._context = context
         files = sorted(
-            {f for s in sources for f in discover(s["paths"], s["formats"])},
+            {f for s in params.sources for f in discover(s.paths, list(s.formats))},
             key=lambda rp: str(rp[1]),
         )
         self._files = files[context.replica :: context.replicas]
-        self._batch_docs = batch_docs
+        self._batch_docs = params.batch_docs
         self._limits = DocLimits(
-            max_doc_bytes=max_doc_bytes,
-            max_doc_id_bytes=max_doc_id_bytes,
-            max_source_bytes=max_source_bytes,
+            max_doc_bytes=params.max_doc_bytes,
+            max_doc_id_bytes=params.max_doc_id_bytes,
+            max_source_bytes=params.max_source_bytes,
         )
-        self._dead = DeadLetters(Path(dead_letter_dir), context)
+        self._dead = DeadLetters(Path(params.dead_letter_dir), context)
         self._documents = 0
         self._replica = context.replica
         self._checkpoint: CheckpointFile | None = None
@@ -272,12 +263,13 @@ class FileLoader:
         self._save_every_s = 0.0
         self._saved_at = 0.0
         start = 0
+        checkpoint = params.checkpoint
         if checkpoint is not None:
-            path = Path(checkpoint["dir"]) / f"{context.actor}.json"
+            path = Path(checkpoint.dir) / f"{context.actor}.json"
             self._checkpoint = CheckpointFile(path, self._fingerprint(context))
             start = self._checkpoint.load()
-            self._progress = SourceProgress(start, shards=int(checkpoint["shards"]))
-            self._save_every_s = float(checkpoint.get("interval_ms", 200.0)) / 1000.0
+            self._progress = SourceProgress(start, shards=checkpoint.shards)
+            self._save_every_s = checkpoint.interval_ms / 1000.0
         self._start = start
         self._exhausted = False  # every file read to its end
 

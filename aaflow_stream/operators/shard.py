@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -41,8 +41,10 @@ from ..embedders.base import TextEmbedder
 from ..errors import RetryLater, SpecError, StorageError
 from ..mpi.thread import MpiThread
 from ..shard.round import ROOT
-from ..shard.store import ShardStore, WalSync, is_tombstone
+from ..shard.store import ShardStore, is_tombstone
+from ..spec import Embedder, HashEmbedderSpec
 from .base import OperatorContext
+from .params import ShardParams
 from .shard_serving import ShardServing
 
 log = logging.getLogger(__name__)
@@ -63,27 +65,10 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 class ShardWriter:
-    def __init__(
-        self,
-        context: OperatorContext,
-        *,
-        data_dir: str,
-        dim: int,
-        index: str = "Flat",
-        metric: str = "ip",
-        threads: int = 1,
-        serve: bool = False,
-        query_endpoint: str = "",
-        max_batch: int = 64,
-        max_wait_ms: float = 0.0,
-        embedder: dict[str, Any] | None = None,
-        wal_sync: WalSync = "batch",
-        sync_interval_ms: float = 20.0,
-        snapshot_interval_s: float = 300.0,
-        snapshot_wal_mb: float = 512.0,
-        full_disk_wait_s: float = 600.0,
-        round_timeout_s: float = 30.0,
-    ) -> None:
+    Params: ClassVar[type[ShardParams]] = ShardParams
+
+    def __init__(self, context: OperatorContext, params: ShardParams) -> None:
+        dim, threads, wal_sync = params.dim, params.threads, params.wal_sync
         self._mpi = MpiThread()
         rank, size = self._mpi.start()
         if (rank, size) != (context.replica, context.replicas):
@@ -98,19 +83,21 @@ class ShardWriter:
         # OpenMP's thread count is per calling thread: set it where searches run too.
         faiss.omp_set_num_threads(threads)
         self._mpi.submit(lambda _: faiss.omp_set_num_threads(threads)).result(timeout=60)
-        shard_dir = Path(data_dir) / f"shard-{rank}"
-        self._store = ShardStore(shard_dir, dim=dim, index=index, metric=metric, wal_sync=wal_sync)
+        shard_dir = Path(params.data_dir) / f"shard-{rank}"
+        self._store = ShardStore(
+            shard_dir, dim=dim, index=params.index, metric=params.metric, wal_sync=wal_sync
+        )
         self._interval_sync = wal_sync == "interval"
-        self._sync_interval_s = sync_interval_ms / 1000.0
-        self._snapshot_interval_s = snapshot_interval_s
-        self._snapshot_wal_bytes = int(snapshot_wal_mb * 2**20)
+        self._sync_interval_s = params.sync_interval_ms / 1000.0
+        self._snapshot_interval_s = params.snapshot_interval_s
+        self._snapshot_wal_bytes = int(params.snapshot_wal_mb * 2**20)
         self.last_lsn = self._store.last_lsn
         self._durable_seen = self._store.durable_lsn
         self._on_durable: list[Callable[[int], None]] = []
         # End-to-end acks: sources learn which of their documents this shard made durable.
         self._acks = AckSender(context.ack_peers, context.actor, rank)
         self._on_durable.append(self._acks.durable)
-        self._full_disk_wait_s = full_disk_wait_s
+        self._full_disk_wait_s = params.full_disk_wait_s
         self._disk_full_s = 0.0  # seconds ingestion waited for space
         self._full_since: float | None = None  # monotonic time the disk was found full
         self._full_tries = 0
@@ -120,22 +107,21 @@ class ShardWriter:
         self._persist_s = 0.0
         self._snapshots = 0
         self._snapshot_s = 0.0
-        self._query_endpoint = query_endpoint
-        self._max_batch = max_batch
-        self._max_wait_s = max_wait_ms / 1000.0
+        self._query_endpoint = params.query_endpoint
+        self._max_batch = params.max_batch
+        self._max_wait_s = params.max_wait_ms / 1000.0
         self._serving: ShardServing | None = None
         self._query_embedder: TextEmbedder | None = None
-        if serve:
+        if params.serve:
+            embedder = params.embedder or HashEmbedderSpec(dim=dim)
             try:
-                self._start_serving(
-                    context, embedder or {"kind": "hash", "dim": dim}, threads, round_timeout_s
-                )
+                self._start_serving(context, embedder, threads, params.round_timeout_s)
             except BaseException:
                 self._close_resources()
                 raise
 
     def _start_serving(
-        self, context: OperatorContext, params: dict[str, Any], threads: int, timeout_s: float
+        self, context: OperatorContext, embedder: Embedder, threads: int, timeout_s: float
     ) -> None:
         """Collective: every rank sets up its wake-ups; the root loads the query embedder (a
         model loads here, before Ready)."""
@@ -150,7 +136,7 @@ class ShardWriter:
         )
         if self._rank != ROOT:
             return
-        self._query_embedder = embedders.build(embedders.from_params(params), threads=threads)
+        self._query_embedder = embedders.build(embedder, threads=threads)
         if self._query_embedder.dim != self._dim:
             raise SpecError(
                 f"the query embedder makes dim {self._query_embedder.dim}, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,7 @@ import pyarrow as pa
 from ..schemas import CHUNK, DELETE_ALL
 from ..text.chunking import chunk_boundaries, chunk_id, chunk_windows, normalize_whitespace
 from .base import OperatorContext
+from .params import ChunkerParams
 
 _MASK63 = (1 << 63) - 1
 
@@ -33,15 +34,10 @@ def doc_version(text: str) -> int:
 
 
 class Chunker:
-    def __init__(
-        self,
-        context: OperatorContext,
-        *,
-        chunk_size: int = 512,
-        overlap: int = 64,
-        prefer: Literal["none", "paragraph", "sentence"] = "none",
-        normalize: bool = True,
-    ) -> None:
+    Params: ClassVar[type[ChunkerParams]] = ChunkerParams
+
+    def __init__(self, context: OperatorContext, params: ChunkerParams) -> None:
+        chunk_size, overlap, prefer = params.chunk_size, params.overlap, params.prefer
         if prefer != "none":
             chunk_boundaries("", chunk_size, overlap, prefer)  # validates size and overlap
         else:
@@ -49,7 +45,7 @@ class Chunker:
         self._size = chunk_size
         self._overlap = overlap
         self._prefer = prefer
-        self._normalize = normalize
+        self._normalize = params.normalize
 
     def _chunks(self, text: str) -> list[str]:
         if self._prefer == "none":

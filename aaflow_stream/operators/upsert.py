@@ -16,12 +16,14 @@ only a tombstone keeping nothing, on every shard. ``idle()`` (no input for the f
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from ..schemas import DELETE_ALL, TOMBSTONE
 from .base import OperatorContext, Routed
+from .params import RouterParams
 
 
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
@@ -51,9 +53,11 @@ def tombstones(chunks: pa.RecordBatch) -> pa.RecordBatch:
 
 
 class ShardRouter:
-    def __init__(self, context: OperatorContext, *, shards: int, batch_size: int = 2048) -> None:
-        self._shards = shards
-        self._batch_size = batch_size
+    Params: ClassVar[type[RouterParams]] = RouterParams
+
+    def __init__(self, context: OperatorContext, params: RouterParams) -> None:
+        shards = self._shards = params.shards
+        self._batch_size = params.batch_size
         self._pending: list[list[pa.RecordBatch]] = [[] for _ in range(shards)]
         self._rows = [0] * shards
         # Tombstone batches every shard still has to get; shard s has sent the first _sent[s].

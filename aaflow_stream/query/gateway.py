@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from .. import untrusted
 from ..embedders.base import TextEmbedder
-from ..errors import AaflowError
+from ..errors import RoundFailed
 from .admission import REJECTION_REASONS, Rejection, RejectReason, admit
 from .protocol import (
     MAX_PENDING_QUERIES,
@@ -52,10 +52,6 @@ RunRound = Callable[[npt.NDArray[np.float32], int, QueryFilter | None], Awaitabl
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
 MAX_PENDING = MAX_PENDING_QUERIES
 LATENCY_WINDOW = 10_000
-
-
-class RoundFailed(AaflowError):
-    """A round over the shards (search, count or delete) failed: the gateway stops."""
 
 
 class RequestSocket(Protocol):

@@ -11,12 +11,6 @@ Light on purpose: the CLI imports it without the runtime.
 
 from __future__ import annotations
 
-from ..errors import ActorFailed
+from ..errors import ActorFailed, BadOperator, StartTimeout
 
-
-class BadOperator(ActorFailed):
-    """An operator could not be built during the first start-up; nothing is restarted."""
-
-
-class StartTimeout(ActorFailed):
-    """Some actor did not report Ready within the start timeout."""
+__all__ = ["ActorFailed", "BadOperator", "StartTimeout"]

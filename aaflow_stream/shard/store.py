@@ -23,6 +23,10 @@ Threads: ingestion (the actor's loop), queries (the MPI thread) and snapshots (a
 share the store. ``_lock`` guards the index and metadata (held by queries and applies, never
 across an fsync or a file write); ``_write_lock`` keeps WAL order equal to apply order and lets
 a snapshot cut both at one point; ``_snapshot_lock`` runs one snapshot at a time.
+
+Errors (``errors.py``): ``StorageError`` for files that cannot be written or are damaged;
+``BadBatch`` (also a ``ValueError``) for a batch that does not fit the shard, refused before
+anything is logged; ``ChunkNotStored`` (also a ``KeyError``) for rows asked of an unknown id.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..durability.fsio import make_dir, write_atomic
-from ..errors import SpecError, StorageError
+from ..errors import BadBatch, ChunkNotStored, SpecError, StorageError
 from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
 from . import snapshot as snap
 from . import topk
@@ -229,7 +233,7 @@ class ShardStore:
     def upsert(self, batch: pa.RecordBatch) -> int:
         """``append`` for a batch of rows with embeddings."""
         if is_tombstone(batch):
-            raise ValueError("upsert() got a tombstone batch: use append()")
+            raise BadBatch("upsert() got a tombstone batch: use append()")
         return self.append(batch)
 
     def chunks_of(self, doc_ids: Sequence[str]) -> int:
@@ -268,17 +272,17 @@ class ShardStore:
             needed = [*METADATA, pa.field(EMBEDDING, pa.list_(pa.float32(), self.dim))]
         for field in needed:
             if field.name not in schema.names:
-                raise ValueError(f"a batch for {self.directory} lacks column {field.name!r}")
+                raise BadBatch(f"a batch for {self.directory} lacks column {field.name!r}")
             got = schema.field(field.name).type
             if got != field.type:
-                raise ValueError(
+                raise BadBatch(
                     f"a batch for {self.directory}: column {field.name!r} is {got}, "
                     f"expected {field.type}"
                 )
         keys = ["doc_id", "keep_version"] if is_tombstone(batch) else ["chunk_id", EMBEDDING]
         for key in keys:
             if batch.column(key).null_count:
-                raise ValueError(f"a batch for {self.directory} has nulls in {key!r}")
+                raise BadBatch(f"a batch for {self.directory} has nulls in {key!r}")
 
     def _apply(self, batch: pa.RecordBatch, *, copy: bool = False) -> None:
         if is_tombstone(batch):
@@ -463,7 +467,9 @@ class ShardStore:
         try:
             positions = [self._where[i] for i in ids]
         except KeyError as exc:
-            raise KeyError(f"chunk id {exc.args[0]} is not stored in {self.directory}") from None
+            raise ChunkNotStored(
+                f"chunk id {exc.args[0]} is not stored in {self.directory}"
+            ) from None
         return self._table().take(pa.array(positions, pa.int64()))
 
     def metadata(self) -> pa.Table:

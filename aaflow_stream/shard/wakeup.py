@@ -33,7 +33,7 @@ from typing import Annotated, Final
 import msgspec
 
 from .. import untrusted
-from ..errors import AaflowError
+from ..errors import WakeupError
 from .filters import QueryFilter
 from .limits import MAX_DELETE_IDS, MAX_K, MAX_ROUND_BYTES, MAX_ROUND_QUERIES
 
@@ -49,10 +49,6 @@ DROP_REASONS: Final[tuple[str, ...]] = (*untrusted.REASONS, "multipart", "forged
 
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 Token = Annotated[bytes, msgspec.Meta(min_length=TOKEN_BYTES, max_length=TOKEN_BYTES)]
-
-
-class WakeupError(AaflowError):
-    """A genuine wake-up that the member cannot follow: the ranks are out of step."""
 
 
 class _Wake(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):

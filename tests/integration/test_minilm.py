@@ -26,6 +26,7 @@ from aaflow_stream.embedders.sentence_transformer import SentenceTransformerEmbe
 from aaflow_stream.errors import EmbedderError
 from aaflow_stream.operators.base import OperatorContext
 from aaflow_stream.operators.embed import EmbedChunks
+from aaflow_stream.operators.params import EmbedParams
 from aaflow_stream.spec import SentenceTransformerSpec
 from aaflow_stream.text.chunking import chunk_id, chunk_windows, normalize_whitespace
 
@@ -138,8 +139,8 @@ def test_the_operator_micro_batches_across_arriving_batches(
 ) -> None:
     texts = [chunk for _, doc in _docstrings() for chunk in _chunks(doc)][:27]
     context = OperatorContext("embed.0", "embed", 0, 1, tmp_path)
-    spec = factory.to_params(SentenceTransformerSpec(batch_size=4))
-    operator = EmbedChunks(context, batch_size=8, embedder=spec, threads=1)
+    spec = SentenceTransformerSpec(batch_size=4)
+    operator = EmbedChunks(context, EmbedParams(batch_size=8, embedder=spec, threads=1))
     messages, start = [], 0
     for size in (5, 7, 1, 11, 3):  # 27 rows in batches unlike the stage's batch of 8
         batch = pa.record_batch(

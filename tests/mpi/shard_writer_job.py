@@ -12,9 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from aaflow_stream.operators.base import OperatorContext
+from aaflow_stream.operators.params import ShardParams
 from aaflow_stream.operators.shard import ShardWriter
 from tests.support.chunks import chunk_rows
 
@@ -23,14 +25,15 @@ BATCHES = 30
 
 async def run(wal_sync: str, data_dir: Path) -> dict[str, object]:
     context = OperatorContext("shard.0", "shard", 0, 1, data_dir)
-    writer = ShardWriter(
-        context,
-        data_dir=str(data_dir),
-        dim=8,
-        wal_sync=wal_sync,  # type: ignore[arg-type]
-        sync_interval_ms=10,
-        snapshot_wal_mb=0.02,  # a snapshot every few batches
-    )
+    params = {
+        "data_dir": str(data_dir),
+        "dim": 8,
+        "threads": 1,
+        "wal_sync": wal_sync,
+        "sync_interval_ms": 10,
+        "snapshot_wal_mb": 0.02,  # a snapshot every few batches
+    }
+    writer = ShardWriter(context, msgspec.convert(params, ShardParams))
     announced: list[int] = []
     advanced = asyncio.Event()
 

@@ -19,12 +19,18 @@ from aaflow_stream.ingest.files import FileManifest
 from aaflow_stream.operators.base import OperatorContext
 from aaflow_stream.operators.embed import EmbedChunks
 from aaflow_stream.operators.load import document_batch
+from aaflow_stream.operators.params import ChunkerParams, EmbedParams, RouterParams
 from aaflow_stream.operators.transform import Chunker
 from aaflow_stream.operators.upsert import ShardRouter
 from aaflow_stream.runtime.chain import Chain, OperatorRun
 from aaflow_stream.schemas import DELETE_ALL
+from aaflow_stream.spec import HashEmbedderSpec
 
 CTX = OperatorContext("t.0", "t", 0, 1, Path("."))
+
+
+def _embed_params(batch_size: int, *, dim: int) -> EmbedParams:
+    return EmbedParams(batch_size=batch_size, embedder=HashEmbedderSpec(dim=dim), threads=1)
 
 
 def _request(*docs: object) -> protocol.IngestRequest:
@@ -73,13 +79,12 @@ def test_a_file_is_recorded_only_once_its_newest_reading_is_complete(tmp_path: P
 
 def test_a_delete_row_becomes_a_tombstone_keeping_nothing_on_every_shard() -> None:
     docs = [(Doc("keep", "some text here", "s", 0), 0), (Doc("gone", None, "s", 0), 1)]
-    (chunks,) = Chunker(CTX, chunk_size=8, overlap=0).process(document_batch(docs, 0))
-    embedded = list(
-        EmbedChunks(CTX, batch_size=1024, embedder={"kind": "hash", "dim": 8}).process(chunks)
-    )
+    chunker = Chunker(CTX, ChunkerParams(chunk_size=8, overlap=0))
+    (chunks,) = chunker.process(document_batch(docs, 0))
+    embedded = list(EmbedChunks(CTX, _embed_params(1024, dim=8)).process(chunks))
     assert not embedded  # held back for the micro-batch
-    router = ShardRouter(CTX, shards=3, batch_size=10_000)
-    embedder = EmbedChunks(CTX, batch_size=2, embedder={"kind": "hash", "dim": 8})
+    router = ShardRouter(CTX, RouterParams(shards=3, batch_size=10_000))
+    embedder = EmbedChunks(CTX, _embed_params(2, dim=8))
     routed = [r for part in embedder.process(chunks) for b in part for r in router.process(b)]
     routed += [r for part in embedder.idle() for b in part for r in router.process(b)]
     routed += router.idle()
@@ -110,7 +115,7 @@ def test_a_delete_completes_once_every_shard_applied_its_tombstone() -> None:
 
 
 def test_idle_releases_what_a_chained_micro_batch_holds() -> None:
-    embed = EmbedChunks(CTX, batch_size=100, embedder={"kind": "hash", "dim": 4})
+    embed = EmbedChunks(CTX, _embed_params(100, dim=4))
     chain = Chain([OperatorRun("embed", embed)], source=False)
     batch = pa.record_batch({"text": pa.array(["a", "b"], pa.large_string())})
     assert chain.process(batch) == [] and chain.holding

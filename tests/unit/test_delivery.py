@@ -12,6 +12,7 @@ from aaflow_stream.durability import acks
 from aaflow_stream.durability.checkpoint import CheckpointFile
 from aaflow_stream.durability.progress import SourceProgress
 from aaflow_stream.operators.base import OperatorContext
+from aaflow_stream.operators.params import RouterParams
 from aaflow_stream.operators.upsert import ShardRouter
 from aaflow_stream.protocol import Ack, ack_decoder, encode
 from aaflow_stream.schemas import CHUNK, TOMBSTONE
@@ -226,7 +227,7 @@ def test_checkpoint_round_trip_and_a_changed_input_starts_over(tmp_path: Path) -
 
 def test_the_router_sends_every_shard_each_documents_tombstone_before_its_chunks() -> None:
     context = OperatorContext("upsert.0", "upsert", 0, 1, Path("."))
-    router = ShardRouter(context, shards=3, batch_size=4)
+    router = ShardRouter(context, RouterParams(shards=3, batch_size=4))
     out = list(router.process(_chunks([0, 0, 1, 2], [0, 1, 0, 0], [2, 2, 1, 1])))
     out += list(router.flush())
     per_shard: dict[int, list[str]] = {}

@@ -30,6 +30,8 @@ from aaflow_stream.ingest.inputs import LocalReject, read_documents
 from aaflow_stream.operators.base import OperatorContext
 from aaflow_stream.operators.feed import _share
 from aaflow_stream.operators.load import Dead, FileLoader, read_items
+from aaflow_stream.operators.params import LoadParams
+from aaflow_stream.spec import SourceSpec
 
 from ..support.bench import load_bench
 
@@ -321,8 +323,10 @@ def test_a_file_whose_name_is_not_utf8_is_dead_lettered_not_a_crash(tmp_path: Pa
     (tmp_path / "fine.txt").write_text("other text")
     loader = FileLoader(
         OperatorContext("load.0", "load", 0, 1, tmp_path),
-        sources=[{"paths": [str(tmp_path)], "formats": ["txt"]}],
-        dead_letter_dir=str(tmp_path / "dead"),
+        LoadParams(
+            sources=[SourceSpec(paths=[str(tmp_path)], formats=["txt"])],
+            dead_letter_dir=str(tmp_path / "dead"),
+        ),
     )
     try:
         batches = list(loader.batches())
