@@ -64,7 +64,7 @@ def _builtin(name: str, operator: str, params: OperatorParams, replicas: int) ->
 
 
 def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
-    shards, limits = topology.shards, topology.limits
+    shards = topology.shards
     match stage:
         case LoadStage():
             sources = [
@@ -83,9 +83,7 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
                 "dead_letter_dir": dead_letter_dir,
                 "checkpoint": checkpoint,
                 "batch_docs": stage.batch_docs,
-                "max_doc_bytes": limits.max_doc_bytes,
-                "max_doc_id_bytes": limits.max_doc_id_bytes,
-                "max_source_bytes": limits.max_source_bytes,
+                "limits": topology.limits,
             }
             params: OperatorParams
             if topology.continuous:  # watched sources, the ingest endpoint: until stopped

@@ -12,12 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, get_args
 
-import msgspec
-
 from ..errors import BadDocument, RejectReason
 from ..spec import LimitSpec
 
-_DEFAULT: Final = LimitSpec()  # the defaults live in the spec
 TS_MIN_S: Final = 0.0
 TS_MAX_S: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 # A JSON string escape takes at most 6 bytes per UTF-8 byte (``\u0001``): a JSONL line longer
@@ -30,18 +27,14 @@ _JSON_SLACK: Final = 4096
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 
-class DocLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """What one document may hold, in UTF-8 bytes (the topology's ``limits``)."""
+# What one document may hold, in UTF-8 bytes: the topology's own ``limits`` section.
+DocLimits = LimitSpec
 
-    max_doc_bytes: int = _DEFAULT.max_doc_bytes
-    max_doc_id_bytes: int = _DEFAULT.max_doc_id_bytes
-    max_source_bytes: int = _DEFAULT.max_source_bytes
 
-    @property
-    def max_line_bytes(self) -> int:
-        """The longest JSONL line that may hold a valid document."""
-        fields = self.max_doc_bytes + self.max_doc_id_bytes + self.max_source_bytes
-        return _JSON_EXPANSION * fields + _JSON_SLACK
+def max_line_bytes(limits: DocLimits) -> int:
+    """The longest JSONL line that may hold a valid document (longer ones are not read)."""
+    fields = limits.max_doc_bytes + limits.max_doc_id_bytes + limits.max_source_bytes
+    return _JSON_EXPANSION * fields + _JSON_SLACK
 
 
 @dataclass(frozen=True)

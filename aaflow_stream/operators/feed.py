@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from ..durability import acks
 from ..durability.progress import SourceProgress
-from ..ingest.documents import Doc, DocLimits
+from ..ingest.documents import Doc
 from ..ingest.endpoint import IngestEndpoint, PendingRequest
 from ..ingest.files import Emission, FileManifest, stat_of
 from ..protocol import Ack
@@ -83,11 +83,7 @@ class ContinuousLoader:
         self._context = context
         self._sources = [_Source(s) for s in params.sources]
         self._batch_docs = params.batch_docs
-        self._limits = DocLimits(
-            max_doc_bytes=params.max_doc_bytes,
-            max_doc_id_bytes=params.max_doc_id_bytes,
-            max_source_bytes=params.max_source_bytes,
-        )
+        self._limits = params.limits
         self._dead = DeadLetters(Path(params.dead_letter_dir), context)
         checkpoint = params.checkpoint
         self._save_every_s = checkpoint.interval_ms / 1000.0

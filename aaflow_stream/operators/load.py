@@ -35,6 +35,7 @@ from ..ingest.documents import (
     DocLimits,
     RejectReason,
     check_document,
+    max_line_bytes,
     shown_id,
     ts_ms,
 )
@@ -131,7 +132,7 @@ def _json_line(line: bytes, default_ms: int, default_source: str, limits: DocLim
 
 def _read_jsonl(path: Path, limits: DocLimits) -> Iterator[Doc | Dead]:
     mtime_ms = int(path.stat().st_mtime * 1000)
-    cap = limits.max_line_bytes
+    cap = max_line_bytes(limits)
     with open(path, "rb") as handle:
         for number, line in _lines(handle, cap):
             if line is None:
@@ -250,11 +251,7 @@ class FileLoader:
         )
         self._files = files[context.replica :: context.replicas]
         self._batch_docs = params.batch_docs
-        self._limits = DocLimits(
-            max_doc_bytes=params.max_doc_bytes,
-            max_doc_id_bytes=params.max_doc_id_bytes,
-            max_source_bytes=params.max_source_bytes,
-        )
+        self._limits = params.limits
         self._dead = DeadLetters(Path(params.dead_letter_dir), context)
         self._documents = 0
         self._replica = context.replica

@@ -56,9 +56,7 @@ class LoadParams(OperatorParams, frozen=True):
     sources: list[SourceSpec]
     dead_letter_dir: str
     batch_docs: Positive = spec_field(LoadStage, "batch_docs")
-    max_doc_bytes: Positive = spec_field(LimitSpec, "max_doc_bytes")
-    max_doc_id_bytes: Positive = spec_field(LimitSpec, "max_doc_id_bytes")
-    max_source_bytes: Positive = spec_field(LimitSpec, "max_source_bytes")
+    limits: LimitSpec = spec_field(TopologySpec, "limits")
     checkpoint: CheckpointParams | None = None
 
 
@@ -69,9 +67,7 @@ class FeedParams(OperatorParams, frozen=True):
     dead_letter_dir: str
     checkpoint: CheckpointParams
     batch_docs: Positive = spec_field(LoadStage, "batch_docs")
-    max_doc_bytes: Positive = spec_field(LimitSpec, "max_doc_bytes")
-    max_doc_id_bytes: Positive = spec_field(LimitSpec, "max_doc_id_bytes")
-    max_source_bytes: Positive = spec_field(LimitSpec, "max_source_bytes")
+    limits: LimitSpec = spec_field(TopologySpec, "limits")
     ingest: IngestSpec | None = spec_field(TopologySpec, "ingest")
 
 

@@ -24,8 +24,8 @@ HERE = __name__
 # there. A default not listed in any (PARAMS_ONLY) is one the topology does not have.
 DEFAULTS_FROM: dict[type[msgspec.Struct], tuple[list[type[msgspec.Struct]], dict[str, str]]] = {
     params.CheckpointParams: ([spec.DurabilitySpec], {"interval_ms": "checkpoint_interval_ms"}),
-    params.LoadParams: ([spec.LoadStage, spec.LimitSpec], {}),
-    params.FeedParams: ([spec.LoadStage, spec.LimitSpec, spec.TopologySpec], {}),
+    params.LoadParams: ([spec.LoadStage, spec.TopologySpec], {}),
+    params.FeedParams: ([spec.LoadStage, spec.TopologySpec], {}),
     params.ChunkerParams: ([spec.TransformStage], {}),
     params.EmbedParams: ([spec.EmbedStage, spec.TopologySpec], {}),
     params.RouterParams: ([spec.UpsertStage], {}),
