@@ -19,7 +19,10 @@ and `chunk_id`, embeds batches with `HashEmbedder`, and upserts into 4 FAISS sha
   figure than wall time on a noisy machine; processes a system leaves for others to reap
   (Ray's daemons) are not counted.
 
-    python bench/baselines.py --preset small --systems sequential,mp_pool
+Each run happens in a fresh interpreter (``run_isolated``), so that RSS and imports do not leak
+from one run into the next. The baselines alone, without the engine:
+
+    python -m bench.ingest --preset small --systems sequential,mp_pool
 """
 
 from __future__ import annotations
@@ -30,12 +33,11 @@ import concurrent.futures
 import json
 import multiprocessing as mp
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-# Scripts, not a package: make the sibling module and the repo importable from anywhere.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aaflow_stream.synthetic import corpus_files, expected_chunk_ids
+from aaflow_stream.text.chunking import chunk_id, chunk_windows
 
-from floors import run_raw_zmq, run_two_procs
-from w1_stages import (
+from .floors import run_raw_zmq, run_two_procs
+from .kit.procs import ChildrenCpu, RssSampler
+from .w1_stages import (
     CHUNK_OVERLAP,
     CHUNK_SIZE,
     DIM,
@@ -57,7 +59,6 @@ from w1_stages import (
     BaselineResult,
     FileResult,
     Ids,
-    RssSampler,
     ShardWriter,
     Vecs,
     embed_texts,
@@ -69,11 +70,7 @@ from w1_stages import (
     worker_ready,
 )
 
-from aaflow_stream.synthetic import PRESETS, corpus_files, expected_chunk_ids, generate
-from aaflow_stream.text.chunking import chunk_id, chunk_windows
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
+REPO_DIR = Path(__file__).resolve().parents[1]
 WORKERS = 2
 
 
@@ -247,8 +244,8 @@ def _process_file_star(job: tuple[str, int]) -> FileResult:
 
 
 def _export_pythonpath() -> None:
-    """Workers started by a framework (not forked from us) must find bench/ and the repo."""
-    parts = [str(BENCH_DIR), str(REPO_DIR), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    """Workers started by a framework (not forked from us) must find the ``bench`` package."""
+    parts = [str(REPO_DIR), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in parts if p))
 
 
@@ -475,7 +472,7 @@ def _llama_transforms() -> dict[str, Any]:
 
     classes: dict[str, Any] = {"W1Load": W1Load, "W1Chunk": W1Chunk, "W1Embed": W1Embed}
     for name, cls in classes.items():
-        cls.__qualname__ = name  # pickled by reference: baselines.<name>
+        cls.__qualname__ = name  # pickled by reference: bench.baselines.<name>
         globals()[name] = cls
     return classes
 
@@ -499,34 +496,18 @@ SYSTEMS: dict[str, Callable[..., BaselineResult]] = {
 }
 
 
-# ---------------------------------------------------------------- CLI
+# ---------------------------------------------------------------- one isolated run
 
 
-class ChildrenCpu:
-    """CPU seconds (user + system) of the children reaped while the block runs."""
-
-    seconds = 0.0
-
-    @staticmethod
-    def _now() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
-    def __enter__(self) -> ChildrenCpu:
-        self._start = self._now()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = self._now() - self._start
-
-
-def _run_isolated(name: str, corpus_dir: Path) -> BaselineResult:
+def run_isolated(name: str, corpus_dir: Path) -> BaselineResult:
     """Run one baseline in a fresh interpreter so RSS and imports do not leak across runs."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", name, "--corpus", str(corpus_dir)]
+        cmd = [sys.executable, "-m", "bench.baselines", name, "--corpus", str(corpus_dir.resolve())]
         with ChildrenCpu() as cpu:
-            proc = subprocess.run([*cmd, "--result", str(out)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [*cmd, "--result", str(out)], capture_output=True, text=True, cwd=REPO_DIR
+            )
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             return BaselineResult(name, skipped="failed: " + " | ".join(tail))
@@ -534,58 +515,20 @@ def _run_isolated(name: str, corpus_dir: Path) -> BaselineResult:
         return BaselineResult(**{**data, "cpu_s": cpu.seconds})
 
 
-def _table(results: Sequence[BaselineResult]) -> Iterator[str]:
-    yield (
-        f"{'system':<11} {'ok':<3} {'chunks':>7} {'total_s':>8} {'chunks/s':>9} "
-        f"{'startup':>8} {'load':>6} {'xform':>6} {'embed':>6} {'upsert':>6} {'rss_mb':>7}"
-    )
-    for r in results:
-        if r.skipped:
-            yield f"{r.name:<11} skipped: {r.skipped}"
-            continue
-        s = r.stages
-        yield (
-            f"{r.name:<11} {'yes' if r.verified else 'NO':<3} {r.chunks:>7} {r.total_s:>8.3f} "
-            f"{r.chunks_per_s:>9.0f} {r.startup_s:>8.2f} {s['load']:>6.3f} "
-            f"{s['transform']:>6.3f} {s['embed']:>6.3f} {s['upsert']:>6.3f} {r.peak_rss_mb:>7.0f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 all verified, 1 a baseline failed its check or did not run, 2 usage."""
-    parser = argparse.ArgumentParser(description="W1 baselines")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--corpus", type=Path, help="corpus directory (default: a temp dir)")
-    parser.add_argument("--systems", default="sequential,mp_pool")
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="write all results here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    """The fresh interpreter of ``run_isolated``: one run, its result as JSON into --result."""
+    parser = argparse.ArgumentParser(description="one isolated W1 baseline run (for bench.ingest)")
+    parser.add_argument("system", choices=sorted(SYSTEMS))
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
-
-    if args.child:  # one isolated run, result as JSON into --result
-        result = SYSTEMS[args.child](args.corpus)
-        args.result.write_text(json.dumps(asdict(result)))
-        return 0
-
-    names = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        parser.error(f"unknown systems {unknown}; choose from {sorted(SYSTEMS)}")
-    corpus = args.corpus or Path(tempfile.gettempdir()) / f"aaflow-w1-{args.preset}"
-    info = generate(corpus, args.preset)
-    print(f"W1 {info.preset}: {info.docs} docs, {info.chunks} chunks in {corpus}")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    results = [_run_isolated(n, corpus) for _ in range(args.repeat) for n in names]
-    for line in _table(results):
-        print(line)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    return 0 if all(r.verified for r in results if not r.skipped) else 1
+    result = SYSTEMS[args.system](args.corpus)
+    args.result.write_text(json.dumps(asdict(result)))
+    return 0
 
 
 if __name__ == "__main__":
-    # Re-import as `baselines`, so pickled functions name that module, not __main__.
-    import baselines
+    # Run as the module bench.baselines, not __main__: workers unpickle what it defines by name.
+    from bench import baselines
 
     sys.exit(baselines.main())

@@ -25,9 +25,9 @@ the smallest cosine over the chunks must be at least ``--min-cosine``; the exit 
 otherwise. The table shows each split's ratio to ``direct``; the target is >= 0.9x with one
 replica (M1 in docs/benchmarks.md; issue 6). The load average is printed at start and end.
 
-    python bench/embed.py                          # M1: 2,000 chunks, 3 repeats, 1x2 and 2x1
-    python bench/embed.py --quick --json           # < 1 minute; last line: one JSON object
-    python bench/embed.py --device cuda --splits 1x4,2x4,4x4 --chunks 2000
+    python -m bench.embed                          # M1: 2,000 chunks, 3 repeats, 1x2 and 2x1
+    python -m bench.embed --quick --json           # < 1 minute; last line: one JSON object
+    python -m bench.embed --device cuda --splits 1x4,2x4,4x4 --chunks 2000
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-# Repo root on sys.path so the script runs from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from aaflow_stream.embedders import factory
 from aaflow_stream.plan import GraphSpec, StageSpec
 from aaflow_stream.spec import SentenceTransformerSpec
 from aaflow_stream.text.chunking import chunk_windows
+
+from .kit import cli
+from .kit.table import Column, render
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNKS = 2000
@@ -80,7 +80,7 @@ SKIP_MODULES = {
     "__main__",
     "__future__",
 }
-QUICK = {"chunks": 192, "repeats": 1}
+QUICK_CHUNKS = 192
 RUN_TIMEOUT_S = 900.0
 LINK_SETTLE_S = 1.0
 
@@ -204,7 +204,8 @@ class Result:
 def run_direct(args: argparse.Namespace, chunks_file: Path, out: Path) -> Result:
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "bench.embed",
         "--direct-worker",
         "--chunks-file",
         str(chunks_file),
@@ -220,7 +221,7 @@ def run_direct(args: argparse.Namespace, chunks_file: Path, out: Path) -> Result
         args.dtype,
         *(["--dim", str(args.dim)] if args.dim else []),
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"direct run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -361,51 +362,83 @@ def parse_splits(text: str) -> list[tuple[int, int]]:
     return splits
 
 
-def table(summaries: Sequence[Summary]) -> str:
-    lines = [
-        f"{'system':<12} {'replicas':>8} {'threads':>7} {'chunks/s':>9} {'x direct':>8} "
-        f"{'start-up s':>10} {'load s':>7} {'busy s':>7} {'min cos':>8}  runs (chunks/s)"
-    ]
-    for s in summaries:
-        ratio = f"{s.ratio:.2f}" if s.ratio is not None else "-"
-        cos = f"{s.min_cosine:.5f}" if s.min_cosine is not None else "-"
-        lines.append(
-            f"{s.system:<12} {s.replicas:>8} {s.threads:>7} {s.chunks_per_s:>9.1f} {ratio:>8} "
-            f"{s.startup_s:>10.2f} {s.load_s:>7.2f} {s.busy_s:>7.2f} {cos:>8}  {s.runs}"
-        )
-    return "\n".join(lines)
+COLUMNS = [
+    Column("system", 12, left=True),
+    Column("replicas", 8),
+    Column("threads", 7),
+    Column("chunks/s", 9, ".1f"),
+    Column("x direct", 8, ".2f"),
+    Column("start-up s", 10, ".2f"),
+    Column("load s", 7, ".2f"),
+    Column("busy s", 7, ".2f"),
+    Column("min cos", 8, ".5f"),
+    Column(" runs (chunks/s)", left=True),
+]
 
 
-def _load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+def table(summaries: Sequence[Summary]) -> list[str]:
+    def row(s: Summary) -> list[object]:
+        figures = [s.chunks_per_s, s.ratio, s.startup_s, s.load_s, s.busy_s, s.min_cosine]
+        return [s.system, s.replicas, s.threads, *figures, f" {s.runs}"]
+
+    return render(COLUMNS, [row(s) for s in summaries])
 
 
 def _parser() -> argparse.ArgumentParser:
     cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description="M1: the embed stage vs one direct encode")
-    parser.add_argument("--chunks", type=int, help=f"default {CHUNKS} (M1)")
-    parser.add_argument("--repeats", type=int, help="runs of each system (default 3)")
+    parser = cli.parser(
+        __doc__,
+        quick=f"< 1 minute: {QUICK_CHUNKS} chunks, 1 repeat",
+        repeats="runs of each system (default 3)",
+    )
+    parser.add_argument("--chunks", type=cli.positive, help=f"default {CHUNKS} (M1)")
     parser.add_argument(
         "--splits",
         default=",".join(f"{r}x{cores // r}" for r in (1, 2) if cores // r),
         help="stage replicas x torch threads, comma-separated (default: 1xC,2x(C/2))",
     )
-    parser.add_argument("--direct-threads", type=int, default=cores)
-    parser.add_argument("--stage-batch", type=int, default=256, help="embed stage batch_size")
-    parser.add_argument("--source-rows", type=int, default=100, help="rows per source batch")
-    parser.add_argument("--window", type=int, default=16, help="credit window")
+    parser.add_argument("--direct-threads", type=cli.positive, default=cores)
+    parser.add_argument("--stage-batch", type=cli.positive, default=256, help="embed batch_size")
+    parser.add_argument("--source-rows", type=cli.positive, default=100, help="rows a batch")
+    parser.add_argument("--window", type=cli.positive, default=16, help="credit window")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="packaged name or directory")
     parser.add_argument("--dim", type=int, help="the model's dim, for a model directory")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--min-cosine", type=float, default=0.9999)
-    parser.add_argument("--quick", action="store_true", help="< 1 minute: 192 chunks, 1 repeat")
-    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--out-json", type=Path, help="also write the JSON object here")
     parser.add_argument("--direct-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--chunks-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return parser
+
+
+def run_all(
+    args: argparse.Namespace, systems: list[str], chunks_file: Path, work: Path
+) -> dict[str, list[Result]]:
+    """Every system ``args.repeats`` times round-robin, the first run direct (the reference
+    every stage run's vectors are checked against)."""
+    results: dict[str, list[Result]] = {name: [] for name in systems}
+    reference: np.ndarray | None = None
+    for repeat in range(args.repeats):
+        order = systems[repeat % len(systems) :] + systems[: repeat % len(systems)]
+        if reference is None:
+            order = ["direct", *(s for s in order if s != "direct")]
+        for name in order:
+            if name == "direct":
+                out = work / "direct.npy"
+                result = run_direct(args, chunks_file, out)
+                reference = np.load(out) if reference is None else reference
+            else:
+                replicas, threads = parse_splits(name.split()[1])[0]
+                result, vectors = run_stage(args, chunks_file, work, replicas, threads)
+                assert reference is not None
+                result.min_cosine = min_cosine(vectors, reference)
+            results[name].append(result)
+            cli.progress(
+                f"  [{repeat + 1}/{args.repeats}] {name:<10} {result.chunks_per_s:8.1f} "
+                f"chunks/s  ({result.seconds:.2f} s)"
+            )
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,69 +446,49 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.direct_worker:
         return direct_worker(args)
-    quick = QUICK if args.quick else {}
-    args.chunks = args.chunks or quick.get("chunks", CHUNKS)
-    args.repeats = args.repeats or quick.get("repeats", 3)
+    args.chunks = args.chunks or (QUICK_CHUNKS if args.quick else CHUNKS)
+    args.repeats = cli.repeats(args, full=3, quick=1)
     splits = parse_splits(args.splits)
     factory.check(embedder_spec(args))
-    load_start = _load_avg()
+    load_start = cli.load_avg()
+    systems = ["direct", *(f"stage {r}x{t}" for r, t in splits)]
     work = Path(tempfile.mkdtemp(prefix="aaflow-m1-"))
     try:
         chunks = m1_chunks(args.chunks)
         chunks_file = work / "chunks.arrow"
         write_chunks(chunks_file, chunks)
         mean_chars = statistics.mean(map(len, chunks))
-        print(f"M1: {len(chunks)} chunks of stdlib docstrings (mean {mean_chars:.0f} chars)")
-        print(f"model {args.model} on {args.device} ({args.dtype}); encode batch {ENCODE_BATCH}")
-        print(f"load average at start: {load_start}  ({os.cpu_count()} CPUs)")
-        print(
-            f"repeats {args.repeats}, round-robin; stage batch {args.stage_batch}, source rows "
-            f"{args.source_rows}, window {args.window}"
-        )
-        systems = ["direct", *(f"stage {r}x{t}" for r, t in splits)]
-        results: dict[str, list[Result]] = {name: [] for name in systems}
-        reference: np.ndarray | None = None
-        for repeat in range(args.repeats):
-            order = systems[repeat % len(systems) :] + systems[: repeat % len(systems)]
-            if reference is None:  # the first direct run gives the check's reference
-                order = ["direct", *(s for s in order if s != "direct")]
-            for name in order:
-                if name == "direct":
-                    out = work / "direct.npy"
-                    result = run_direct(args, chunks_file, out)
-                    reference = np.load(out) if reference is None else reference
-                else:
-                    replicas, threads = parse_splits(name.split()[1])[0]
-                    result, vectors = run_stage(args, chunks_file, work, replicas, threads)
-                    assert reference is not None
-                    result.min_cosine = min_cosine(vectors, reference)
-                results[name].append(result)
-                print(
-                    f"  [{repeat + 1}/{args.repeats}] {name:<10} {result.chunks_per_s:8.1f} "
-                    f"chunks/s  ({result.seconds:.2f} s)",
-                    flush=True,
-                )
+        results = run_all(args, systems, chunks_file, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summaries = [summarize(name, results[name]) for name in systems]
     direct = summaries[0]
-    for s in summaries[1:]:
+    for s in summaries:
         s.ratio = s.chunks_per_s / direct.chunks_per_s
-    direct.ratio = 1.0
     stages = summaries[1:]
     best = max(stages, key=lambda s: s.chunks_per_s)
     one = [s for s in stages if s.replicas == 1]
-    print()
-    print(table(summaries))
-    print(f"\nbest split: {best.replicas} x {best.threads} ({best.chunks_per_s:.1f} chunks/s)")
+    matched = all(s.min_cosine is not None and s.min_cosine >= args.min_cosine for s in stages)
+    load_end = cli.load_avg()
+    lines = [
+        f"M1: {len(chunks)} chunks of stdlib docstrings (mean {mean_chars:.0f} chars)",
+        f"model {args.model} on {args.device} ({args.dtype}); encode batch {ENCODE_BATCH}",
+        f"repeats {args.repeats}, round-robin; stage batch {args.stage_batch}, source rows "
+        f"{args.source_rows}, window {args.window}",
+        "",
+        *table(summaries),
+        "",
+        f"best split: {best.replicas} x {best.threads} ({best.chunks_per_s:.1f} chunks/s)",
+    ]
     if one:
         single = max(one, key=lambda s: s.chunks_per_s)
         verdict = "MEETS " if single.ratio and single.ratio >= TARGET else "MISSES"
-        print(f"{verdict} one replica at {single.ratio:.2f}x direct (target >= {TARGET}x)")
-    matched = all(s.min_cosine is not None and s.min_cosine >= args.min_cosine for s in stages)
-    verdict = "OK    " if matched else "FAILED"
-    print(f"{verdict} stage vectors vs direct: min cosine >= {args.min_cosine}")
-    print(f"load average at end: {_load_avg()}")
+        lines.append(f"{verdict} one replica at {single.ratio:.2f}x direct (target >= {TARGET}x)")
+    lines += [
+        f"{'OK    ' if matched else 'FAILED'} stage vectors vs direct: "
+        f"min cosine >= {args.min_cosine}",
+        f"load average: start {load_start}, end {load_end} ({os.cpu_count()} CPUs)",
+    ]
     doc = {  # the best split first; the rest for the record
         "stage_chunks_per_s": round(best.chunks_per_s, 2),
         "direct_chunks_per_s": round(direct.chunks_per_s, 2),
@@ -486,12 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "dtype": args.dtype,
         "systems": [asdict(s) for s in summaries],
-        "load_avg": [load_start, _load_avg()],
+        "load_avg": [load_start, load_end],
     }
-    if args.out_json:
-        args.out_json.write_text(json.dumps(doc, indent=2))
-    if args.json:
-        print(json.dumps(doc))
+    cli.report(lines, doc, args.json)
     return 0 if matched else 1
 
 

@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 import zmq
-from w1_stages import (
+
+from aaflow_stream.synthetic import corpus_files, expected_chunk_ids
+
+from .kit.procs import RssSampler
+from .w1_stages import (
     DIM,
     N_SHARDS,
     STAGES,
     BaselineResult,
     Ids,
-    RssSampler,
     ShardWriter,
     embed_texts,
     embedder,
@@ -44,8 +47,6 @@ from w1_stages import (
     transform_docs,
     verify_ids,
 )
-
-from aaflow_stream.synthetic import corpus_files, expected_chunk_ids
 
 WORKERS = 2
 EMBED_BATCH = 256

@@ -17,14 +17,16 @@ fresh document sent to the ingest endpoint is acknowledged as durable, no proces
 topology died or changed (same pids) and the supervisor counts no restart. At the end, the
 resident memory of every process against its value after warm-up.
 
-    python bench/fuzz.py --quick                 # 6 rounds of 50 messages per endpoint
-    python bench/fuzz.py --messages 100000       # the long run (100,000 per endpoint)
-    python bench/fuzz.py --json out.json
+The hostile messages come from ``tests/support/hostile.py``, the generators the decoding
+boundaries' own tests use.
+
+    python -m bench.fuzz --quick                 # 6 rounds of 50 messages per endpoint
+    python -m bench.fuzz --messages 100000       # the long run (100,000 per endpoint)
+    python -m bench.fuzz --quick --json          # last line: the report as one JSON object
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,11 +34,9 @@ import random
 import shutil
 import socket
 import stat
-import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,113 +45,17 @@ import msgspec
 import psutil
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from aaflow_stream import protocol
 from aaflow_stream.client import Client
 from aaflow_stream.ingest import protocol as ingest_protocol
 from aaflow_stream.plan import ActorSpec
 from aaflow_stream.query import protocol as query_protocol
 from aaflow_stream.synthetic import generate
+from tests.support.hostile import hostile_messages
 
-# --- hostile messages -----------------------------------------------------------------------
-
-# Values that broke decoders or validators before: not UTF-8, NaN and friends, numbers at the
-# edges of 64 bits, empty containers.
-_SPECIAL_SCALARS: list[object] = [
-    math.nan,
-    math.inf,
-    -math.inf,
-    1e300,
-    -1e300,
-    2**63 - 1,
-    -(2**63),
-    2**64 - 1,
-    0,
-    -1,
-    True,
-    None,
-    "",
-    "\x00",
-    b"",
-    b"\xff\xfe",
-]
-_KEYS = ["id", "kind", "type", "k", "text", "vector", "filter", "doc_id", "documents", "ts", "x"]
-
-
-def invalid_utf8_str(rng: random.Random) -> bytes:
-    """A msgpack fixstr whose bytes are not UTF-8."""
-    body = bytes(rng.choice((0xFF, 0xFE, 0xC0, 0x80, 0xED)) for _ in range(rng.randint(1, 8)))
-    return bytes([0xA0 | len(body)]) + body
-
-
-def deep(depth: int, container: int = 0x91) -> bytes:
-    """A value nested ``depth`` one-element arrays (0x91) or maps (0x81) deep, around nil."""
-    if container == 0x81:
-        return b"\x81\xa1k" * depth + b"\xc0"
-    return bytes([container]) * depth + b"\xc0"
-
-
-def random_value(rng: random.Random, depth: int = 0) -> object:
-    roll = rng.random()
-    if depth > 4 or roll < 0.45:
-        kind = rng.randrange(5)
-        if kind == 0:
-            return rng.choice(_SPECIAL_SCALARS)
-        if kind == 1:
-            return rng.randint(-(2**63), 2**64 - 1)
-        if kind == 2:
-            return rng.uniform(-1e6, 1e6)
-        if kind == 3:
-            return "".join(chr(rng.randint(32, 0x2FF)) for _ in range(rng.randint(0, 12)))
-        return rng.randbytes(rng.randint(0, 16))
-    if roll < 0.75:
-        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {rng.choice(_KEYS): random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
-
-
-def mutate(rng: random.Random, message: bytes) -> bytes:
-    """One random edit of a valid message: flip a bit, truncate, insert random bytes, splice
-    in invalid UTF-8 or deep nesting, or overwrite 9 bytes with a uint64 at its edge."""
-    if not message:
-        return rng.randbytes(4)
-    data = bytearray(message)
-    at = rng.randrange(len(data))
-    edit = rng.randrange(6)
-    if edit == 0:
-        data[at] ^= 1 << rng.randrange(8)
-    elif edit == 1:
-        del data[at:]
-    elif edit == 2:
-        data[at:at] = rng.randbytes(rng.randint(1, 8))
-    elif edit == 3:
-        data[at:at] = invalid_utf8_str(rng)
-    elif edit == 4:
-        data[at:at] = deep(rng.randint(100, 3000))
-    else:
-        data[at : at + 9] = b"\xcf" + struct.pack(">Q", rng.choice((2**64 - 1, 2**63)))
-    return bytes(data)
-
-
-def hostile_messages(
-    seed: int, count: int, valid: Sequence[bytes] = (), max_random_bytes: int = 64
-) -> Iterator[bytes]:
-    """``count`` messages: a third random bytes, a third random msgpack, a third mutations of
-    the ``valid`` examples (random msgpack when there are none). Deterministic per seed."""
-    rng = random.Random(seed)
-    encoder = msgspec.msgpack.Encoder()
-    for i in range(count):
-        lane = i % 3
-        if lane == 0:
-            yield rng.randbytes(rng.randint(1, max_random_bytes))
-        elif lane == 2 and valid:
-            yield mutate(rng, rng.choice(valid))
-        else:
-            try:
-                yield encoder.encode(random_value(rng))
-            except (OverflowError, TypeError):  # an int past 64 bits cannot be encoded
-                yield invalid_utf8_str(rng)
-
+from .kit import cli
+from .kit.engine import Served
+from .kit.table import Column, render
 
 # --- the topology under test ----------------------------------------------------------------
 
@@ -159,6 +63,7 @@ REFERENCE_QUERY = "distributed retrieval of streaming documents"
 QUERY_TIMEOUT_S = 20.0
 INGEST_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 30.0
+UP_TIMEOUT_S = 180.0
 
 
 def _free_port() -> int:
@@ -187,19 +92,6 @@ def write_topology(root: Path, shards: int) -> tuple[Path, str, str]:
         f"shards: {{count: {shards}}}\nflow: {{window: 4}}\n"
     )
     return path, gateway, ingest
-
-
-def _cli(*args: str, timeout_s: float = 180) -> None:
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-m", "aaflow_stream.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"aaflow-stream {' '.join(args)}: {done.stdout}{done.stderr}")
 
 
 def _wait_settled(client: Client, timeout_s: float = 120) -> int:
@@ -485,43 +377,42 @@ def run_fuzz(
     topology, gateway, ingest = write_topology(root, shards)
     run_dir = root / "run"
     started = time.monotonic()
-    _cli("up", str(topology), "--detach")
-    try:
-        with Client(gateway, timeout_s=QUERY_TIMEOUT_S, ingest_endpoint=ingest) as client:
-            _wait_settled(client)
-            sources = sorted({h.source for h in client.query(REFERENCE_QUERY, k=50)})
-            reference = _answer(client, sources)
-            pids = _topology_pids(run_dir)
-            targets = discover_targets(run_dir, gateway, ingest)
-            ctx: zmq.Context[Any] = zmq.Context()
-            tallies: dict[str, EndpointTally] = {}
-            failed: list[str] = []
-            rounds = max(1, math.ceil(per_endpoint / batch))
-            warm_rss: dict[str, float] = {}
-            try:
-                for number in range(rounds):
-                    fuzz_round(ctx, targets, tallies, seed * 100_000 + number, batch)
-                    failed += _check(client, sources, reference, number)
-                    if number == min(1, rounds - 1):  # the first round warms the caches up
-                        warm_rss = _rss_mb(pids)
-                    if failed or _changed(pids, run_dir):
-                        break
-            finally:
-                ctx.destroy(linger=0)
-            crashed = _changed(pids, run_dir)
-            return FuzzReport(
-                rounds=number + 1,
-                per_endpoint=per_endpoint,
-                endpoints=list(tallies.values()),
-                failed_checks=failed,
-                crashed=crashed,
-                restarts=_restarts(run_dir),
-                rss_mb_after_warmup=warm_rss,
-                rss_mb_end=_rss_mb(pids),
-                seconds=time.monotonic() - started,
-            )
-    finally:
-        _cli("down", str(topology))
+    with (
+        Served(topology, run_dir, timeout_s=UP_TIMEOUT_S),
+        Client(gateway, timeout_s=QUERY_TIMEOUT_S, ingest_endpoint=ingest) as client,
+    ):
+        _wait_settled(client)
+        sources = sorted({h.source for h in client.query(REFERENCE_QUERY, k=50)})
+        reference = _answer(client, sources)
+        pids = _topology_pids(run_dir)
+        targets = discover_targets(run_dir, gateway, ingest)
+        ctx: zmq.Context[Any] = zmq.Context()
+        tallies: dict[str, EndpointTally] = {}
+        failed: list[str] = []
+        rounds = max(1, math.ceil(per_endpoint / batch))
+        warm_rss: dict[str, float] = {}
+        try:
+            for number in range(rounds):
+                fuzz_round(ctx, targets, tallies, seed * 100_000 + number, batch)
+                failed += _check(client, sources, reference, number)
+                if number == min(1, rounds - 1):  # the first round warms the caches up
+                    warm_rss = _rss_mb(pids)
+                if failed or _changed(pids, run_dir):
+                    break
+        finally:
+            ctx.destroy(linger=0)
+        crashed = _changed(pids, run_dir)
+        return FuzzReport(
+            rounds=number + 1,
+            per_endpoint=per_endpoint,
+            endpoints=list(tallies.values()),
+            failed_checks=failed,
+            crashed=crashed,
+            restarts=_restarts(run_dir),
+            rss_mb_after_warmup=warm_rss,
+            rss_mb_end=_rss_mb(pids),
+            seconds=time.monotonic() - started,
+        )
 
 
 def _check(
@@ -558,53 +449,66 @@ def _changed(pids: dict[str, int], run_dir: Path) -> list[str]:
 # --- output ---------------------------------------------------------------------------------
 
 
-def table(report: FuzzReport) -> str:
-    lines = [f"{'endpoint':<34} {'sent':>9} {'replies':>9} {'expected':>9}"]
-    for t in report.endpoints:
-        lines.append(f"{t.name:<34} {t.sent:>9} {t.replies:>9} {t.replies_expected:>9}")
-    lines.append("")
-    lines.append(f"{'process':<20} {'rss warm MB':>12} {'rss end MB':>11}")
-    for name, before in sorted(report.rss_mb_after_warmup.items()):
-        lines.append(f"{name:<20} {before:>12.1f} {report.rss_mb_end.get(name, math.nan):>11.1f}")
-    lines.append("")
-    lines.append(
+ENDPOINT_COLUMNS = [
+    Column("endpoint", 34, left=True),
+    Column("sent", 9),
+    Column("replies", 9),
+    Column("expected", 9),
+]
+RSS_COLUMNS = [
+    Column("process", 20, left=True),
+    Column("rss warm MB", 12, ".1f"),
+    Column("rss end MB", 11, ".1f"),
+]
+
+
+def table(report: FuzzReport) -> list[str]:
+    endpoints = [[t.name, t.sent, t.replies, t.replies_expected] for t in report.endpoints]
+    rss = [
+        [name, before, report.rss_mb_end.get(name, math.nan)]
+        for name, before in sorted(report.rss_mb_after_warmup.items())
+    ]
+    return [
+        *render(ENDPOINT_COLUMNS, endpoints),
+        "",
+        *render(RSS_COLUMNS, rss),
+        "",
         f"{report.rounds} rounds, {sum(t.sent for t in report.endpoints)} messages over "
         f"{len(report.endpoints)} endpoints in {report.seconds:.0f}s; crashes "
         f"{len(report.crashed)} {report.crashed}, restarts {report.restarts}, unanswered "
         f"{report.unanswered}, failed checks {len(report.failed_checks)}, max RSS growth "
-        f"{report.rss_growth_mb:.1f} MB"
-    )
-    for problem in report.failed_checks:
-        lines.append(f"  {problem}")
-    lines.append(f"verdict: {'PASS' if report.passed else 'FAIL'}")
-    return "\n".join(lines)
+        f"{report.rss_growth_mb:.1f} MB",
+        *(f"  {problem}" for problem in report.failed_checks),
+        f"verdict: {'PASS' if report.passed else 'FAIL'}",
+    ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def to_json(report: FuzzReport) -> dict[str, Any]:
+    return {**asdict(report), "unanswered": report.unanswered, "passed": report.passed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 the topology came through unharmed, 1 it did not, 2 usage."""
+    parser = cli.parser(__doc__, quick="6 rounds of 50 messages per endpoint")
+    parser.add_argument("--messages", type=cli.positive, default=20_000, help="per endpoint")
+    parser.add_argument(
+        "--batch", type=cli.positive, default=500, help="messages per endpoint per round"
     )
-    parser.add_argument("--quick", action="store_true", help="6 rounds of 50 per endpoint")
-    parser.add_argument("--messages", type=int, default=20_000, help="per endpoint")
-    parser.add_argument("--batch", type=int, default=500, help="messages per endpoint per round")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="write the report here")
-    args = parser.parse_args()
+    parser.add_argument("--shards", type=cli.positive, default=2)
+    args = parser.parse_args(argv)
     per_endpoint, batch = (300, 50) if args.quick else (args.messages, args.batch)
-    root = Path(tempfile.mkdtemp(prefix="aaf-fuzz-"))
+    root = Path(tempfile.mkdtemp(prefix="aaf-fuzz-"))  # short: unix socket paths
     try:
         report = run_fuzz(
             root, per_endpoint=per_endpoint, batch=batch, seed=args.seed, shards=args.shards
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(table(report))
-    if args.json:
-        args.json.write_text(json.dumps({**asdict(report), "passed": report.passed}, indent=1))
+    cli.report(table(report), to_json(report), args.json)
     return 0 if report.passed else 1
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the topology's processes inherit it
     sys.exit(main())

@@ -34,22 +34,20 @@ processes with nothing moved between them, and ``raw_zmq``, the engine's process
 workers, four shard processes) with nothing but plain pyzmq between them. Their totals over
 ``sequential`` bound what any engine can reach on the machine at hand.
 
-    python bench/ingest.py --quick
-    python bench/ingest.py --preset xlarge --repeats 3 --json
+    python -m bench.ingest --quick
+    python -m bench.ingest --preset xlarge --repeats 3 --json
+    python -m bench.ingest --preset small --systems sequential,mp_pool   # baselines alone
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,15 +55,16 @@ from typing import Any
 
 import numpy as np
 
-# Scripts, not a package: make the sibling modules and the repo importable from anywhere.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from baselines import SYSTEMS as BASELINES
-from baselines import BaselineResult, ChildrenCpu, _run_isolated
-from w1_stages import N_SHARDS, STAGES, Ids, RssSampler, w1_check
-
+from aaflow_stream.errors import StorageError
 from aaflow_stream.synthetic import PRESETS, expected_chunk_ids, generate
+from tests.support.shards import read_shards
+
+from .baselines import SYSTEMS as BASELINES
+from .baselines import run_isolated
+from .kit import cli
+from .kit.engine import run_up
+from .kit.table import Column, render
+from .w1_stages import N_SHARDS, STAGES, BaselineResult, Ids, w1_check
 
 ENGINE = "aaflow"
 ALL_SYSTEMS = (ENGINE, *BASELINES)
@@ -78,7 +77,7 @@ REFERENCES = {
 ENGINE_STAGES = ("load", "transform", "embed", "upsert", "shard")
 # Modules a baseline needs beyond the project's own dependencies.
 OPTIONAL_MODULES = {"dask": "dask.distributed", "ray": "ray", "llamaindex": "llama_index.core"}
-QUICK = {"preset": "small", "systems": f"{ENGINE},sequential,mp_pool,raw_zmq", "repeats": 1}
+QUICK = {"preset": "small", "systems": f"{ENGINE},sequential,mp_pool,raw_zmq"}
 TARGET_PRESET = "xlarge"
 TARGET_VS_FLOOR = 0.65  # aaflow total <= 0.65x sequential
 TARGET_SPEEDUP = 1.25  # >= 1.25x faster than the fastest other baseline
@@ -166,27 +165,6 @@ durability: {{wal_sync: {k.wal_sync}}}
 """
 
 
-def engine_command(topology: Path) -> list[str]:
-    """`aaflow-stream up TOPOLOGY --json --quiet`, with the script of this interpreter's venv."""
-    script = Path(sys.executable).with_name("aaflow-stream")
-    exe = str(script) if script.exists() else shutil.which("aaflow-stream")
-    if exe is None:
-        raise SystemExit("aaflow-stream is not installed: pip install -e . first")
-    return [exe, "up", str(topology), "--json", "--quiet"]
-
-
-def last_json_line(stdout: str) -> dict[str, Any] | None:
-    """The summary `up --json` prints as its last stdout line, if it did."""
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                parsed: dict[str, Any] = json.loads(line)
-            except json.JSONDecodeError:
-                return None
-            return parsed
-    return None
-
-
 def engine_stage_busy(summary: dict[str, Any]) -> dict[str, float]:
     """W1 stage busy seconds; upsert = the shuffle + the shard ranks less their flush."""
     st = summary["stages"]
@@ -199,24 +177,17 @@ def engine_stage_busy(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def stored_shard_ids(data_dir: Path, n_shards: int) -> list[Ids] | None:
-    """Each shard's ids read back from disk, or None where a shard's files disagree."""
-    import faiss
-    import pyarrow as pa
-
-    out: list[Ids] = []
-    for s in range(n_shards):
-        shard_dir = data_dir / f"shard-{s}" / "snapshot"
-        index = faiss.read_index(str(shard_dir / "index.faiss"))
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        if index.ntotal != len(ids):
+def stored_shard_ids(data_dir: Path) -> list[Ids] | None:
+    """Each shard's ids read back from its snapshot, or None where a shard's files disagree
+    (among themselves, or the index's ids with the metadata's ``chunk_id`` column)."""
+    try:
+        shards = read_shards(data_dir)
+    except StorageError:
+        return None
+    for shard in shards:
+        if not np.array_equal(np.sort(shard.meta_ids), np.sort(shard.ids)):
             return None
-        with pa.memory_map(str(shard_dir / "meta.arrow")) as source:
-            meta_ids = pa.ipc.open_file(source).read_all().column("chunk_id").to_numpy()
-        if not np.array_equal(np.sort(meta_ids.astype(np.int64)), np.sort(ids)):
-            return None
-        out.append(ids)
-    return out
+    return [shard.ids for shard in shards]
 
 
 def _failed(name: str, why: str) -> Run:
@@ -224,29 +195,16 @@ def _failed(name: str, why: str) -> Run:
 
 
 def run_engine(corpus: Path, expected: set[int], knobs: EngineKnobs) -> Run:
-    """One `aaflow-stream up` on a fresh data directory, its process tree's RSS sampled."""
+    """One `aaflow-stream up` on a fresh data directory, its process tree measured."""
     work = Path(tempfile.mkdtemp(prefix="aaf-w1-"))
     try:
         data_dir, topology = work / "data", work / "w1.yaml"
         topology.write_text(topology_yaml(corpus, data_dir, work / "run", knobs))
-        t0 = time.perf_counter()
-        with ChildrenCpu() as cpu:
-            proc = subprocess.Popen(
-                engine_command(topology), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            with RssSampler(interval_s=0.05, rescan=4, root=proc.pid) as rss:
-                try:
-                    stdout, stderr = proc.communicate(timeout=ENGINE_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                    return _failed(ENGINE, f"timed out after {ENGINE_TIMEOUT_S:.0f} s")
-        wall_s = time.perf_counter() - t0
-        summary = last_json_line(stdout)
-        if proc.returncode != 0 or summary is None:
-            tail = " | ".join(stderr.strip().splitlines()[-5:])
-            return _failed(ENGINE, f"exit {proc.returncode}: {tail}")
-        per_shard = stored_shard_ids(data_dir, N_SHARDS)
+        up = run_up(topology, ENGINE_TIMEOUT_S)
+        if up.failure is not None or up.summary is None:
+            return _failed(ENGINE, up.failure or "no summary")
+        summary = up.summary
+        per_shard = stored_shard_ids(data_dir)
         chunks = sum(len(ids) for ids in per_shard) if per_shard is not None else 0
         why = w1_check(per_shard, expected)
         result = BaselineResult(
@@ -256,10 +214,10 @@ def run_engine(corpus: Path, expected: set[int], knobs: EngineKnobs) -> Run:
             chunks=chunks,
             verified=why is None,
             stages=engine_stage_busy(summary),
-            peak_rss_mb=rss.peak_mb,
-            cpu_s=cpu.seconds,
+            peak_rss_mb=up.peak_rss_mb,
+            cpu_s=up.cpu_s,
         )
-        return Run(result, {**summary, "command_wall_s": wall_s}, why)
+        return Run(result, {**summary, "command_wall_s": up.wall_s}, why)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -281,7 +239,7 @@ def run_once(name: str, corpus: Path, expected: set[int], knobs: EngineKnobs) ->
     """One run of one system; a baseline runs in a fresh interpreter."""
     if name == ENGINE:
         return run_engine(corpus, expected, knobs)
-    return Run(_run_isolated(name, corpus))
+    return Run(run_isolated(name, corpus))
 
 
 def run_all(
@@ -295,7 +253,7 @@ def run_all(
         for name in [*systems[shift:], *systems[:shift]]:
             run = run_once(name, corpus, expected, knobs)
             runs[name].append(run)
-            _log(f"[{rep + 1}/{repeats}] {name:<11} {_describe(run)}")
+            cli.progress(f"[{rep + 1}/{repeats}] {name:<11} {_describe(run)}")
     return runs
 
 
@@ -305,10 +263,6 @@ def _describe(run: Run) -> str:
         return r.skipped
     state = "verified" if r.verified else run.failure
     return f"total {r.total_s:.3f} s, start-up {r.startup_s:.2f} s, {state}"
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -401,61 +355,64 @@ def compare(summaries: dict[str, SystemSummary]) -> Comparison:
 # ---------------------------------------------------------------- reporting
 
 
-def _f(value: float | None, fmt: str, width: int) -> str:
-    return f"{'—' if value is None else format(value, fmt):>{width}}"
+STAGE_COLUMNS = [
+    Column("system", 11, left=True),
+    Column("ok", 6, left=True),
+    Column("chunks", 7),
+    Column("total_s", 8, ".3f"),
+    Column("chunks/s", 9, ".0f"),
+    Column("startup", 8, ".2f"),
+    *(Column(title, 7, ".3f") for title in ("load", "xform", "embed", "upsert")),
+    Column("rss_mb", 7, ".0f"),
+    Column("cpu_s", 6, ".1f"),
+    Column("aaflow/x", 8, ".2f"),
+    Column(" runs", left=True),
+]
 
 
-def stage_table(summaries: dict[str, SystemSummary]) -> Iterator[str]:
-    """The W1 stage table; the last column is aaflow's total over each system's."""
+def stage_table(summaries: dict[str, SystemSummary]) -> list[str]:
+    """The W1 stage table; `aaflow/x` is aaflow's total over each system's."""
     engine = summaries.get(ENGINE)
     mine = engine.total_s if engine else None
-    yield (
-        f"{'system':<11} {'ok':<6} {'chunks':>7} {'total_s':>8} {'chunks/s':>9} {'startup':>8} "
-        f"{'load':>7} {'xform':>7} {'embed':>7} {'upsert':>7} {'rss_mb':>7} {'cpu_s':>6} "
-        f"{'aaflow/x':>8}  runs"
-    )
+    rows: list[list[object] | str] = []
     for s in summaries.values():
         if s.skipped:
-            yield f"{s.name:<11} skipped: {s.skipped}"
+            rows.append(f"{s.name:<11} skipped: {s.skipped}")
             continue
         ok = "yes" if s.verified else ("FAILED" if s.total_s is None else "SOME")
-        st = s.stages
         ratio = mine / s.total_s if mine and s.total_s else None
         runs = " ".join("fail" if t is None else f"{t:.3f}" for t in s.runs)
         if s.unverified:
             runs += "  (unverified: " + " ".join(f"{t:.3f}" for t in s.unverified) + ")"
-        yield (
-            f"{s.name:<11} {ok:<6} {s.chunks:>7} {_f(s.total_s, '.3f', 8)} "
-            f"{_f(s.chunks_per_s, '.0f', 9)} {_f(s.startup_s, '.2f', 8)} "
-            f"{_f(st.get('load'), '.3f', 7)} {_f(st.get('transform'), '.3f', 7)} "
-            f"{_f(st.get('embed'), '.3f', 7)} {_f(st.get('upsert'), '.3f', 7)} "
-            f"{s.peak_rss_mb:>7.0f} {_f(s.cpu_s, '.1f', 6)} {_f(ratio, '.2f', 8)}  {runs}"
-        )
-        for why in dict.fromkeys(s.failures):
-            yield f"{'':<11} failed run: {why}"
+        stages = [s.stages.get(stage) for stage in STAGES]
+        figures = [s.chunks, s.total_s, s.chunks_per_s, s.startup_s, *stages, s.peak_rss_mb]
+        rows.append([s.name, ok, *figures, s.cpu_s, ratio, f" {runs}"])
+        rows += [f"{'':<11} failed run: {why}" for why in dict.fromkeys(s.failures)]
+    return render(STAGE_COLUMNS, rows)
 
 
-def engine_table(detail: dict[str, Any]) -> Iterator[str]:
+ENGINE_COLUMNS = [
+    Column("stage", 10, left=True),
+    Column("replicas", 8),
+    *(Column(title, 8, ".3f") for title in ("busy_s", "span_s", "blocked_s")),
+    Column("rows_in", 8),
+    Column("rows_out", 8),
+]
+
+
+def engine_table(detail: dict[str, Any]) -> list[str]:
     """aaflow only: per-stage busy, span and blocked seconds, rows, and the shard flush."""
-    yield (
-        f"{'stage':<10} {'replicas':>8} {'busy_s':>8} {'span_s':>8} {'blocked_s':>9} "
-        f"{'rows_in':>8} {'rows_out':>8}"
-    )
-    for name in ENGINE_STAGES:
-        st = detail["stages"].get(name)
-        if st is None:
-            continue
-        yield (
-            f"{name:<10} {st['replicas']:>8} {st['busy_s']:>8.3f} {st['span_s']:>8.3f} "
-            f"{st['blocked_s']:>9.3f} {st['rows_in']:>8} {st['rows_out']:>8}"
-        )
+    keys = ("replicas", "busy_s", "span_s", "blocked_s", "rows_in", "rows_out")
+    stages = [(name, detail["stages"].get(name)) for name in ENGINE_STAGES]
+    lines = render(ENGINE_COLUMNS, [[name, *(st[k] for k in keys)] for name, st in stages if st])
     metrics = detail["stages"].get("shard", {}).get("metrics", {})
-    yield (
+    lines.append(
         f"shard flush_s {metrics.get('flush_s', 0.0):.3f} (summed over ranks: the log sync, "
         "the end-of-stream snapshot and the last acks), "
         f"total_s {detail['total_s']:.3f}, startup_s {detail['startup_s']:.2f}, "
         f"whole command {detail['command_wall_s']:.2f} s"
     )
+    return lines
 
 
 def _verdict(ok: bool) -> str:
@@ -505,10 +462,6 @@ def unverified_note(summaries: dict[str, SystemSummary]) -> Iterator[str]:
             yield f"      {mine / s.total_s:.2f}x {s.name} (not a result: the run has no time)"
 
 
-def _load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def to_json(
     preset: str,
     summaries: dict[str, SystemSummary],
@@ -533,16 +486,14 @@ def to_json(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="W1: aaflow-stream and the baselines, one table",
-        epilog=f"--quick: preset {QUICK['preset']}, systems {QUICK['systems']}, repeats 1",
+    parser = cli.parser(
+        __doc__,
+        quick=f"preset {QUICK['preset']}, systems {QUICK['systems']}, 1 repeat",
+        repeats="runs of each system (default: 3)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: large")
     parser.add_argument("--systems", help=f"comma-separated (default: {','.join(ALL_SYSTEMS)})")
-    parser.add_argument("--repeats", type=int, help="runs of each system (default: 3)")
     parser.add_argument("--corpus-dir", type=Path, help="default: /tmp/aaflow-w1-<preset>")
-    parser.add_argument("--quick", action="store_true", help="under a minute (see below)")
-    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     knobs = parser.add_argument_group("engine knobs")
     for name, value in asdict(EngineKnobs()).items():
         knobs.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -553,12 +504,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     """Apply --quick and the defaults; return the systems to run."""
     quick = QUICK if args.quick else {}
     args.preset = args.preset or quick.get("preset", "large")
-    args.repeats = args.repeats or quick.get("repeats", 3)
+    args.repeats = cli.repeats(args, full=3, quick=1)
     systems_arg = args.systems or quick.get("systems") or ",".join(ALL_SYSTEMS)
     names = list(dict.fromkeys(s.strip() for s in str(systems_arg).split(",") if s.strip()))
     unknown = [n for n in names if n not in ALL_SYSTEMS]
-    if unknown or not names or args.repeats < 1:
-        parser.error(f"systems must be some of {','.join(ALL_SYSTEMS)}; repeats >= 1")
+    if unknown or not names:
+        parser.error(f"systems must be some of {','.join(ALL_SYSTEMS)}")
     args.corpus_dir = args.corpus_dir or Path(f"/tmp/aaflow-w1-{args.preset}")
     return names
 
@@ -569,35 +520,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = _resolve(args, parser)
     knobs = EngineKnobs(**{k: getattr(args, k) for k in asdict(EngineKnobs())})
-    load_start = _load_avg()
+    load_start = cli.load_avg()
     info = generate(args.corpus_dir, args.preset)
-    print(f"W1 {info.preset}: {info.docs} docs, {info.chunks} chunks in {args.corpus_dir}")
-    print(f"load average at start: {' '.join(map(str, load_start))}  ({os.cpu_count()} CPUs)")
-    print(f"repeats {args.repeats}, round-robin; engine knobs {asdict(knobs)}")
+    lines = [
+        f"W1 {info.preset}: {info.docs} docs, {info.chunks} chunks in {args.corpus_dir}",
+        f"load average at start: {' '.join(map(str, load_start))}  ({os.cpu_count()} CPUs)",
+        f"repeats {args.repeats}, round-robin; engine knobs {asdict(knobs)}",
+    ]
     skipped = {n: why for n in names if (why := available(n))}
     runnable = [n for n in names if n not in skipped]
     runs = run_all(runnable, args.repeats, args.corpus_dir, knobs)
     summaries = {n: summarize(n, runs[n]) for n in runnable}
     for n, why in skipped.items():
         summaries[n] = SystemSummary(n, None, None, 0, False, {}, 0.0, None, [], [], skipped=why)
-    load_end = _load_avg()
+    load_end = cli.load_avg()
 
-    print()
-    print("\n".join(stage_table(summaries)))
+    lines += ["", *stage_table(summaries)]
     best = median_run(runs.get(ENGINE, []))
     if best is not None:
         label = "" if best.ok else ", UNVERIFIED: " + best.failure
-        print(f"\naaflow engine (the median run{label}):")
-        print("\n".join(engine_table(best.detail)))
+        lines += ["", f"aaflow engine (the median run{label}):", *engine_table(best.detail)]
     cmp = compare(summaries)
-    print("\ntargets:")
-    print("\n".join(target_lines(cmp, args.preset, summaries)))
-    print("\n".join(unverified_note(summaries)))
-    print(f"\nload average at end: {' '.join(map(str, load_end))}")
-    if args.json:
-        detail = best.detail if best else None
-        doc = to_json(args.preset, summaries, detail, cmp, [load_start, load_end])
-        print(json.dumps(doc))
+    lines += ["", "targets:", *target_lines(cmp, args.preset, summaries)]
+    lines += [
+        *unverified_note(summaries),
+        "",
+        f"load average at end: {' '.join(map(str, load_end))}",
+    ]
+    detail = best.detail if best else None
+    doc = to_json(args.preset, summaries, detail, cmp, [load_start, load_end])
+    cli.report(lines, doc, args.json)
     return 0 if all(s.verified for s in summaries.values() if not s.skipped) else 1
 
 

@@ -26,8 +26,8 @@ when every mismatch is such a near-tie; `exact_strict` when there is no mismatch
 
 Targets (the issue): aaflow p50 <= floor p50 + 1 ms; aaflow qps64 >= 0.5x floor qps64.
 
-    python bench/query.py --quick
-    python bench/query.py --json
+    python -m bench.query --quick
+    python -m bench.query --json
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,11 +48,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from aaflow_stream.client import AsyncClient, Client
 from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.synthetic import corpus_files, generate
+from tests.support.shards import drained_shards, read_shards
+
+from .kit import cli
+from .kit.engine import Served
+from .kit.table import Column, render
 
 N_SHARDS = 4
 DIM = 384
@@ -68,6 +68,7 @@ INGEST_TIMEOUT_S = 600.0
 ASYNC_PROBE_TIMEOUT_S = 5.0
 NEAR_TIE = 1e-6  # a few float32 ulps at scores <= 1
 ASYNC_PROBE_QUERIES = 512
+SYSTEMS = ("aaflow", "floor", "shards")
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -128,77 +129,19 @@ query: {{endpoint: "{endpoint}", max_batch: 64}}
 """
 
 
-def cli() -> str:
-    script = Path(sys.executable).with_name("aaflow-stream")
-    exe = str(script) if script.exists() else shutil.which("aaflow-stream")
-    if exe is None:
-        raise SystemExit("aaflow-stream is not installed: pip install -e . first")
-    return exe
-
-
-def _drained(shard_dir: Path) -> bool:
-    info = shard_dir / "snapshot" / "snapshot.json"
-    return info.exists() and json.loads(info.read_text())["reason"] == "drain"
-
-
 def wait_persisted(data_dir: Path, timeout_s: float) -> float:
     """Wait for every shard's end-of-stream snapshot; returns the seconds waited."""
     t0 = time.perf_counter()
-    while True:
-        if all(_drained(data_dir / f"shard-{r}") for r in range(N_SHARDS)):
-            return time.perf_counter() - t0
+    while drained_shards(data_dir) < N_SHARDS:
         if time.perf_counter() - t0 > timeout_s:
             raise SystemExit(f"shards not persisted within {timeout_s}s")
         time.sleep(0.1)
+    return time.perf_counter() - t0
 
 
 def load_shards(data_dir: Path) -> list[tuple[I64, F32]]:
-    """Each shard's (ids, vectors) read back from its snapshot's `index.faiss`."""
-    import faiss
-
-    out = []
-    for r in range(N_SHARDS):
-        index = faiss.read_index(str(data_dir / f"shard-{r}" / "snapshot" / "index.faiss"))
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        vecs = index.index.reconstruct_n(0, index.ntotal).astype(np.float32)
-        out.append((ids, vecs))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def kill_leftovers(pids: Sequence[int]) -> list[int]:
-    """SIGKILL whichever of `pids` (processes this run started) are still alive."""
-    import psutil
-
-    killed = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return killed
-
-
-def stop_engine(topo: Path, up_pid: int | None, tree: set[int], log: Callable[[str], None]) -> None:
-    """`aaflow-stream down`, then SIGKILL any process of the engine's tree still alive."""
-    tree.update(descendants(up_pid) if up_pid else [])
-    down = subprocess.run([cli(), "down", str(topo)], capture_output=True, text=True, timeout=120)
-    if down.returncode != 0:
-        log(f"odd: aaflow-stream down exited {down.returncode}: {down.stderr.strip()}")
-    if killed := kill_leftovers(sorted(tree)):
-        log(f"odd: killed leftover processes {killed}")
+    """Each shard's (ids, vectors), read back from its snapshot."""
+    return [(shard.ids, shard.vectors()) for shard in read_shards(data_dir)]
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -350,16 +293,22 @@ def verdict(ok: bool) -> str:
     return "MEETS" if ok else "MISSES"
 
 
-def table(res: dict[str, Any]) -> str:
-    a, f, s = res["aaflow"], res["floor"], res["shards"]
-    lines = [
+COLUMNS = [
+    Column("system", 8, left=True),
+    Column("p50 ms", 9, ".3f"),
+    Column("p99 ms", 9, ".3f"),
+    Column("qps@64", 10, ".1f"),
+]
+
+
+def table(res: dict[str, Any]) -> list[str]:
+    a, f = res["aaflow"], res["floor"]
+    systems = [[name, *(res[name][key] for key in ("p50_ms", "p99_ms", "qps"))] for name in SYSTEMS]
+    return [
         f"Q1 retrieval: {res['vectors']:,} vectors in {N_SHARDS} shards, "
         f"{res['queries']:,} queries, k={res['k']}; qps@64: aaflow {res['concurrency']} blocking "
         f"clients in threads, in-process batches of {res['concurrency']}",
-        f"{'system':<8} {'p50 ms':>9} {'p99 ms':>9} {'qps@64':>10}",
-        f"{'aaflow':<8} {a['p50_ms']:>9.3f} {a['p99_ms']:>9.3f} {a['qps']:>10.1f}",
-        f"{'floor':<8} {f['p50_ms']:>9.3f} {f['p99_ms']:>9.3f} {f['qps']:>10.1f}",
-        f"{'shards':<8} {s['p50_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['qps']:>10.1f}",
+        *render(COLUMNS, systems),
         "",
         f"aaflow server timings (p50): embed {a['server_embed_p50_ms']:.3f} ms, "
         f"retrieve {a['server_retrieve_p50_ms']:.3f} ms, "
@@ -384,184 +333,190 @@ def table(res: dict[str, Any]) -> str:
         f"  exact top-k: {verdict(res['exact'])}",
         f"load average: start {res['load_avg_start']}, end {res['load_avg_end']}",
     ]
-    return "\n".join(lines)
+
+
+def to_json(res: dict[str, Any]) -> dict[str, Any]:
+    """The --json object: the figures the targets are judged on."""
+    a, f, s = res["aaflow"], res["floor"], res["shards"]
+    return {
+        "p50_ms": round(a["p50_ms"], 4),
+        "p99_ms": round(a["p99_ms"], 4),
+        "qps64": round(a["qps"], 2),
+        "floor_p50_ms": round(f["p50_ms"], 4),
+        "floor_qps64": round(f["qps"], 2),
+        "shards_qps64": round(s["qps"], 2),
+        "exact": res["exact"],
+        "exact_strict": res["exact_strict"],
+        "async_client_ok": a["async_ok"],
+        "shards_p50_ms": round(s["p50_ms"], 4),
+        "vectors": res["vectors"],
+        "queries": res["queries"],
+        "load_avg": res["load_avg_end"],
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def measure_engine(args: argparse.Namespace, endpoint: str, texts: list[str]) -> dict[str, Any]:
+    """Latency, queries/s and the async probe through the gateway; the hits of every query."""
+    k, concurrency = args.k, args.concurrency
+    engine = engine_single(endpoint, texts, k, args.warmup)
+    engine.update(engine_concurrent(endpoint, texts, k, concurrency))
+    if engine["errors"]:
+        cli.progress(f"odd: {engine['errors']} clients failed: {engine['first_error']}")
+    engine.update(async_probe(endpoint, texts[:ASYNC_PROBE_QUERIES], k, concurrency))
+    if not engine["async_ok"]:
+        cli.progress(
+            f"odd: one AsyncClient with {concurrency} in flight stalled: "
+            f"{engine['async_answered']} of {engine['async_sent']} answered "
+            f"(no reply in {ASYNC_PROBE_TIMEOUT_S:g} s)"
+        )
+    cli.progress(f"aaflow: p50 {engine['p50_ms']:.3f} ms, qps {engine['qps']:.1f}")
+    return engine
+
+
+def measure_baselines(
+    args: argparse.Namespace,
+    shards: list[tuple[I64, F32]],
+    every: tuple[I64, F32],
+    texts: list[str],
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The floor (one flat index over ``every`` vector) and the in-process shards: (the floor's
+    index, its figures, the shards' figures)."""
+    import faiss
+
+    ids, vectors = every
+    floor_index = faiss.IndexFlatIP(DIM)
+    floor_index.add(vectors)
+
+    def floor_search(q: F32, kk: int) -> tuple[Any, Any]:
+        d, i = floor_index.search(q, kk)
+        return d, ids[i]
+
+    floor = measure_inprocess(floor_search, texts, args.k, args.warmup, args.concurrency)
+    cli.progress(f"floor: p50 {floor['p50_ms']:.3f} ms, qps {floor['qps']:.1f}")
+
+    sharded = faiss.IndexShards(DIM, True, False)  # type: ignore[call-arg]  # threaded, own ids
+    parts = []  # the shards must outlive the search: IndexShards does not own them
+    for sid, svec in shards:
+        part = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+        part.add_with_ids(np.ascontiguousarray(svec), sid)
+        parts.append(part)
+        sharded.add_shard(part)
+    shard_res = measure_inprocess(
+        lambda q, kk: sharded.search(q, kk), texts, args.k, args.warmup, args.concurrency
+    )
+    cli.progress(f"shards: p50 {shard_res['p50_ms']:.3f} ms, qps {shard_res['qps']:.1f}")
+    return floor_index, floor, shard_res
+
+
+def exactness(
+    hits: list[list[int]],
+    every: tuple[I64, F32],
+    floor_index: Any,
+    texts: list[str],
+    k: int,
+    sample_size: int,
+) -> dict[str, Any]:
+    """The engine's top-k against the exact top-k on a deterministic sample of the queries."""
+    ids, vectors = every
+    step = max(1, len(texts) // sample_size)
+    sample = list(range(0, len(texts), step))[:sample_size]
+    q = HashEmbedder(DIM).embed([texts[i] for i in sample])
+    want = exact_topk(vectors, ids, q, k)
+    got = [hits[i] for i in sample]
+    mismatches = sum(g != w for g, w in zip(got, want, strict=True))
+    _, fi = floor_index.search(q, k)
+    floor_exact = all(ids[row].tolist() == w for row, w in zip(fi, want, strict=True))
+    ties = 0
+    pos = {int(c): j for j, c in enumerate(ids.tolist())}
+    for qi, g, w in zip(range(len(q)), got, want, strict=True):
+        if g == w:
+            continue
+        # the true (float64) scores: within NEAR_TIE, float32 rounding decides the order
+        d = next(j for j in range(min(len(g), len(w))) if g[j] != w[j])
+        sg, sw = (
+            float(vectors[pos[c]].astype(np.float64) @ q[qi].astype(np.float64))
+            for c in (g[d], w[d])
+        )
+        ties += abs(sg - sw) <= NEAR_TIE
+        cli.progress(
+            f"mismatch, query {sample[qi]} rank {d + 1}: engine id {g[d]} score {sg!r}, "
+            f"exact id {w[d]} score {sw!r}"
+            + (" (a float32 near-tie)" if abs(sg - sw) <= NEAR_TIE else "")
+        )
+    return {
+        "exact_sample": len(sample),
+        "mismatches": mismatches,
+        "near_ties": ties,
+        "exact": ties == mismatches,
+        "exact_strict": mismatches == 0,
+        "floor_exact": floor_exact,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="W1 small (~20k), 256 queries")
-    parser.add_argument("--json", action="store_true", help="last line: the JSON summary")
-    parser.add_argument("--files", type=int, default=320, help="xlarge files to ingest")
-    parser.add_argument("--queries", type=int, default=None, help="default 2048 (quick 256)")
-    parser.add_argument("--k", type=int, default=10)
+    parser = cli.parser(__doc__, quick="W1 small (~20k vectors), 256 queries")
+    parser.add_argument("--files", type=cli.positive, default=320, help="xlarge files to ingest")
+    parser.add_argument("--queries", type=cli.positive, help="default 2048 (quick 256)")
+    parser.add_argument("--k", type=cli.positive, default=10)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--exact-sample", type=int, default=100)
+    parser.add_argument("--concurrency", type=cli.positive, default=64)
+    parser.add_argument("--exact-sample", type=cli.positive, default=100)
     args = parser.parse_args(argv)
     n_queries = args.queries or (256 if args.quick else 2048)
-    k = args.k
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    load_start = tuple(round(x, 2) for x in os.getloadavg())
-    log(f"load average at start: {load_start}")
+    load_start = cli.load_avg()
+    cli.progress(f"load average at start: {load_start}")
     work = Path(tempfile.mkdtemp(prefix="aaf-q1-"))
     data_dir, run_dir = work / "data", work / "run"
     topo = work / "q1.yaml"
     endpoint = f"ipc://{work}/q.sock"
-    up_pid: int | None = None
-    tree: set[int] = set()
-    started = False
     try:
         corpus, files = build_corpus(work, args.quick, args.files)
         texts = query_texts(files, n_queries)
         topo.write_text(topology_yaml(corpus, data_dir, run_dir, endpoint))
         t0 = time.perf_counter()
-        started = True
-        up = subprocess.run(
-            [cli(), "up", str(topo), "--detach"],
-            capture_output=True,
-            text=True,
-            timeout=UP_TIMEOUT_S,
-        )
-        if up.returncode != 0:
-            raise SystemExit(f"aaflow-stream up failed ({up.returncode}):\n{up.stderr}{up.stdout}")
-        up_pid = int((run_dir / "up.pid").read_text())
-        tree.add(up_pid)
-        waited = wait_persisted(data_dir, INGEST_TIMEOUT_S)
-        tree.update(descendants(up_pid))
-        log(
-            f"engine up ({len(files)} files), ingested and persisted in "
-            f"{time.perf_counter() - t0:.1f} s ({waited:.1f} s after the gateway answered)"
-        )
-
-        shards = load_shards(data_dir)
-        ids = np.concatenate([s[0] for s in shards])
-        vectors = np.ascontiguousarray(np.concatenate([s[1] for s in shards]))
-        n_vectors = len(ids)
-        log(f"{n_vectors:,} vectors ({', '.join(str(len(s[0])) for s in shards)} per shard)")
-
-        engine = engine_single(endpoint, texts, k, args.warmup)
-        if engine["vectors"] != n_vectors:
-            log(f"odd: the gateway reports {engine['vectors']} vectors, disk {n_vectors}")
-        engine.update(engine_concurrent(endpoint, texts, k, args.concurrency))
-        if engine["errors"]:
-            log(f"odd: {engine['errors']} clients failed: {engine['first_error']}")
-        engine.update(async_probe(endpoint, texts[:ASYNC_PROBE_QUERIES], k, args.concurrency))
-        if not engine["async_ok"]:
-            log(
-                f"odd: one AsyncClient with {args.concurrency} in flight stalled: "
-                f"{engine['async_answered']} of {engine['async_sent']} answered "
-                f"(no reply in {ASYNC_PROBE_TIMEOUT_S:g} s)"
-            )
-        log(f"aaflow: p50 {engine['p50_ms']:.3f} ms, qps {engine['qps']:.1f}")
         # The baselines run with the engine stopped: its idle ranks must not share the CPUs.
-        started = False
-        stop_engine(topo, up_pid, tree, log)
-
-        import faiss
-
-        floor_index = faiss.IndexFlatIP(DIM)
-        floor_index.add(vectors)
-
-        def floor_search(q: F32, kk: int) -> tuple[Any, Any]:
-            d, i = floor_index.search(q, kk)
-            return d, ids[i]
-
-        floor = measure_inprocess(floor_search, texts, k, args.warmup, args.concurrency)
-        log(f"floor: p50 {floor['p50_ms']:.3f} ms, qps {floor['qps']:.1f}")
-
-        sharded = faiss.IndexShards(DIM, True, False)  # threaded, own ids
-        parts = []
-        for sid, svec in shards:
-            part = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
-            part.add_with_ids(np.ascontiguousarray(svec), sid)
-            parts.append(part)
-            sharded.add_shard(part)
-        shard_res = measure_inprocess(
-            lambda q, kk: sharded.search(q, kk), texts, k, args.warmup, args.concurrency
+        with Served(topo, run_dir, timeout_s=UP_TIMEOUT_S) as served:
+            waited = wait_persisted(data_dir, INGEST_TIMEOUT_S)
+            served.track()
+            cli.progress(
+                f"engine up ({len(files)} files), ingested and persisted in "
+                f"{time.perf_counter() - t0:.1f} s ({waited:.1f} s after the gateway answered)"
+            )
+            shards = load_shards(data_dir)
+            n_vectors = sum(len(s[0]) for s in shards)
+            per_shard = ", ".join(str(len(s[0])) for s in shards)
+            cli.progress(f"{n_vectors:,} vectors ({per_shard} per shard)")
+            engine = measure_engine(args, endpoint, texts)
+        if engine["vectors"] != n_vectors:
+            cli.progress(f"odd: the gateway reports {engine['vectors']} vectors, disk {n_vectors}")
+        every = (
+            np.concatenate([s[0] for s in shards]),
+            np.ascontiguousarray(np.concatenate([s[1] for s in shards])),
         )
-        log(f"shards: p50 {shard_res['p50_ms']:.3f} ms, qps {shard_res['qps']:.1f}")
-
-        # exactness on a deterministic sample
-        step = max(1, len(texts) // args.exact_sample)
-        sample = list(range(0, len(texts), step))[: args.exact_sample]
-        q = HashEmbedder(DIM).embed([texts[i] for i in sample])
-        want = exact_topk(vectors, ids, q, k)
-        got = [engine["hits"][i] for i in sample]
-        mismatches = sum(g != w for g, w in zip(got, want, strict=True))
-        _, fi = floor_index.search(q, k)
-        floor_exact = all(ids[row].tolist() == w for row, w in zip(fi, want, strict=True))
-        ties = 0
-        pos = {int(c): j for j, c in enumerate(ids.tolist())}
-        for qi, g, w in zip(range(len(q)), got, want, strict=True):
-            if g == w:
-                continue
-            # the true (float64) scores: within NEAR_TIE, float32 rounding decides the order
-            d = next(j for j in range(min(len(g), len(w))) if g[j] != w[j])
-            sg, sw = (
-                float(vectors[pos[c]].astype(np.float64) @ q[qi].astype(np.float64))
-                for c in (g[d], w[d])
-            )
-            ties += abs(sg - sw) <= NEAR_TIE
-            log(
-                f"mismatch, query {sample[qi]} rank {d + 1}: engine id {g[d]} score {sg!r}, "
-                f"exact id {w[d]} score {sw!r}"
-                + (" (a float32 near-tie)" if abs(sg - sw) <= NEAR_TIE else "")
-            )
-        if mismatches:
-            first = next(i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w)
-            log(
-                f"first mismatch, query {sample[first]}: engine {got[first]} vs exact {want[first]}"
-            )
-
-        res: dict[str, Any] = {
-            "vectors": n_vectors,
-            "queries": len(texts),
-            "k": k,
-            "concurrency": args.concurrency,
-            "aaflow": engine,
-            "floor": floor,
-            "shards": shard_res,
-            "exact_sample": len(sample),
-            "mismatches": mismatches,
-            "near_ties": ties,
-            "exact": ties == mismatches,
-            "exact_strict": mismatches == 0,
-            "floor_exact": floor_exact,
-            "meets_p50": engine["p50_ms"] <= floor["p50_ms"] + TARGET_P50_OVER_FLOOR_MS,
-            "meets_qps": engine["qps"] >= TARGET_QPS_VS_FLOOR * floor["qps"],
-            "load_avg_start": load_start,
-            "load_avg_end": tuple(round(x, 2) for x in os.getloadavg()),
-        }
-        del engine["hits"]
+        floor_index, floor, shard_res = measure_baselines(args, shards, every, texts)
+        hits = engine.pop("hits")
+        exact = exactness(hits, every, floor_index, texts, args.k, args.exact_sample)
     finally:
-        if started:
-            stop_engine(topo, up_pid, tree, log)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(table(res))
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "p50_ms": round(engine["p50_ms"], 4),
-                    "p99_ms": round(engine["p99_ms"], 4),
-                    "qps64": round(engine["qps"], 2),
-                    "floor_p50_ms": round(floor["p50_ms"], 4),
-                    "floor_qps64": round(floor["qps"], 2),
-                    "shards_qps64": round(shard_res["qps"], 2),
-                    "exact": res["exact"],
-                    "exact_strict": res["exact_strict"],
-                    "async_client_ok": engine["async_ok"],
-                    "shards_p50_ms": round(shard_res["p50_ms"], 4),
-                    "vectors": n_vectors,
-                    "queries": len(texts),
-                    "load_avg": list(res["load_avg_end"]),
-                }
-            )
-        )
+    res: dict[str, Any] = {
+        "vectors": n_vectors,
+        "queries": len(texts),
+        "k": args.k,
+        "concurrency": args.concurrency,
+        "aaflow": engine,
+        "floor": floor,
+        "shards": shard_res,
+        **exact,
+        "meets_p50": engine["p50_ms"] <= floor["p50_ms"] + TARGET_P50_OVER_FLOOR_MS,
+        "meets_qps": engine["qps"] >= TARGET_QPS_VS_FLOOR * floor["qps"],
+        "load_avg_start": load_start,
+        "load_avg_end": cli.load_avg(),
+    }
+    cli.report(table(res), to_json(res), args.json)
     return 0
 
 

@@ -8,12 +8,11 @@ Both are checked against each other. The engine's rounds gather, because their h
 carry text and source of no fixed size, which a ``Reduce`` cannot carry; this measures what
 the fixed-size part alone would cost either way.
 
-    .venv/bin/mpiexec -n 4 .venv/bin/python bench/topk_reduce.py [--json]
+    .venv/bin/mpiexec -n 4 .venv/bin/python -m bench.topk_reduce [--quick] [--json]
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -21,8 +20,16 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util import dtlib
 
+from .kit import cli
+from .kit.table import Column, render
+
 HIT = np.dtype([("score", np.float32), ("id", np.int64)], align=True)
-REPEATS = 300
+COLUMNS = [
+    Column("case", 11, left=True),
+    Column("reduce op ms", 14, ".3f"),
+    Column("gather+merge ms", 16, ".3f"),
+    Column("same", 5),
+]
 
 
 def merge_rows(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
@@ -32,7 +39,10 @@ def merge_rows(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(both, order, axis=1)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(__doc__, quick="30 rounds", repeats="rounds of each call (default 300)")
+    args = parser.parse_args(argv)
+    rounds = cli.repeats(args, full=300, quick=30)
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     mpi_hit = dtlib.from_numpy_dtype(HIT).Commit()
@@ -53,20 +63,20 @@ def main() -> int:
         out = np.zeros((nq, k), dtype=HIT)
         comm.Barrier()
         started = time.perf_counter()
-        for _ in range(REPEATS):
+        for _ in range(rounds):
             comm.Reduce([local, mpi_hit], [out, mpi_hit], op=op, root=0)
-        reduce_ms = (time.perf_counter() - started) / REPEATS * 1e3
+        reduce_ms = (time.perf_counter() - started) / rounds * 1e3
         op.Free()
         gathered = np.zeros((size, nq, k), dtype=HIT)
         comm.Barrier()
         started = time.perf_counter()
-        for _ in range(REPEATS):
+        for _ in range(rounds):
             comm.Gather([local, mpi_hit], [gathered, mpi_hit], root=0)
             if rank == 0:
                 merged = merge_rows(
                     np.concatenate(list(gathered), axis=1), np.zeros((nq, 0), dtype=HIT), k
                 )
-        gather_ms = (time.perf_counter() - started) / REPEATS * 1e3
+        gather_ms = (time.perf_counter() - started) / rounds * 1e3
         if rank == 0:
             same = bool(np.array_equal(merged["id"], out["id"]))
             results[f"nq{nq}_k{k}"] = {
@@ -76,12 +86,15 @@ def main() -> int:
             }
     mpi_hit.Free()
     if rank == 0:
-        print(f"top-k across {size} ranks, {REPEATS} rounds each (blocking calls)")
-        print(f"{'case':<12}{'reduce op ms':>14}{'gather+merge ms':>17}{'same':>6}")
-        for case, r in results.items():
-            print(f"{case:<12}{r['reduce_ms']:>14.3f}{r['gather_merge_ms']:>17.3f}{r['same']!s:>6}")
-        if "--json" in sys.argv:
-            print(json.dumps({"ranks": size, **results}))
+        rows = [
+            [case, r["reduce_ms"], r["gather_merge_ms"], str(r["same"])]
+            for case, r in results.items()
+        ]
+        lines = [
+            f"top-k across {size} ranks, {rounds} rounds each (blocking calls)",
+            *render(COLUMNS, rows),
+        ]
+        cli.report(lines, {"ranks": size, "rounds": rounds, **results}, args.json)
     return 0
 
 

@@ -56,9 +56,9 @@ own work, which varies far less from run to run than throughput does; for arrow,
 the sender's time spent waiting for credit. ``--profile DIR`` writes cProfile
 stats of both workers (slows them down: do not read its throughput).
 
-    python bench/transport.py                 # full run: 30 rounds
-    python bench/transport.py --quick --json  # < 1 minute; last line is one JSON object
-    python bench/transport.py --systems arrow,raw --window 32 -v
+    python -m bench.transport                 # full run: 30 rounds
+    python -m bench.transport --quick --json  # < 1 minute; last line is one JSON object
+    python -m bench.transport --systems arrow,raw --window 32 -v
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ import asyncio
 import cProfile
 import dataclasses
 import functools
-import json
 import math
 import multiprocessing as mp
 import os
@@ -91,14 +90,14 @@ import uvloop
 import zmq
 import zmq.asyncio
 
-# Repo root on sys.path so the script runs from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from aaflow_stream import frames
 from aaflow_stream.channels.inport import InPort
 from aaflow_stream.channels.loopsocket import LoopSocket
 from aaflow_stream.channels.outport import LinkSpec, OutPort
 from aaflow_stream.channels.sockets import HWM_SLACK
+
+from .kit import cli
+from .kit.table import Column, render
 
 ROWS = 1024
 DIM = 384
@@ -602,16 +601,15 @@ def run_all(args: argparse.Namespace, tmp: str) -> dict[str, list[Outcome]]:
         profile_dir=args.profile,
     )
     results = run_plan(plan, timeout=args.timeout)
-    if args.verbose:
-        for r in range(plan.rounds):
-            for system in plan.systems:
-                o = results[system][r]
-                print(
-                    f"  round {r + 1:>2} {system:<10} {o.gbps:6.2f} GB/s  CPU/msg "
-                    f"tx {o.tx_cpu_us:5.0f} us (main {o.tx_main_cpu_us:4.0f}), "
-                    f"rx {o.rx_cpu_us:5.0f} us (main {o.rx_main_cpu_us:4.0f})"
-                    + _blocked_note(o.tx_blocked_pct)
-                )
+    if args.verbose:  # every segment, in the order they ran
+        for r, system in plan.segments():
+            o = results[system][r]
+            print(
+                f"  round {r + 1:>2} {system:<10} {o.gbps:6.2f} GB/s  CPU/msg "
+                f"tx {o.tx_cpu_us:5.0f} us (main {o.tx_main_cpu_us:4.0f}), "
+                f"rx {o.rx_cpu_us:5.0f} us (main {o.rx_main_cpu_us:4.0f})"
+                + _blocked_note(o.tx_blocked_pct)
+            )
     return results
 
 
@@ -657,127 +655,137 @@ def _all_true(outcomes: list[Outcome], attr: str) -> bool | None:
     return None if not values or None in values else all(values)
 
 
-def print_table(
+COLUMNS = [
+    Column("system", 10, left=True),
+    Column("batches/s", 10, ",.0f"),
+    Column("GB/s", 7, ".2f"),
+    Column("min-max GB/s", 14),
+    Column("vs raw", 7),
+    Column("tx CPU us/msg (main)", 20),
+    Column("rx CPU us/msg (main)", 20),
+    Column("credit wait", 11),
+]
+
+
+def _cpu(figures: dict[str, float], side: str) -> str:
+    return f"{figures[f'{side}_cpu_us']:,.0f} ({figures[f'{side}_main_cpu_us']:,.0f})"
+
+
+def table(
     summary: dict[str, dict[str, float]],
     results: dict[str, list[Outcome]],
     args: argparse.Namespace,
     nbytes: int,
-    load: tuple[float, float, float],
-) -> None:
-    end = os.getloadavg()
-    print(
-        f"T1 transport: {ROWS:,}-row batch of {nbytes:,} bytes (sum of Arrow buffers), ipc://, "
-        f"window {args.window}, median of {args.repeats} rounds"
-    )
-    print(
-        f"messages per segment: {args.messages:,} (mpqueue {args.mpqueue_messages:,}) after "
-        f"{args.warmup} warm-up; load average at start: "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end: {end[0]:.2f} {end[1]:.2f} "
-        f"{end[2]:.2f} ({os.cpu_count()} CPUs)"
-    )
+    load: list[float],
+) -> list[str]:
+    end = cli.load_avg()
     raw = summary.get("raw", {}).get("gbps")
-    print(
-        f"{'system':<10} {'batches/s':>10} {'GB/s':>7} {'min-max GB/s':>14} {'vs raw':>7} "
-        f"{'tx CPU us/msg':>14} {'rx CPU us/msg':>14} {'credit wait':>11}"
-    )
-    print(f"{'':53}{'(main thread)':>14} {'(main thread)':>14}")
+    rows: list[list[object]] = []
     for system, s in summary.items():
-        ratio = f"{s['gbps'] / raw:6.2f}x" if raw else "     -"
-        spread = f"{s['gbps_min']:.2f}-{s['gbps_max']:.2f}"
-        rate = f"{s['batches_per_s']:>10,.0f} {s['gbps']:>7.2f}"
-        cpu = (
-            f"{s['tx_cpu_us']:>6,.0f} ({s['tx_main_cpu_us']:>5,.0f}) "
-            f"{s['rx_cpu_us']:>6,.0f} ({s['rx_main_cpu_us']:>5,.0f})"
-        )
         wait = s["credit_wait_pct"]
-        waited = "-" if math.isnan(wait) else f"{wait:.0f}%"
-        print(f"{system:<10} {rate} {spread:>14} {ratio:>7} {cpu} {waited:>11}")
+        rows.append(
+            [
+                system,
+                s["batches_per_s"],
+                s["gbps"],
+                f"{s['gbps_min']:.2f}-{s['gbps_max']:.2f}",
+                f"{s['gbps'] / raw:.2f}x" if raw else None,
+                _cpu(s, "tx"),
+                _cpu(s, "rx"),
+                None if math.isnan(wait) else f"{wait:.0f}%",
+            ]
+        )
+    lines = [
+        f"T1 transport: {ROWS:,}-row batch of {nbytes:,} bytes (sum of Arrow buffers), ipc://, "
+        f"window {args.window}, median of {args.repeats} rounds",
+        f"messages per segment: {args.messages:,} (mpqueue {args.mpqueue_messages:,}) after "
+        f"{args.warmup} warm-up; load average at start: {' '.join(map(str, load))}, at end: "
+        f"{' '.join(map(str, end))} ({os.cpu_count()} CPUs)",
+        *render(COLUMNS, rows),
+    ]
     arrow = summary.get("arrow", {}).get("gbps")
     mpq = summary.get("mpqueue", {}).get("gbps")
     if arrow and raw:
         verdict = "meets" if arrow >= 0.8 * raw else "MISSES"
-        print(f"arrow / raw     = {arrow / raw:.2f}  (target >= 0.8: {verdict})")
         paired = paired_ratios(results, "arrow", "raw")
-        print(
+        lines += [
+            f"arrow / raw     = {arrow / raw:.2f}  (target >= 0.8: {verdict})",
             f"arrow / raw round by round: {' '.join(f'{r:.2f}' for r in paired)} "
-            f"(median {statistics.median(paired):.2f})"
-        )
+            f"(median {statistics.median(paired):.2f})",
+        ]
     raw_frames = summary.get("raw_frames", {}).get("gbps")
     if arrow and raw and raw_frames:
-        print(
+        lines.append(
             f"the frame layout: raw_frames / raw = {raw_frames / raw:.2f}; the engine: "
             f"arrow / raw_frames = {arrow / raw_frames:.2f} (medians; references, no target)"
         )
     if arrow and mpq:
         verdict = "meets" if arrow >= 3 * mpq else "MISSES"
-        print(f"arrow / mpqueue = {arrow / mpq:.2f}  (target >= 3: {verdict})")
+        lines.append(f"arrow / mpqueue = {arrow / mpq:.2f}  (target >= 3: {verdict})")
     for system in ("arrow", "arrow_ipc"):
         if system in results:
             outs = results[system]
-            print(
+            lines.append(
                 f"{system}: zero-copy receive {_all_true(outs, 'zero_copy')}, "
                 f"received batch equals sent {_all_true(outs, 'equal')}"
             )
     if "mpqueue" in results:
-        print(f"mpqueue: received batch equals sent {_all_true(results['mpqueue'], 'equal')}")
+        lines.append(
+            f"mpqueue: received batch equals sent {_all_true(results['mpqueue'], 'equal')}"
+        )
+    return lines
 
 
-def json_line(
+def to_json(
     summary: dict[str, dict[str, float]],
     results: dict[str, list[Outcome]],
     repeats: int,
-    load: tuple[float, float, float],
-) -> str:
+    load: list[float],
+) -> dict[str, Any]:
     def gbps(system: str) -> float | None:
         return round(summary[system]["gbps"], 3) if system in summary else None
 
-    return json.dumps(
-        {
-            "arrow_gbps": gbps("arrow"),
-            "raw_gbps": gbps("raw"),
-            "mpqueue_gbps": gbps("mpqueue"),
-            "zero_copy_receive": _all_true(results.get("arrow", []), "zero_copy") is True,
-            "arrow_ipc_gbps": gbps("arrow_ipc"),
-            "raw_frames_gbps": gbps("raw_frames"),
-            "arrow_raw_paired_median": (
-                round(statistics.median(paired), 3)
-                if (paired := paired_ratios(results, "arrow", "raw"))
-                else None
-            ),
-            "cpu_us_per_msg": {
-                system: {
-                    key: round(figures[key], 1)
-                    for key in ("tx_cpu_us", "tx_main_cpu_us", "rx_cpu_us", "rx_main_cpu_us")
-                }
-                for system, figures in summary.items()
-            },
-            "repeats": repeats,
-            "load_avg": [round(x, 2) for x in load],
-        }
-    )
+    paired = paired_ratios(results, "arrow", "raw")
+    return {
+        "arrow_gbps": gbps("arrow"),
+        "raw_gbps": gbps("raw"),
+        "mpqueue_gbps": gbps("mpqueue"),
+        "zero_copy_receive": _all_true(results.get("arrow", []), "zero_copy") is True,
+        "arrow_ipc_gbps": gbps("arrow_ipc"),
+        "raw_frames_gbps": gbps("raw_frames"),
+        "arrow_raw_paired_median": round(statistics.median(paired), 3) if paired else None,
+        "cpu_us_per_msg": {
+            system: {
+                key: round(figures[key], 1)
+                for key in ("tx_cpu_us", "tx_main_cpu_us", "rx_cpu_us", "rx_main_cpu_us")
+            }
+            for system, figures in summary.items()
+        },
+        "repeats": repeats,
+        "load_avg": load,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true", help="8 rounds, shorter segments (< 1 minute)")
-    p.add_argument("--repeats", type=int, default=None, help="rounds (default 30)")
-    p.add_argument("--messages", type=int, default=None, help="measured batches per zmq segment")
-    p.add_argument("--mpqueue-messages", type=int, default=None, help="measured batches, mpqueue")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up batches per segment")
-    p.add_argument("--window", type=int, default=WINDOW, help="credit window (raw: HWM - slack)")
+    p = cli.parser(
+        __doc__, quick="8 rounds, shorter segments (< 1 minute)", repeats="rounds (default 30)"
+    )
+    p.add_argument("--messages", type=cli.positive, help="measured batches per zmq segment")
+    p.add_argument("--mpqueue-messages", type=cli.positive, help="measured batches, mpqueue")
+    p.add_argument("--warmup", type=cli.positive, help="warm-up batches per segment")
+    p.add_argument(
+        "--window", type=cli.positive, default=WINDOW, help="credit window (raw: HWM - slack)"
+    )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--profile", default=None, metavar="DIR", help="cProfile workers into DIR")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="print every segment")
     args = p.parse_args(argv)
     quick = args.quick
-    args.repeats = args.repeats or (8 if quick else 30)
+    args.repeats = cli.repeats(args, full=30, quick=8)
     args.messages = args.messages or (150 if quick else 300)
     args.mpqueue_messages = args.mpqueue_messages or (20 if quick else 40)
     args.warmup = args.warmup or (10 if quick else 20)
-    if min(args.repeats, args.messages, args.mpqueue_messages, args.warmup, args.window) < 1:
-        p.error("--repeats, --messages, --mpqueue-messages, --warmup and --window must be >= 1")
     args.systems = [s for s in args.systems.split(",") if s]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
@@ -789,8 +797,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 every check held, 1 a received batch differed or was copied, 2 usage."""
     args = parse_args(argv)
-    load = os.getloadavg()
+    load = cli.load_avg()
     nbytes = batch_bytes(make_batch())
     tmp = tempfile.mkdtemp(prefix="t1-")
     try:
@@ -798,16 +807,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary = summarize(results)
-    print_table(summary, results, args, nbytes, load)
+    lines = table(summary, results, args, nbytes, load)
     bad = [
         s
         for s, outs in results.items()
         if _all_true(outs, "equal") is False or (s == "arrow" and not _all_true(outs, "zero_copy"))
     ]
     if bad:
-        print(f"FAILED checks (zero copy / equality): {bad}")
-    if args.json:
-        print(json_line(summary, results, args.repeats, load))
+        lines.append(f"FAILED checks (zero copy / equality): {bad}")
+    cli.report(lines, to_json(summary, results, args.repeats, load), args.json)
     return 1 if bad else 0
 
 

@@ -2,16 +2,13 @@
 
 Load (read and parse a JSONL file), transform (512/64 windows and their chunk ids), embed
 (the hash embedder, dim 384, in batches), upsert (4 FAISS shards, `shard = chunk_id % 4`,
-batches of 2,048 a shard), the W1 check, and a sampler of a process tree's peak RSS.
+batches of 2,048 a shard) and the W1 check.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,10 +17,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psutil
-
-# Scripts, not a package: make the repo importable from anywhere.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.text.chunking import chunk_id, chunk_windows
@@ -219,51 +212,3 @@ def w1_check(per_shard: Sequence[Ids] | None, expected: set[int]) -> str | None:
             f"{twice} stored twice, {misplaced} in the wrong shard"
         )
     return None
-
-
-class RssSampler:
-    """Peak RSS of a process (`root`, default this one) and all its descendants, sampled
-    in a thread.
-
-    Listing descendants scans /proc (~1 ms, holding the GIL), so the list is refreshed
-    every `rescan` samples and only the cheap RSS reads happen every `interval_s`.
-    """
-
-    def __init__(self, interval_s: float = 0.05, rescan: int = 10, root: int | None = None) -> None:
-        self.interval_s = interval_s
-        self.rescan = rescan
-        self.root = root
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process(self.root)
-        procs: list[psutil.Process] = []
-        for tick in itertools.count():
-            if tick % self.rescan == 0:
-                try:
-                    procs = [me, *me.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    pass  # the root exited: keep reading what is left of its tree
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass  # exited since the last scan
-            self.peak_bytes = max(self.peak_bytes, total)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_bytes / 2**20

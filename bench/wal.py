@@ -1,6 +1,6 @@
 """The cost of a shard's write-ahead log per upsert batch, for both sync policies.
 
-    python bench/wal.py [--batches 60] [--rows 2048] [--dim 384] [--dir DIR] [--json]
+    python -m bench.wal [--batches 60] [--rows 2048] [--dim 384] [--dir DIR] [--quick] [--json]
 
 Each batch is like the engine's: ``rows`` chunks of ~500 characters with a float32 embedding
 of ``dim`` and the delivery columns. Measured per batch, in milliseconds (median, p90):
@@ -17,9 +17,8 @@ directory, ``./data``): fsync costs what that disk costs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 import tempfile
 import time
 import zlib
@@ -32,6 +31,9 @@ import pyarrow as pa
 from aaflow_stream.schemas import embedded
 from aaflow_stream.shard.store import ShardStore
 from aaflow_stream.shard.wal import WriteAheadLog, encode
+
+from .kit import cli
+from .kit.table import Column, render
 
 
 def make_batch(rows: int, dim: int, seed: int) -> pa.RecordBatch:
@@ -68,16 +70,21 @@ def timed(fn: Callable[..., object], *args: object) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=60)
-    parser.add_argument("--rows", type=int, default=2048)
-    parser.add_argument("--dim", type=int, default=384)
+COLUMNS = [
+    Column("step", 27, left=True),
+    Column("median ms", 12, ".2f"),
+    Column("p90 ms", 10, ".2f"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(__doc__, quick="20 batches")
+    parser.add_argument("--batches", type=cli.positive, default=60)
+    parser.add_argument("--rows", type=cli.positive, default=2048)
+    parser.add_argument("--dim", type=cli.positive, default=384)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--dir", type=Path, default=Path("data"))
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="20 batches")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.batches = min(args.batches, 20)
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -122,15 +129,14 @@ def main() -> None:
         store.close()
         out["store_append_batch_policy"] = stats(samples)
 
-    if args.json:
-        print(json.dumps(out))
-        return
-    print(f"batch: {args.rows} rows, dim {args.dim}, {out['batch_mb']:.2f} MB as Arrow IPC")
-    print(f"{'step':<28}{'median ms':>12}{'p90 ms':>10}")
-    for key, value in out.items():
-        if isinstance(value, dict):
-            print(f"{key:<28}{value['median_ms']:>12.2f}{value['p90_ms']:>10.2f}")
+    steps = [[k, v["median_ms"], v["p90_ms"]] for k, v in out.items() if isinstance(v, dict)]
+    lines = [
+        f"batch: {args.rows} rows, dim {args.dim}, {out['batch_mb']:.2f} MB as Arrow IPC",
+        *render(COLUMNS, steps),
+    ]
+    cli.report(lines, out, args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""One shard's FAISS index and row metadata, made durable by a write-ahead log and snapshots.
+"""One shard's chunks, made durable by a write-ahead log and snapshots.
 
-The index is ``IndexIDMap2(index_factory(dim, description, metric))`` keyed by ``chunk_id``;
-the metadata (doc_id, seq, text, source, ts, doc_version per chunk) is an Arrow table.
+The vectors live in a ``VectorIndex`` (``shard.vectors``: ``IndexIDMap2`` keyed by
+``chunk_id``), the metadata (doc_id, seq, text, source, ts, doc_version per chunk) in
+``ChunkRows`` (``shard.rows``); this class keeps the two in step, logs and snapshots them.
 
 On disk, under ``<data_dir>/shard-<r>/``:
 
@@ -31,7 +32,6 @@ anything is logged; ``ChunkNotStored`` (also a ``KeyError``) for rows asked of a
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import threading
@@ -43,33 +43,22 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..durability.fsio import make_dir, write_atomic
-from ..errors import BadBatch, ChunkNotStored, SpecError, StorageError
+from ..errors import BadBatch, SpecError, StorageError
 from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
 from . import snapshot as snap
-from . import topk
 from .filters import QueryFilter
+from .rows import ChunkRows
 from .topk import Ids, Scores
+from .vectors import VectorIndex
 from .wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "shard.json"
 WAL_DIR = "wal"
-TIE_MARGIN = 16
 WalSync = Literal["batch", "interval", "none"]
-
-
-def _metric(name: str) -> int:
-    import faiss
-
-    return {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[name]
-
-
-def _clamp_ms(value: int) -> int:
-    return max(-(2**63), min(2**63 - 1, value))
 
 
 def is_tombstone(batch: pa.RecordBatch) -> bool:
@@ -86,25 +75,12 @@ class ShardStore:
         metric: str,
         wal_sync: WalSync = "batch",
     ) -> None:
-        import faiss
-
-        self._faiss = faiss
         self.directory = directory
         self.dim = dim
         self._description = index
         self._metric = metric
         self._sync_each = wal_sync == "batch"
-        self._meta: list[pa.RecordBatch] = []
-        self._meta_bytes = 0  # Arrow bytes of ``_meta`` (status and metrics)
-        self._starts: list[int] = []  # first row of each metadata batch in the whole table
-        self._where: dict[int, int] = {}  # live chunk id -> its latest row in the whole table
-        # doc_id -> {live chunk id: doc_version}, built lazily (``_doc_index``): metadata
-        # batches of new chunks wait in ``_unindexed`` until an update, a tombstone naming a
-        # stored document or a read needs the index, so a first ingestion never pays for it.
-        self._docs: dict[str, dict[int, int]] = {}
-        self._unindexed: list[pa.RecordBatch] = []
-        self._doc_names: set[str] = set()  # a superset of the stored documents' ids
-        self._dead_rows = False  # some rows of ``_meta`` are replaced or removed
+        self._rows = ChunkRows(str(directory))
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
@@ -112,7 +88,7 @@ class ShardStore:
             make_dir(directory)
             self._check_manifest()
             found = snap.recover(directory)
-            self.index = self._load_base(found)
+            self._vectors = self._load_base(found)
             info = found or snap.EMPTY
             self._wal = WriteAheadLog.open(
                 directory / WAL_DIR,
@@ -151,17 +127,16 @@ class ShardStore:
                 f"the topology asks for {expected}: use another data_dir or remove it"
             )
 
-    def _load_base(self, info: snap.SnapshotInfo | None) -> Any:
+    def _load_base(self, info: snap.SnapshotInfo | None) -> VectorIndex:
         if info is not None:
             index, table = snap.load(self.directory / snap.SNAPSHOT_DIR, info.vectors)
         elif (self.directory / snap.INDEX_FILE).exists():  # the layout before the WAL
             index, table = snap.load(self.directory, None)
         else:
-            inner = self._faiss.index_factory(self.dim, self._description, _metric(self._metric))
-            return self._faiss.IndexIDMap2(inner)
+            return VectorIndex.new(self.dim, self._description, self._metric)
         for batch in table.cast(METADATA).to_batches():
-            self._remember(batch)
-        return index
+            self._rows.add(batch)
+        return VectorIndex(self.dim, self._metric, index)
 
     def _replay(self, _lsn: int, batch: pa.RecordBatch) -> None:
         # Copy the metadata out: kept as is, it would pin the whole segment's bytes.
@@ -170,12 +145,17 @@ class ShardStore:
     # --- state -------------------------------------------------------------------------------
 
     @property
+    def index(self) -> Any:
+        """The FAISS index itself (``IndexIDMap2``), for readers that know FAISS."""
+        return self._vectors.faiss_index
+
+    @property
     def metric(self) -> str:
         return self._metric
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return self._vectors.count
 
     @property
     def last_lsn(self) -> int:
@@ -199,11 +179,9 @@ class ShardStore:
 
     @property
     def memory_bytes(self) -> int:
-        """About what the shard holds in memory: the index's codes and ids (8 bytes each)
-        plus the chunk metadata (replaced rows included until a snapshot compacts them)."""
-        inner = self._faiss.downcast_index(getattr(self.index, "index", self.index))
-        code = int(getattr(inner, "code_size", 0) or self.dim * 4)
-        return self.count * (code + 8) + self._meta_bytes
+        """About what the shard holds in memory: the index's codes and ids plus the chunk
+        metadata (replaced rows included until a snapshot compacts them)."""
+        return self._vectors.memory_bytes + self._rows.nbytes
 
     @property
     def wal_bytes(self) -> int:
@@ -239,8 +217,7 @@ class ShardStore:
     def chunks_of(self, doc_ids: Sequence[str]) -> int:
         """How many chunks of these documents this shard holds."""
         with self._lock:
-            docs = self._doc_index()
-            return sum(len(docs.get(doc_id, ())) for doc_id in set(doc_ids))
+            return self._rows.chunks_of(doc_ids)
 
     def delete_docs(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of these documents (a logged tombstone batch); its LSN."""
@@ -302,183 +279,57 @@ class ShardStore:
         meta = batch.select(METADATA.names)
         if copy:
             meta = meta.take(pa.array(np.arange(meta.num_rows)))
-        id_list = ids.tolist()
         with self._lock:
-            present = [i for i in id_list if i in self._where]
-            if present:
-                self.index.remove_ids(np.array(present, dtype=np.int64))
-                self._dead_rows = True
-            if not self.index.is_trained:
-                self.index.train(vectors)
-            self.index.add_with_ids(vectors, ids)
-            self._remember(meta)
+            self._vectors.remove(self._rows.present(ids.tolist()))
+            self._vectors.add(ids, vectors)
+            self._rows.add(meta)
 
     def _apply_tombstones(self, batch: pa.RecordBatch) -> None:
         doc_ids = batch.column("doc_id").to_pylist()
+        keep = batch.column("keep_version")
         with self._lock:
-            known = self._doc_names.intersection(doc_ids)  # empty for new documents
-            if not known:
-                return
-            docs = self._doc_index()
-            keep = batch.column("keep_version").to_pylist()
-            doomed: list[int] = []
-            for doc_id, version in zip(doc_ids, keep, strict=True):
-                chunks = docs.get(doc_id) if doc_id in known else None
-                if not chunks:
-                    continue
-                gone = [c for c, v in chunks.items() if version == DELETE_ALL or v != version]
-                for chunk in gone:
-                    del chunks[chunk]
-                    del self._where[chunk]
-                if not chunks:
-                    del docs[doc_id]
-                doomed.extend(gone)
-            if doomed:
-                self.index.remove_ids(np.array(doomed, dtype=np.int64))
-                self._dead_rows = True
-
-    def _remember(self, meta: pa.RecordBatch) -> None:
-        """Index ``meta``'s rows (the caller holds the lock or owns the store)."""
-        start = self._starts[-1] + self._meta[-1].num_rows if self._meta else 0
-        self._meta.append(meta)
-        self._meta_bytes += meta.nbytes
-        self._starts.append(start)
-        chunks = meta.column("chunk_id").to_pylist()
-        docs = meta.column("doc_id").to_pylist()
-        where = self._where
-        self._doc_names.update(docs)
-        if where.keys().isdisjoint(chunks):  # all new (a first ingestion): bulk updates
-            where.update(zip(chunks, range(start, start + len(chunks)), strict=True))
-            self._unindexed.append(meta)
-            return
-        by_doc = self._doc_index()
-        versions = meta.column("doc_version").to_pylist()
-        for row, (chunk, doc, version) in enumerate(zip(chunks, docs, versions, strict=True)):
-            old = where.get(chunk)
-            mine = by_doc.setdefault(doc, {})
-            if old is not None and chunk not in mine:  # the id moved to another document
-                self._forget(self._value(old, "doc_id"), chunk)
-            where[chunk] = start + row
-            mine[chunk] = version
-
-    def _doc_index(self) -> dict[str, dict[int, int]]:
-        """The by-document index, brought up to date (the caller holds the lock)."""
-        by_doc = self._docs
-        for meta in self._unindexed:
-            columns = (meta.column(c).to_pylist() for c in ("chunk_id", "doc_id", "doc_version"))
-            for chunk, doc, version in zip(*columns, strict=True):
-                mine = by_doc.get(doc)
-                if mine is None:
-                    mine = by_doc[doc] = {}
-                mine[chunk] = version
-        self._unindexed.clear()
-        return by_doc
-
-    def _forget(self, doc_id: str, chunk: int) -> None:
-        chunks = self._docs.get(doc_id, {})
-        chunks.pop(chunk, None)
-        if not chunks:
-            self._docs.pop(doc_id, None)
-
-    def _value(self, row: int, column: str) -> Any:
-        i = bisect.bisect_right(self._starts, row) - 1
-        return self._meta[i].column(column)[row - self._starts[i]].as_py()
+            doomed = self._rows.tombstone(doc_ids, keep.to_pylist())
+            self._vectors.remove(doomed)
 
     # --- reads -------------------------------------------------------------------------------
-
-    def _table(self) -> pa.Table:
-        return pa.Table.from_batches(self._meta, schema=METADATA)
-
-    def _live_positions(self) -> npt.NDArray[np.int64] | None:
-        """The rows of live chunks, or None when every row is live (the caller holds the lock)."""
-        if not self._dead_rows:
-            return None
-        rows = np.fromiter(self._where.values(), dtype=np.int64, count=len(self._where))
-        rows.sort()
-        return rows
-
-    def _selector(self, allowed: QueryFilter) -> Any:
-        """A FAISS id selector for the live rows passing ``allowed`` (the caller holds the lock)."""
-        if not self._meta:
-            return self._faiss.IDSelectorBatch(np.zeros(0, dtype=np.int64))
-        table = self._table()
-        mask = pa.array(np.ones(table.num_rows, dtype=bool))
-        # A filter reaches here checked by the gateway; still, no value may fail the round on
-        # this rank alone: no sources match nothing, times are clamped to the int64 column's
-        # range, an inverted range matches nothing.
-        if allowed.sources is not None:
-            sources = pa.array(allowed.sources, pa.string())
-            mask = pc.and_(mask, pc.is_in(table.column("source"), value_set=sources))
-        ts = table.column("ts").cast(pa.int64())
-        if allowed.ts_from_ms is not None:
-            mask = pc.and_(mask, pc.greater_equal(ts, _clamp_ms(allowed.ts_from_ms)))
-        if allowed.ts_to_ms is not None:
-            mask = pc.and_(mask, pc.less_equal(ts, _clamp_ms(allowed.ts_to_ms)))
-        ids = table.column("chunk_id").filter(mask).to_numpy().view(np.int64)
-        # A replaced row's older copy, or a removed chunk's row, may pass the filter: keep
-        # only ids whose live row is the one that passed.
-        rows = np.flatnonzero(np.asarray(mask))
-        latest = [
-            i for i, r in zip(ids.tolist(), rows.tolist(), strict=True) if self._where.get(i) == r
-        ]
-        return self._faiss.IDSelectorBatch(np.array(latest, dtype=np.int64))
 
     def _search(
         self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None
     ) -> tuple[Scores, Ids]:
-        total = self.count
-        if total == 0:
-            nq = len(queries)
-            return np.full((nq, k), np.nan, np.float32), np.full((nq, k), -1, np.int64)
-        params, selector = None, None
-        if allowed is not None:
-            selector = self._selector(allowed)  # kept alive here for the search
-            params = self._faiss.SearchParameters()
-            params.sel = selector
-        scores, ids = self.index.search(queries, min(total, k + TIE_MARGIN), params=params)
-        return topk.select(scores, ids, k, self._metric)  # type: ignore[arg-type]
+        allowed_ids = None if allowed is None else self._rows.allowed_ids(allowed)
+        return self._vectors.search(queries, k, allowed_ids)
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        allowed: QueryFilter | None = None,
     ) -> tuple[Scores, Ids]:
-        """This shard's exact top-k per query under ``shard.topk.order``: (nq, k), -1 padded.
-
-        FAISS cuts at k without looking at ids, so a tie at the cut could drop the smaller id:
-        ask for ``TIE_MARGIN`` more and re-order. (Ties wider than that are not resolved.)
-        """
+        """This shard's exact top-k per query under ``shard.topk.order``: (nq, k), -1 padded."""
         with self._lock:
             return self._search(queries, k, allowed)
 
     def search_rows(
-        self, queries: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        allowed: QueryFilter | None = None,
     ) -> tuple[Scores, Ids, pa.Table]:
         """``search`` plus the metadata rows of the ids found (``ids >= 0``, row-major), in
         one hold of the lock: a removal between the two cannot leave an id without its row."""
         with self._lock:
             scores, ids = self._search(queries, k, allowed)
-            return scores, ids, self._rows(ids[ids >= 0].tolist())
+            return scores, ids, self._rows.rows(ids[ids >= 0].tolist())
 
     def rows(self, ids: Sequence[int]) -> pa.Table:
         """The metadata rows of ``ids`` (all stored here), in that order."""
         with self._lock:
-            return self._rows(ids)
-
-    def _rows(self, ids: Sequence[int]) -> pa.Table:
-        try:
-            positions = [self._where[i] for i in ids]
-        except KeyError as exc:
-            raise ChunkNotStored(
-                f"chunk id {exc.args[0]} is not stored in {self.directory}"
-            ) from None
-        return self._table().take(pa.array(positions, pa.int64()))
+            return self._rows.rows(ids)
 
     def metadata(self) -> pa.Table:
         """One row per live chunk id (the latest version of a replaced row)."""
         with self._lock:
-            if not self._meta:
-                return METADATA.empty_table()
-            table, live = self._table(), self._live_positions()
-        return table if live is None else table.take(pa.array(live))
+            return self._rows.live_table()
 
     # --- snapshots ---------------------------------------------------------------------------
 
@@ -495,8 +346,8 @@ class ShardStore:
                 segment = self._wal.rotate()  # later records go to a segment it does not cover
                 lsn, logged = self._wal.last_lsn, self._wal.logged_bytes
                 with self._lock:
-                    index = self._faiss.clone_index(self.index)
-                    batches, live = list(self._meta), self._live_positions()
+                    index = self._vectors.clone()
+                    batches, live = self._rows.batches(), self._rows.live_positions()
             table = pa.Table.from_batches(batches, schema=METADATA)
             if live is not None:
                 table = table.take(pa.array(live))

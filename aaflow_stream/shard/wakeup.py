@@ -11,7 +11,7 @@ member that enters one the root did not start (or misses one) waits forever, and
 rest. So a member enters a round only on a wake-up that is, at once, well-formed (decoded at
 the one boundary, ``untrusted.decode``), genuine (the 16 random bytes the root broadcast over
 MPI at start, never seen by anything outside the job) and the next in sequence. The socket
-itself is a unix socket in a directory only the owner can enter (``operators.shard_serving``).
+itself is a unix socket in a directory only the owner can enter (``shard.wakeup_links``).
 ``WakeupGate.admit`` decides for each message:
 
 * accept: the round to run;

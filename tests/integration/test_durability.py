@@ -17,10 +17,8 @@ from aaflow_stream.client import Client, QueryError
 from aaflow_stream.runtime.liveness import heartbeat_timeout
 from aaflow_stream.synthetic import generate
 
-from ..support.bench import load_bench
+from ..support import chaos
 from .ingest import detached, read_shards, up, write_topology
-
-chaos = load_bench("chaos")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +83,7 @@ def test_an_interrupted_feed_resumes_from_its_checkpoint(
     topology.write_text(chaos.topology_yaml(corpus, data_dir, run_dir))
     command = [sys.executable, "-m", "aaflow_stream.cli", "up", str(topology), "--json", "--quiet"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    chaos._wait_pids(run_dir / "actors" / "pids.json", proc, 60)
+    chaos.wait_pids(run_dir / "actors" / "pids.json", proc, 60)
     # Interrupt once some documents are acknowledged (the checkpoint is on disk).
     saved = data_dir / "checkpoints" / "load.0.json"
     deadline = time.monotonic() + 60

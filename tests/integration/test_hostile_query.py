@@ -30,12 +30,11 @@ from aaflow_stream.runtime.supervisor import Supervisor
 from aaflow_stream.shard.wakeup import WakeupIssuer, new_token
 from aaflow_stream.synthetic import generate
 
-from ..support.bench import load_bench
+from ..support.hostile import deep, hostile_messages
 from .ingest import detached, wait_drained, write_topology
 
 pytestmark = pytest.mark.mpi
 
-fuzz = load_bench("fuzz")
 SHARDS = 3
 REPLY_TIMEOUT_MS = 10_000
 REFERENCE = "the shards and the credit of the stream"
@@ -124,9 +123,9 @@ def _query(**fields: object) -> bytes:
 
 HOSTILE: dict[str, list[bytes]] = {
     "invalid utf-8": [b"\xa1\xff"],
-    "deep arrays": [fuzz.deep(5000)],
-    "deep maps": [fuzz.deep(5000, 0x81)],
-    "deep before the tag": [b"\x82\xa2id" + fuzz.deep(5000) + b"\xa4kind\xa5query"],
+    "deep arrays": [deep(5000)],
+    "deep maps": [deep(5000, 0x81)],
+    "deep before the tag": [b"\x82\xa2id" + deep(5000) + b"\xa4kind\xa5query"],
     "invalid utf-8 text": [b"\x83\xa4kind\xa5query\xa2id\x01\xa4text\xa2\xff\xfe"],
     "several frames": [b"\x80", b"\x81", b"garbage"],
     "over the request size": [_query(text="x " * (q.MAX_REQUEST_BYTES // 2 + 10))],
@@ -143,8 +142,7 @@ def test_hostile_messages_each_get_an_error_reply_and_no_shard_restarts(served: 
     cases = list(HOSTILE.items())
     cases += [(f"random bytes {i}", [rng.randbytes(rng.randint(1, 64))]) for i in range(100)]
     cases += [
-        (f"fuzz {i}", [m])
-        for i, m in enumerate(fuzz.hostile_messages(15, 300, [_query(), _query(k=3)]))
+        (f"fuzz {i}", [m]) for i, m in enumerate(hostile_messages(15, 300, [_query(), _query(k=3)]))
     ]
     with _dealer(served.endpoint) as sock:
         for name, frames in cases:
@@ -272,7 +270,7 @@ def test_forged_and_malformed_wake_ups_are_dropped_and_the_rounds_stay_in_step(
     forger = WakeupIssuer(new_token())
     forged = [[forger.delete([doc_id])] for _ in range(5)]
     forged += [[forger.count()], [forger.search(1, 3, 384, None)], [b"\x01"], [b"S" + b"\0" * 24]]
-    junk = [[m] for m in fuzz.hostile_messages(17, 300, [f[0] for f in forged[:3]])]
+    junk = [[m] for m in hostile_messages(17, 300, [f[0] for f in forged[:3]])]
     messages = [*forged, *junk, [b"\x80", b"x"]]
     with contextlib.ExitStack() as stack:
         for rank in range(1, SHARDS):

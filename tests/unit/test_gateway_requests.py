@@ -21,10 +21,7 @@ from aaflow_stream.query import protocol as q
 from aaflow_stream.query.admission import REJECTION_REASONS, Rejection, admit
 from aaflow_stream.query.gateway import Gateway, RoundFailed
 
-from ..support.bench import load_bench
-
-fuzz = load_bench("fuzz")
-deep, hostile_messages = fuzz.deep, fuzz.hostile_messages
+from ..support.hostile import deep, hostile_messages
 
 DIM = 8
 TIMEOUT_S = 10.0

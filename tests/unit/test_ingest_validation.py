@@ -33,9 +33,7 @@ from aaflow_stream.operators.load import Dead, FileLoader, read_items
 from aaflow_stream.operators.params import LoadParams
 from aaflow_stream.spec import SourceSpec
 
-from ..support.bench import load_bench
-
-fuzz = load_bench("fuzz")
+from ..support.hostile import deep, hostile_messages, mutate, random_value
 
 LIMITS = DocLimits(max_doc_bytes=100, max_doc_id_bytes=16, max_source_bytes=16)
 GOOD = {"doc_id": "good", "text": "fine text", "source": "s", "ts": 1_700_000_000.5}
@@ -78,9 +76,9 @@ def test_invalid_utf8_in_any_string_field_rejects_only_that_document(field: str)
 @pytest.mark.parametrize(
     "nested",
     [
-        _doc(doc_id=_str(b"deep"), text=fuzz.deep(5000)),
-        _doc(doc_id=_str(b"deep"), text=_str(b"x"), extra=fuzz.deep(5000, 0x81)),
-        fuzz.deep(5000),
+        _doc(doc_id=_str(b"deep"), text=deep(5000)),
+        _doc(doc_id=_str(b"deep"), text=_str(b"x"), extra=deep(5000, 0x81)),
+        deep(5000),
     ],
     ids=["in text", "in an unknown field", "the document itself"],
 )
@@ -159,7 +157,7 @@ def _reply(desk: IngestDesk, message: bytes, frames: int = 1) -> protocol.Ingest
     ("message", "frames", "words"),
     [
         (b"\x82\xa2id\x2a\xa4type" + _str(b"\xff\xfe"), 1, "invalid_utf8"),
-        (b"\x83\xa4type\xa6ingest\xa2id\x2a\xa9documents\x91" + fuzz.deep(5000), 1, "too_deep"),
+        (b"\x83\xa4type\xa6ingest\xa2id\x2a\xa9documents\x91" + deep(5000), 1, "too_deep"),
         (protocol.encode_request(42, [GOOD]), 2, "one frame; this message had 2"),
         (protocol.encode_request(42, [{**GOOD, "text": "x" * 30_000}]), 1, "larger than 20000"),
         (b"\x82\xa2id\x2a\xa9documents\xc0", 1, "invalid"),
@@ -220,15 +218,15 @@ def _fuzz_messages(seed: int, count: int) -> list[tuple[bytes, int]]:
     rng = random.Random(seed)
     docs = [GOOD, {**GOOD, "doc_id": "g2", "text": "é" * 40}, {"doc_id": "g3", "text": "t"}]
     valid = [protocol.encode_request(7, docs), protocol.encode_request(8, docs[:1])]
-    messages = list(fuzz.hostile_messages(seed, count, valid))
+    messages = list(hostile_messages(seed, count, valid))
     # Requests whose documents are hostile values: the per-document checks get them too.
     for i in range(count // 3):
-        hostile = [fuzz.random_value(rng) for _ in range(rng.randint(1, 4))]
+        hostile = [random_value(rng) for _ in range(rng.randint(1, 4))]
         try:
             raws = [_enc.encode(v) for v in hostile]
         except (OverflowError, TypeError):
             continue
-        raws.insert(rng.randrange(len(raws) + 1), fuzz.mutate(rng, _enc.encode(GOOD)))
+        raws.insert(rng.randrange(len(raws) + 1), mutate(rng, _enc.encode(GOOD)))
         messages.append(protocol.encode_raw_request(100 + i, raws))
     return [(m, 1 if rng.random() < 0.95 else rng.randint(2, 4)) for m in messages]
 

@@ -11,10 +11,7 @@ from aaflow_stream import protocol, untrusted
 from aaflow_stream.ingest import protocol as ingest_protocol
 from aaflow_stream.query import protocol as query_protocol
 
-from ..support.bench import load_bench
-
-fuzz = load_bench("fuzz")
-deep, hostile_messages = fuzz.deep, fuzz.hostile_messages
+from ..support.hostile import deep, hostile_messages
 
 DECODERS: dict[str, msgspec.msgpack.Decoder] = {  # type: ignore[type-arg]
     "data header": protocol.data_decoder,

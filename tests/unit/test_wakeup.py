@@ -21,9 +21,7 @@ from aaflow_stream.shard.wakeup import (
     new_token,
 )
 
-from ..support.bench import load_bench
-
-fuzz = load_bench("fuzz")
+from ..support.hostile import hostile_messages
 
 DIM = 8
 WAIT_S = 10.0
@@ -51,7 +49,7 @@ def test_a_seeded_fuzz_of_hostile_wake_ups_is_dropped_and_never_starts_a_round()
     issuer, gate = _pair()
     other = WakeupIssuer(new_token())  # well-formed, but not the job's token
     valid = [other.search(2, 3, DIM, None), other.count(), other.delete(["x"])]
-    for message in fuzz.hostile_messages(seed=7, count=4000, valid=valid):
+    for message in hostile_messages(seed=7, count=4000, valid=valid):
         assert gate.admit([message]) is None
     assert gate.admit([b"\x80", b"second frame"]) is None
     assert gate.stats.accepted == 0

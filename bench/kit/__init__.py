@@ -1,0 +1,2 @@
+"""What every benchmark shares: its command line and output (``cli``), tables (``table``),
+running the engine (``engine``) and measuring process trees (``procs``)."""
