@@ -40,10 +40,9 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@set -e; for script in bench/transport.py bench/ingest.py bench/query.py bench/embed.py \
-		bench/chaos.py bench/wal.py bench/fuzz.py; do \
-		echo "== $$script"; $(PY) $$script --quick; done
-	@echo "== bench/topk_reduce.py"; $(VENV)/bin/mpiexec -n 4 $(PY) bench/topk_reduce.py
+	@set -e; for name in transport ingest query memory embed chaos wal fuzz; do \
+		echo "== bench.$$name"; $(PY) -m bench.$$name --quick; done
+	@echo "== bench.topk_reduce"; $(VENV)/bin/mpiexec -n 4 $(PY) -m bench.topk_reduce
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

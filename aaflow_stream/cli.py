@@ -6,7 +6,10 @@
                  [--trace F]      ... and write the stage timing trace to F (Parquet)
   aaflow-stream down TOPOLOGY      stop a detached topology
   aaflow-stream status             a running topology's live figures (--topology or --run-dir)
-  aaflow-stream query TEXT         ask a serving topology (--topology or --endpoint)
+  aaflow-stream query TEXT         ask a serving topology (--topology or --endpoint);
+                 [--mode M --session S]  memory, or both, of a session
+  aaflow-stream remember SESSION TEXT...  write memory entries (returns once durable)
+  aaflow-stream forget SESSION...  remove sessions' memory from every rank
   aaflow-stream delete DOC_ID...   remove documents from a serving topology; returns once durable
   aaflow-stream ingest FILES...    send documents (JSONL files, text files, - for stdin JSONL)
                                    to a running topology's ingest endpoint; returns once durable
@@ -307,15 +310,35 @@ def _query(args: argparse.Namespace) -> int:
     if args.source or args.from_ms is not None or args.to_ms is not None:
         where = QueryFilter(sources=args.source, ts_from_ms=args.from_ms, ts_to_ms=args.to_ms)
     with Client(endpoint, timeout_s=args.timeout) as client:
-        reply = client.query_reply(args.text, k=args.k, where=where)
+        reply = client.query_reply(
+            args.text, k=args.k, where=where, mode=args.mode, session=args.session
+        )
     if args.json:
         print(msgspec.json.encode(reply).decode())
         return EXIT_OK
     for rank, hit in enumerate(reply.hits, start=1):
         snippet = " ".join(hit.text.split())[:100]
-        print(f"{rank:>3}. {hit.score:8.4f}  {hit.doc_id}#{hit.seq} (shard {hit.shard})  {snippet}")
+        where_from = f"{hit.doc_id}#{hit.seq}" if hit.path == "knowledge" else f"memory {hit.kind}"
+        print(f"{rank:>3}. {hit.score:8.4f}  {where_from} (shard {hit.shard})  {snippet}")
     t = reply.timings
     print(f"embed {t.embed_ms:.2f} ms, retrieve {t.retrieve_ms:.2f} ms, total {t.total_ms:.2f} ms")
+    return EXIT_OK
+
+
+def _remember(args: argparse.Namespace) -> int:
+    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+        reply = client.remember(args.session, args.texts, kind=args.kind)
+    print(
+        f"session {args.session}: {reply.added} added, {reply.merged} merged into "
+        f"near-duplicates, {reply.evicted} evicted by the session's bound"
+    )
+    return EXIT_OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+        removed = client.forget(args.sessions)
+    print(f"removed {removed} memory entries of {len(args.sessions)} session(s)")
     return EXIT_OK
 
 
@@ -386,6 +409,20 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--from-ms", type=int, help="only chunks with ts >= this (unix ms)")
     query.add_argument("--to-ms", type=int, help="only chunks with ts <= this (unix ms)")
     query.add_argument("--json", action="store_true")
+    query.add_argument("--mode", choices=["knowledge", "memory", "both"], default="knowledge")
+    query.add_argument("--session", help="whose memory a memory or both query sees")
+    remember = commands.add_parser(
+        "remember", help="write memory entries into a session (returns once durable)"
+    )
+    remember.add_argument("session")
+    remember.add_argument("texts", nargs="+")
+    remember.add_argument("--kind", choices=["summary", "intermediate", "state"], default="summary")
+    forget = commands.add_parser("forget", help="remove sessions' memory from every rank")
+    forget.add_argument("sessions", nargs="+")
+    for memory_command in (remember, forget):
+        memory_command.add_argument("--topology", type=Path, help="take the endpoint from it")
+        memory_command.add_argument("--endpoint", help="the gateway endpoint")
+        memory_command.add_argument("--timeout", type=float, default=30.0)
     delete = commands.add_parser(
         "delete", help="remove documents from a serving topology (returns once durable)"
     )
@@ -435,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
             return _query(args)
         if args.command == "delete":
             return _delete(args)
+        if args.command == "remember":
+            return _remember(args)
+        if args.command == "forget":
+            return _forget(args)
         if args.command == "ingest":
             return _ingest(args)
         if args.command == "status":

@@ -35,10 +35,12 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from . import untrusted
+from .channels import sockets
 from .errors import (
     AaflowError,
     GatewayUnavailable,
@@ -55,10 +57,18 @@ from .query.protocol import (
     DeleteReply,
     DeleteRequest,
     ErrorReply,
+    ForgetReply,
+    ForgetRequest,
     Hit,
+    MemoryEntry,
+    MemoryKind,
+    MemoryWeights,
+    Mode,
     QueryFilter,
     QueryReply,
     QueryRequest,
+    RememberReply,
+    RememberRequest,
     Reply,
     StatsReply,
     StatsRequest,
@@ -75,6 +85,8 @@ __all__ = [
     "IngestFailed",
     "InvalidRequest",
     "LinkClosed",
+    "MemoryEntry",
+    "MemoryWeights",
     "QueryError",
     "RequestError",
     "encode_request",
@@ -171,11 +183,67 @@ class Exchange:
 
 
 def _request(
-    text: str | list[float], k: int, request_id: int, where: QueryFilter | None = None
+    text: str | list[float],
+    k: int,
+    request_id: int,
+    where: QueryFilter | None = None,
+    memory: MemoryQuery | None = None,
 ) -> QueryRequest:
+    mode, session, weights = memory or ("knowledge", None, None)
     if isinstance(text, str):
-        return QueryRequest(id=request_id, text=text, k=k, filter=where)
-    return QueryRequest(id=request_id, vector=[float(v) for v in text], k=k, filter=where)
+        vector, query_text = None, text
+    else:
+        vector, query_text = [float(v) for v in text], None
+    return QueryRequest(
+        id=request_id,
+        text=query_text,
+        vector=vector,
+        k=k,
+        filter=where,
+        mode=mode,
+        session=session,
+        weights=weights,
+    )
+
+
+# A query's memory part: (mode, session, weights).
+MemoryQuery = tuple[Mode, str | None, MemoryWeights | None]
+MemoryInput = str | MemoryEntry | Mapping[str, Any]
+
+
+def _remember_request(
+    request_id: int, session: str | None, entries: Iterable[MemoryInput], kind: MemoryKind
+) -> RememberRequest:
+    """Entries given as texts (of ``kind``), ``MemoryEntry``s or their fields as mappings."""
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            out.append(MemoryEntry(text=entry, kind=kind))
+        elif isinstance(entry, MemoryEntry):
+            out.append(entry)
+        else:
+            try:
+                out.append(msgspec.convert(dict(entry), MemoryEntry))
+            except msgspec.ValidationError as exc:
+                raise InvalidRequest(f"not a memory entry: {exc}") from exc
+    return RememberRequest(id=request_id, session=session, entries=out)
+
+
+def _promoted(hits_or_texts: Iterable[Hit | str], kind: MemoryKind) -> list[MemoryEntry]:
+    """What a promotion remembers: each text, or each hit's text with where it came from
+    (``chunk:<id>`` of a document, ``memory:<id>``); ephemeral hits are never promoted."""
+    out = []
+    for item in hits_or_texts:
+        if isinstance(item, str):
+            out.append(MemoryEntry(text=item, kind=kind, source="promoted"))
+        elif not item.ephemeral:
+            where = (
+                f"chunk:{item.chunk_id}" if item.path == "knowledge" else f"memory:{item.memory_id}"
+            )
+            out.append(MemoryEntry(text=item.text, kind=kind, source=where))
+    if not out:
+        raise InvalidRequest("nothing to promote: no texts, or only ephemeral hits")
+    return out
 
 
 IngestDoc = Document | Mapping[str, Any]
@@ -293,15 +361,6 @@ def read_ingest_reply(raw: bytes) -> ingest_protocol.IngestReply:
         raise IngestFailed("internal", str(exc)) from exc
 
 
-def _dealer(ctx: Any, endpoint: str | None) -> Any:
-    """A DEALER socket (of a plain or an asyncio context) that never lingers on close."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if endpoint is not None:
-        sock.connect(endpoint)
-    return sock
-
-
 class Client:
     """Blocking client. One request in flight at a time; use several clients for concurrency.
 
@@ -322,7 +381,7 @@ class Client:
         self._timeout_s = timeout_s
         self._max_request_bytes = max_request_bytes
         self._ctx = zmq.Context()
-        self._sock = _dealer(self._ctx, endpoint)
+        self._sock = sockets.client_dealer(self._ctx, endpoint)
         self._ingest_sock: zmq.Socket[Any] | None = None
         self._ids = itertools.count(1)
 
@@ -351,20 +410,60 @@ class Client:
 
     def _reconnect(self) -> None:
         self._sock.close(linger=0)
-        self._sock = _dealer(self._ctx, self.endpoint)
+        self._sock = sockets.client_dealer(self._ctx, self.endpoint)
 
     def query(
-        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+        self,
+        text: str | list[float],
+        k: int = 10,
+        where: QueryFilter | None = None,
+        *,
+        mode: Mode = "knowledge",
+        session: str | None = None,
+        weights: MemoryWeights | None = None,
     ) -> list[Hit]:
-        """The top-k hits; ``where`` keeps only chunks of some sources or a time range."""
-        return self.query_reply(text, k, where).hits
+        """The top-k hits; ``where`` keeps only chunks of some sources or a time range.
+        ``mode``: ``knowledge`` (chunks, FAISS scores), ``memory`` (``session``'s memory and
+        the shared entries) or ``both``, ranked by the weighted score (``weights`` or the
+        topology's ``memory.weights``)."""
+        return self.query_reply(text, k, where, mode=mode, session=session, weights=weights).hits
 
     def query_reply(
-        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+        self,
+        text: str | list[float],
+        k: int = 10,
+        where: QueryFilter | None = None,
+        *,
+        mode: Mode = "knowledge",
+        session: str | None = None,
+        weights: MemoryWeights | None = None,
     ) -> QueryReply:
-        reply = self._call(_request(text, k, next(self._ids), where))
+        memory = (mode, session, weights)
+        reply = self._call(_request(text, k, next(self._ids), where, memory))
         assert isinstance(reply, QueryReply)
         return reply
+
+    def remember(
+        self, session: str | None, entries: Iterable[MemoryInput], *, kind: MemoryKind = "summary"
+    ) -> RememberReply:
+        """Write entries into ``session``'s memory (None: shared by every session); returns
+        once they are durable on their owning rank. Texts become entries of ``kind``."""
+        reply = self._call(_remember_request(next(self._ids), session, entries, kind))
+        assert isinstance(reply, RememberReply)
+        return reply
+
+    def promote(
+        self, session: str, hits_or_texts: Iterable[Hit | str], *, kind: MemoryKind = "summary"
+    ) -> RememberReply:
+        """Turn retrieved hits (or produced texts) into ``session``'s memory, in one exchange."""
+        return self.remember(session, _promoted(hits_or_texts, kind))
+
+    def forget(self, sessions: str | list[str]) -> int:
+        """Remove every memory entry of these sessions from every rank, durably; how many."""
+        names = [sessions] if isinstance(sessions, str) else list(sessions)
+        reply = self._call(ForgetRequest(id=next(self._ids), sessions=names))
+        assert isinstance(reply, ForgetReply)
+        return reply.removed
 
     def query_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
         """Send all, then collect: the gateway answers them in shared collective rounds."""
@@ -430,7 +529,7 @@ class Client:
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
         if self._ingest_sock is None:
-            self._ingest_sock = _dealer(self._ctx, self.ingest_endpoint)
+            self._ingest_sock = sockets.client_dealer(self._ctx, self.ingest_endpoint)
         return self._ingest_sock
 
     def close(self) -> None:
@@ -462,7 +561,7 @@ class AsyncClient:
         self._timeout_s = timeout_s
         self._max_request_bytes = max_request_bytes
         self._ctx = zmq.asyncio.Context()
-        self._sock = _dealer(self._ctx, endpoint)
+        self._sock = sockets.client_dealer(self._ctx, endpoint)
         self._ids = itertools.count(1)
         self._exchange = Exchange()
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
@@ -528,11 +627,41 @@ class AsyncClient:
             self._exchange.forget(request.id)
 
     async def query(
-        self, text: str | list[float], k: int = 10, where: QueryFilter | None = None
+        self,
+        text: str | list[float],
+        k: int = 10,
+        where: QueryFilter | None = None,
+        *,
+        mode: Mode = "knowledge",
+        session: str | None = None,
+        weights: MemoryWeights | None = None,
     ) -> list[Hit]:
-        reply = await self._call(_request(text, k, next(self._ids), where))
+        """See ``Client.query``."""
+        memory = (mode, session, weights)
+        reply = await self._call(_request(text, k, next(self._ids), where, memory))
         assert isinstance(reply, QueryReply)
         return reply.hits
+
+    async def remember(
+        self, session: str | None, entries: Iterable[MemoryInput], *, kind: MemoryKind = "summary"
+    ) -> RememberReply:
+        """See ``Client.remember``."""
+        reply = await self._call(_remember_request(next(self._ids), session, entries, kind))
+        assert isinstance(reply, RememberReply)
+        return reply
+
+    async def promote(
+        self, session: str, hits_or_texts: Iterable[Hit | str], *, kind: MemoryKind = "summary"
+    ) -> RememberReply:
+        """See ``Client.promote``."""
+        return await self.remember(session, _promoted(hits_or_texts, kind))
+
+    async def forget(self, sessions: str | list[str]) -> int:
+        """See ``Client.forget``."""
+        names = [sessions] if isinstance(sessions, str) else list(sessions)
+        reply = await self._call(ForgetRequest(id=next(self._ids), sessions=names))
+        assert isinstance(reply, ForgetReply)
+        return reply.removed
 
     async def query_many(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
         return list(await asyncio.gather(*(self.query(t, k) for t in texts)))
@@ -554,7 +683,7 @@ class AsyncClient:
         """See ``Client.ingest``. Each call uses a socket of its own, so calls may overlap."""
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
-        sock = _dealer(self._ctx, self.ingest_endpoint)
+        sock = sockets.client_dealer(self._ctx, self.ingest_endpoint)
         try:
             work = _IngestRound(docs, self._ids, self._max_request_bytes)
             while not work.done:

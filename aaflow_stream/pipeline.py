@@ -160,6 +160,7 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
                 snapshot_interval_s=durability.snapshot_interval_s,
                 snapshot_wal_mb=durability.snapshot_wal_mb,
                 full_disk_wait_s=durability.full_disk_wait_s,
+                memory=topology.memory,
             )
         ),
         shards.count,

@@ -141,6 +141,56 @@ class QuerySpec(_Spec, frozen=True):
     round_timeout_s: PositiveFloat = 30.0
 
 
+MEMORY_KINDS = ("summary", "intermediate", "state")
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+def _kind_weights() -> dict[str, float]:
+    return {"knowledge": 0.0, "summary": 0.05, "intermediate": 0.02, "state": 0.0}
+
+
+class MemoryWeights(_Spec, frozen=True):
+    """How a dual-path query (``mode: memory`` or ``both``) ranks knowledge chunks and memory
+    entries on one scale (docs/memory.md)::
+
+        score = sim * similarity + kind[kind or "knowledge"] + recency * 2 ** (-age_s / half_life_s)
+
+    ``similarity`` is the inner product (``ip``) or minus the squared L2 distance (``l2``);
+    ``age_s`` is the round's time minus the row's ``ts`` (a chunk's document time, a memory
+    entry's last write), never negative. ``mode: knowledge`` keeps the plain FAISS score."""
+
+    sim: PositiveFloat = 1.0
+    kind: dict[str, float] = msgspec.field(default_factory=_kind_weights)
+    recency: NonNegative = 0.1
+    half_life_s: PositiveFloat = 86_400.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kind) - {"knowledge", *MEMORY_KINDS})
+        if unknown:
+            raise ValueError(
+                f"unknown kind {unknown[0]!r} in memory weights: the kinds are "
+                f"knowledge, {', '.join(MEMORY_KINDS)}"
+            )
+
+    def of_kind(self, kind: str) -> float:
+        return self.kind.get(kind, 0.0)
+
+
+class MemorySpec(_Spec, frozen=True):
+    """The memory index beside the knowledge index on every shard rank (docs/memory.md).
+
+    ``near_duplicate``: a new entry this close to an entry of the same session merges into it
+    (its weight added, its time updated) instead of adding a row: with ``ip`` the least inner
+    product, with ``l2`` the largest squared distance. A session keeps at most
+    ``max_session_entries`` entries and ``max_session_bytes`` of text; over either, the
+    entries of least weight go first, the oldest first among equals."""
+
+    weights: MemoryWeights = MemoryWeights()
+    near_duplicate: float = 0.95
+    max_session_entries: Positive = 1000
+    max_session_bytes: Positive = 1 << 20
+
+
 class FlowSpec(_Spec, frozen=True):
     window: Positive = 16
     encoding: Literal["auto", "buffers", "ipc"] = "auto"
@@ -249,6 +299,7 @@ class TopologySpec(_Spec, frozen=True, kw_only=True):
     endpoints: EndpointSpec = EndpointSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     query: QuerySpec = QuerySpec()
+    memory: MemorySpec = MemorySpec()
     durability: DurabilitySpec = DurabilitySpec()
     ingest: IngestSpec | None = None
     metrics: MetricsSpec | None = None

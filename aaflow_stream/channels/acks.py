@@ -28,7 +28,10 @@ MAX_ACK_BYTES = 64 * MAX_HEADER_BYTES
 SETTLE_POLL_S = 0.02
 
 
-class AckInbox:
+class AckInbox(sockets.Port):
+    """A source's inbox of acks; as an async context (``sockets.Port``) it closes as its scope
+    ends."""
+
     def __init__(self, ctx: zmq.asyncio.Context, name: str, endpoint: str, run: Any) -> None:
         self.name = name
         self._operator = run.operator
@@ -84,4 +87,4 @@ class AckInbox:
         return self._shards > 0 and len(self._finished) >= self._shards
 
     def close(self, linger_ms: int = 0) -> None:
-        sockets.close(self._socket, 0)
+        sockets.close(self._socket, 0)  # a PULL sends nothing: no linger needed

@@ -91,8 +91,9 @@ class _Counters:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-class InPort:
-    """Fan-in from every replica of the previous stage, under credit flow control."""
+class InPort(sockets.Port):
+    """Fan-in from every replica of the previous stage, under credit flow control. As an async
+    context (``sockets.Port``) it closes as its scope ends."""
 
     def __init__(
         self,

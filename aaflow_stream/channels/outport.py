@@ -56,8 +56,9 @@ class _Link:
     eos_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class OutPort:
-    """Credit-controlled fan-out to the replicas of the next stage."""
+class OutPort(sockets.Port):
+    """Credit-controlled fan-out to the replicas of the next stage. As an async context
+    (``sockets.Port``) it closes as its scope ends."""
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import zmq
 
+from ..channels import sockets
 from ..protocol import Ack, encode
 from .acks import PendingAcks
 
@@ -26,17 +27,22 @@ CLOSE_LINGER_MS = 2000
 
 
 class AckSender:
-    def __init__(self, peers: tuple[str, ...], sender: str, shard: int) -> None:
+    """One PUSH per source replica, made in ``ctx``: the actor's (or its operator's own), never
+    terminated here; its termination waits for the acks still lingering."""
+
+    def __init__(
+        self, ctx: zmq.Context[Any], peers: tuple[str, ...], sender: str, shard: int
+    ) -> None:
         self._pending = PendingAcks(sender, shard)
-        self._ctx: zmq.Context[Any] | None = zmq.Context() if peers else None
         self._sockets: list[zmq.Socket[Any]] = []
-        for peer in peers:
-            assert self._ctx is not None
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, ACK_HWM)
-            sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-            sock.connect(peer)
-            self._sockets.append(sock)
+        try:
+            for peer in peers:
+                self._sockets.append(
+                    sockets.ack_push(ctx, peer, hwm=ACK_HWM, linger_ms=CLOSE_LINGER_MS)
+                )
+        except BaseException:
+            self.close()
+            raise
         self.sent = 0
         self.dropped = 0
 
@@ -85,8 +91,6 @@ class AckSender:
                 self.dropped += 1
 
     def close(self) -> None:
+        """Idempotent. Queued acks keep ``CLOSE_LINGER_MS`` to leave."""
         for sock in self._sockets:
             sock.close()
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None

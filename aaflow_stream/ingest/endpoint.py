@@ -35,7 +35,7 @@ from typing import Any, Final
 import zmq
 
 from .. import untrusted
-from ..channels.loopsocket import LoopSocket
+from ..channels import sockets
 from . import protocol
 from .documents import (
     REJECT_REASONS,
@@ -236,24 +236,25 @@ class IngestEndpoint:
         max_pending: int = 32,
         max_queued: int = 4,
         max_request_bytes: int = 32 * 2**20,
+        ctx: zmq.Context[Any] | None = None,
     ) -> None:
+        """``ctx``: the actor's ZeroMQ context; None: one of its own (``ContextHolder``)."""
         self.endpoint = endpoint
         self._wake_source = wake
         self._max_pending = max_pending
         self.desk = IngestDesk(limits, max_request_bytes=max_request_bytes)
-        self._ctx: zmq.Context[Any] = zmq.Context()
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.RCVHWM, max_queued)
-        # Past this ZeroMQ drops the connection unanswered; up to it the desk answers.
-        sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes + max(2**16, max_request_bytes // 8))
-        sock.setsockopt(zmq.LINGER, 0)
+        self._zmq = sockets.ContextHolder(ctx)
         try:
-            sock.bind(endpoint)
+            self._sock = sockets.ingest_router(
+                self._zmq.ctx,
+                endpoint,
+                max_queued=max_queued,
+                # Past this ZeroMQ drops the connection unanswered; up to it the desk answers.
+                max_frame_bytes=max_request_bytes + max(2**16, max_request_bytes // 8),
+            )
         except zmq.ZMQError as exc:
-            sock.close()
-            self._ctx.term()
+            self._zmq.release()
             raise OSError(f"ingest endpoint {endpoint}: cannot bind: {exc}") from exc
-        self._sock = LoopSocket(sock)
         self._room = asyncio.Event()
         self._replies: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=4 * max_pending)
 
@@ -325,4 +326,4 @@ class IngestEndpoint:
             except zmq.ZMQError:
                 pass  # the client times out instead
         self._sock.close(linger=CLOSE_LINGER_MS)
-        self._ctx.term()
+        self._zmq.release()

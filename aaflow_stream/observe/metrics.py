@@ -89,6 +89,22 @@ def _families(status: RunStatus) -> Iterator[Metric]:
             gauge("shard_durable_lsn", "Last log sequence number synced", _SHARD),
             lambda s: s.durable_lsn,
         ),
+        (
+            gauge("shard_memory_entries", "Memory entries the rank owns", _SHARD),
+            lambda s: s.memory_entries,
+        ),
+        (
+            counter("shard_memory_exchanges", "Memory exchanges the rank took part in", _SHARD),
+            lambda s: s.memory_exchanges,
+        ),
+        (
+            counter("shard_memory_compactions", "Memory entries merged on write", _SHARD),
+            lambda s: s.memory_compactions,
+        ),
+        (
+            counter("shard_memory_evictions", "Memory entries evicted by a bound", _SHARD),
+            lambda s: s.memory_evictions,
+        ),
     ]
     for family, value_of in per_shard:
         for shard in status.shards:

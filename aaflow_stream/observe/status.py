@@ -70,6 +70,10 @@ class ShardStatus(msgspec.Struct, frozen=True):
     upserted_per_s: float
     lsn: int
     durable_lsn: int
+    memory_entries: int = 0  # memory entries this rank owns
+    memory_exchanges: int = 0  # memory exchanges it took part in
+    memory_compactions: int = 0  # entries merged into a near-duplicate
+    memory_evictions: int = 0  # entries removed by a session's bound
 
 
 class QueryStatus(msgspec.Struct, frozen=True):
@@ -284,6 +288,10 @@ class StatusBoard:
             upserted_per_s=_rate(extra.get("upserted", 0), old.get("upserted", 0), dt),
             lsn=int(extra.get("lsn", 0)),
             durable_lsn=int(extra.get("durable_lsn", 0)),
+            memory_entries=int(extra.get("memory_entries", 0)),
+            memory_exchanges=int(extra.get("memory_exchanges", 0)),
+            memory_compactions=int(extra.get("memory_compactions", 0)),
+            memory_evictions=int(extra.get("memory_evictions", 0)),
         )
 
     @staticmethod

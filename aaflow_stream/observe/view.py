@@ -41,11 +41,17 @@ def render(status: RunStatus) -> str:
             f"{s.backpressured_pct:>6.0f}{s.in_flight:>7}{s.credits:>7}{s.rejected:>9}"
         )
     if status.shards:
-        lines += ["", f"{'shard':<8}{'vectors':>10}{'bytes':>12}{'log':>12}{'vec/s':>9}{'lsn':>8}"]
+        lines += [
+            "",
+            f"{'shard':<8}{'vectors':>10}{'bytes':>12}{'log':>12}{'vec/s':>9}{'lsn':>8}"
+            f"{'memory':>8}{'exch':>6}{'merged':>8}",
+        ]
         for shard in status.shards:
             lines.append(
                 f"{shard.shard:<8}{shard.vectors:>10}{_bytes(shard.bytes):>12}"
                 f"{_bytes(shard.wal_bytes):>12}{shard.upserted_per_s:>9.0f}{shard.lsn:>8}"
+                f"{shard.memory_entries:>8}{shard.memory_exchanges:>6}"
+                f"{shard.memory_compactions:>8}"
             )
     if status.query is not None:
         q = status.query

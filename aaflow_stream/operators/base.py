@@ -43,12 +43,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import msgspec
 import pyarrow as pa
+import zmq.asyncio
 
 from ..errors import OperatorError
 from ..protocol import Ack
@@ -68,6 +69,10 @@ class OperatorContext:
     # Where a sink acknowledges durable rows: one endpoint per replica of the source stage
     # (see ``durability.acks``). Empty when nothing is acknowledged.
     ack_peers: tuple[str, ...] = ()
+    # The actor's ZeroMQ context (one per process, terminated by the actor): an operator makes
+    # its sockets in it (``channels.sockets``). None outside an actor: a part then makes and
+    # terminates its own (``channels.sockets.ContextHolder``).
+    zmq_context: zmq.asyncio.Context | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,7 @@ class ContinuousLoader:
                 max_pending=ingest.max_pending,
                 max_queued=ingest.max_queued,
                 max_request_bytes=int(ingest.max_request_mb * 2**20),
+                ctx=context.zmq_context,
             )
 
     # --- hooks ---------------------------------------------------------------------------------

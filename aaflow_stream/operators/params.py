@@ -24,6 +24,7 @@ from ..spec import (
     IngestSpec,
     LimitSpec,
     LoadStage,
+    MemorySpec,
     Positive,
     PositiveFloat,
     QuerySpec,
@@ -117,3 +118,4 @@ class ShardParams(OperatorParams, frozen=True):
     snapshot_interval_s: PositiveFloat = spec_field(DurabilitySpec, "snapshot_interval_s")
     snapshot_wal_mb: PositiveFloat = spec_field(DurabilitySpec, "snapshot_wal_mb")
     full_disk_wait_s: PositiveFloat = spec_field(DurabilitySpec, "full_disk_wait_s")
+    memory: MemorySpec = spec_field(TopologySpec, "memory")

@@ -27,11 +27,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyarrow as pa
-import zmq
 
+from ..channels import sockets
 from ..channels.loopsocket import LoopSocket
 from ..durability.ack_sender import AckSender
 from ..embedders import factory as embedders
@@ -40,6 +40,7 @@ from ..errors import SpecError
 from ..query.gateway import Gateway
 from ..query.protocol import MAX_FRAME_BYTES
 from ..shard.maintenance import Maintenance, MaintenancePolicy
+from ..shard.memory import MemoryStore
 from ..shard.rank import ShardRank, join_job
 from ..shard.store import ShardStore, is_tombstone
 from ..spec import HashEmbedderSpec
@@ -71,16 +72,26 @@ class ShardWriter:
             full_disk_wait_s=params.full_disk_wait_s,
         )
         self._maintenance = Maintenance(self._store, policy, f"shard {rank}")
+        # The memory index beside the knowledge index (shard.memory): written only by rounds.
+        self._memory = MemoryStore(
+            Path(params.data_dir) / f"shard-{rank}",
+            dim=params.dim,
+            metric=params.metric,
+            spec=params.memory,
+            record=params.wal_sync != "none",
+        )
         self.last_lsn = self._store.last_lsn
+        # Every socket of the shard (acks, wake-ups, the gateway) is made in the actor's context.
+        self._zmq = sockets.ContextHolder(context.zmq_context)
         # End-to-end acks: sources learn which of their documents this shard made durable.
-        self._acks = AckSender(context.ack_peers, context.actor, rank)
+        self._acks = AckSender(self._zmq.ctx, context.ack_peers, context.actor, rank)
         self._maintenance.on_applied(self._acks.applied)
         self._maintenance.on_durable(self._acks.durable)
         self._upserted = 0  # chunk rows applied by this run (tombstone rows not counted)
         self._applied_at = 0.0
         self._persist_s = 0.0
-        self._zmq: zmq.Context[Any] = zmq.Context()
         self._serving: ShardRank | None = None
+        self._router: LoopSocket | None = None  # the gateway's, on the root
         self._gateway: Gateway | None = None
         self._query_embedder: TextEmbedder | None = None
         if params.serve:
@@ -97,7 +108,8 @@ class ShardWriter:
         self._serving = ShardRank(
             self._mpi,
             self._store,
-            self._zmq,
+            self._memory,
+            self._zmq.ctx,
             rank=self._rank,
             size=self._size,
             run_dir=context.run_dir,
@@ -156,12 +168,9 @@ class ShardWriter:
             return
         assert self._query_embedder is not None
         params = self._params
-        sock = self._zmq.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # ZeroMQ drops the connection of a peer sending a larger frame, before it is buffered.
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        sock.bind(params.query_endpoint)
-        router = LoopSocket(sock)
+        self._router = router = sockets.gateway_router(
+            self._zmq.ctx, params.query_endpoint, max_frame_bytes=MAX_FRAME_BYTES
+        )
         self._gateway = Gateway(
             router,
             embedder=self._query_embedder,
@@ -171,6 +180,8 @@ class ShardWriter:
             shards=self._size,
             vectors=rank.count,
             delete=rank.delete,
+            memory=rank,
+            memory_spec=params.memory,
         )
         log.info("gateway serving on %s", params.query_endpoint)
         try:
@@ -210,6 +221,8 @@ class ShardWriter:
             out.update({f"rejected_{reason}": n for reason, n in stats.rejected.items()})
         if self._serving is not None:
             out.update(self._serving.metrics())
+        else:
+            out["memory_entries"] = self._memory.count
         return out
 
     def close(self) -> None:
@@ -222,6 +235,9 @@ class ShardWriter:
         self._acks.close()
         self._maintenance.close()
         self._store.close()
+        self._memory.close()
         if self._serving is not None:
             self._serving.close()
-        self._zmq.destroy(linger=0)
+        if self._router is not None:  # closed already unless ``serve`` never ended
+            self._router.close(linger=0)
+        self._zmq.release()

@@ -18,14 +18,20 @@ from .. import untrusted
 from .protocol import (
     MAX_DELETE_IDS,
     MAX_DOC_ID_BYTES,
+    MAX_FORGET_SESSIONS,
     MAX_K,
+    MAX_REMEMBER_ENTRIES,
     MAX_REQUEST_BYTES,
+    MAX_SESSION_CHARS,
+    MAX_SOURCE_CHARS,
     MAX_TEXT_CHARS,
     DeleteRequest,
     ErrorCode,
     ErrorReply,
+    ForgetRequest,
     QueryFilter,
     QueryRequest,
+    RememberRequest,
     Request,
     request_decoder,
 )
@@ -40,8 +46,9 @@ RejectReason = Literal[
     "bad_query",  # k, text or vector out of bounds
     "bad_filter",
     "bad_delete",
+    "bad_memory",  # a remember, forget or memory query out of bounds
     "busy",  # too many queries waiting (code "unavailable")
-    "unsupported",  # a delete to a gateway that takes none (code "unavailable")
+    "unsupported",  # a request this gateway does not serve (code "unavailable")
     "internal",  # the gateway failed on it (code "internal"): a bug, logged
 ]
 REJECTION_REASONS: Final[tuple[RejectReason, ...]] = (
@@ -54,10 +61,13 @@ REJECTION_REASONS: Final[tuple[RejectReason, ...]] = (
     "bad_query",
     "bad_filter",
     "bad_delete",
+    "bad_memory",
     "busy",
     "unsupported",
     "internal",
 )
+# Vectors are searched as float32: a larger finite float64 would become infinite.
+FLOAT32_MAX: Final = 3.4028234663852886e38
 # An error message echoes parts of the request at most this long.
 MAX_MESSAGE_CHARS: Final = 500
 
@@ -97,6 +107,9 @@ def admit(frames: Sequence[bytes], dim: int) -> Request | Rejection:
         return _check_query(request, dim)
     if isinstance(request, DeleteRequest):
         return _check_delete(request)
+    if isinstance(request, RememberRequest | ForgetRequest):
+        problem = _memory_problem(request, dim)
+        return request if problem is None else Rejection(request.id, "bad_memory", problem)
     return request
 
 
@@ -104,6 +117,9 @@ def _check_query(request: QueryRequest, dim: int) -> QueryRequest | Rejection:
     problem = _query_problem(request, dim)
     if problem is not None:
         return Rejection(request.id, "bad_query", problem)
+    problem = _dual_problem(request)
+    if problem is not None:
+        return Rejection(request.id, "bad_memory", problem)
     if request.filter is not None:
         problem = filter_problem(request.filter)
         if problem is not None:
@@ -122,12 +138,61 @@ def _query_problem(request: QueryRequest, dim: int) -> str | None:
         if not request.text.strip():
             return "the query text is empty"
     if request.vector is not None:
-        if len(request.vector) != dim:
-            return (
-                f"the vector has dimension {len(request.vector)}, the shards hold dimension {dim}"
-            )
-        if not all(math.isfinite(v) for v in request.vector):
-            return "the vector has non-finite values"
+        return _vector_problem(request.vector, dim, "the vector")
+    return None
+
+
+def _session_problem(session: str | None) -> str | None:
+    if session is not None and not 0 < len(session) <= MAX_SESSION_CHARS:
+        return f"a session is 1 to {MAX_SESSION_CHARS} characters, got {len(session)}"
+    return None
+
+
+def _vector_problem(vector: list[float], dim: int, what: str) -> str | None:
+    if len(vector) != dim:
+        return f"{what} has dimension {len(vector)}, the shards hold dimension {dim}"
+    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in vector):
+        return f"{what} has non-finite values (or values beyond float32)"
+    return None
+
+
+def _dual_problem(request: QueryRequest) -> str | None:
+    if request.mode == "knowledge":
+        return None
+    problem = _session_problem(request.session)
+    if problem is not None or request.weights is None:
+        return problem
+    w = request.weights
+    numbers = [w.sim, w.recency, w.half_life_s, *w.kind.values()]
+    if not all(math.isfinite(v) for v in numbers):
+        return "the weights have non-finite values"
+    return None
+
+
+def _memory_problem(request: RememberRequest | ForgetRequest, dim: int) -> str | None:
+    if isinstance(request, ForgetRequest):
+        if not 0 < len(request.sessions) <= MAX_FORGET_SESSIONS:
+            return f"give 1 to {MAX_FORGET_SESSIONS} sessions, got {len(request.sessions)}"
+        for session in request.sessions:
+            if (problem := _session_problem(session)) is not None:
+                return problem
+        return None
+    if (problem := _session_problem(request.session)) is not None:
+        return problem
+    if not 0 < len(request.entries) <= MAX_REMEMBER_ENTRIES:
+        return f"give 1 to {MAX_REMEMBER_ENTRIES} entries, got {len(request.entries)}"
+    for i, entry in enumerate(request.entries):
+        if not 0 < len(entry.text) <= MAX_TEXT_CHARS or not entry.text.strip():
+            return f"entry {i}: a text of 1 to {MAX_TEXT_CHARS} characters, not blank"
+        if len(entry.source) > MAX_SOURCE_CHARS:
+            return f"entry {i}: a source of at most {MAX_SOURCE_CHARS} characters"
+        if not (math.isfinite(entry.weight) and entry.weight >= 0):
+            return f"entry {i}: the weight must be finite and >= 0, got {entry.weight}"
+        if entry.ts is not None and not math.isfinite(entry.ts):
+            return f"entry {i}: ts must be finite seconds since the epoch"
+        if entry.vector is not None:
+            if (problem := _vector_problem(entry.vector, dim, f"entry {i}'s vector")) is not None:
+                return problem
     return None
 
 

@@ -10,6 +10,11 @@ once; the others are not disturbed. No exception that input can cause escapes a 
 the gateway did not foresee becomes ``ErrorReply(internal)``, logged, and the gateway goes on.
 Rejections are counted by reason (``GatewayStats.rejected``).
 
+Memory (when the shard job gives it, ``memory``): a ``remember`` is embedded here and sent
+as one exchange to the entries' owning ranks; ``forget`` is one round; a query in mode
+``memory`` or ``both`` runs one dual-path round (``shard.scoring``) with each query's
+session, the request's weights (or the topology's) and the gateway's clock.
+
 Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
 then the error propagates, because the shard ranks can no longer be trusted to be in step.
 """
@@ -31,15 +36,23 @@ import pyarrow as pa
 from .. import untrusted
 from ..embedders.base import TextEmbedder
 from ..errors import RoundFailed
+from ..shard.memory import MemoryCounts, memory_id, rows_to_table
+from ..shard.memory_sessions import Entry
+from ..shard.wakeup import DualQuery
+from ..spec import MemorySpec
 from .admission import REJECTION_REASONS, Rejection, RejectReason, admit
 from .protocol import (
     MAX_PENDING_QUERIES,
     DeleteReply,
     DeleteRequest,
+    ForgetReply,
+    ForgetRequest,
     Hit,
     QueryFilter,
     QueryReply,
     QueryRequest,
+    RememberReply,
+    RememberRequest,
     StatsReply,
     Timings,
     encode,
@@ -48,10 +61,23 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RunRound = Callable[[npt.NDArray[np.float32], int, QueryFilter | None], Awaitable[list[pa.Table]]]
+RunRound = Callable[
+    [npt.NDArray[np.float32], int, QueryFilter | None, DualQuery | None],
+    Awaitable[list[pa.Table]],
+]
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
 MAX_PENDING = MAX_PENDING_QUERIES
 LATENCY_WINDOW = 10_000
+
+
+class MemoryRounds(Protocol):
+    """The memory rounds of the shard job (``shard.rank.ShardRank``)."""
+
+    async def remember(self, entries: pa.Table) -> MemoryCounts: ...
+
+    async def forget(self, sessions: list[str]) -> int: ...
+
+    async def census(self) -> npt.NDArray[np.int64]: ...
 
 
 class RequestSocket(Protocol):
@@ -80,6 +106,8 @@ class GatewayStats:
     latencies_ms: list[float] = field(default_factory=list)
     # Requests answered with an error, by reason (query.admission.REJECTION_REASONS).
     rejected: dict[RejectReason, int] = field(default_factory=_no_rejections)
+    memory_exchanges: int = 0
+    memory: MemoryCounts = field(default_factory=MemoryCounts)
 
     def record(self, ms: float) -> None:
         self.queries += 1
@@ -103,6 +131,8 @@ class Gateway:
         shards: int,
         vectors: Callable[[], Awaitable[int]],
         delete: Callable[[list[str]], Awaitable[int]] | None = None,
+        memory: MemoryRounds | None = None,
+        memory_spec: MemorySpec | None = None,
     ) -> None:
         self._sock = sock
         # The topology's embedder, built by the same factory as the embed stage's.
@@ -114,6 +144,8 @@ class Gateway:
         self._shards = shards
         self._vectors = vectors
         self._delete = delete
+        self._memory = memory
+        self._memory_spec = memory_spec or MemorySpec()
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
         self.stats = GatewayStats()
@@ -150,6 +182,8 @@ class Gateway:
                 await self._enqueue(client, admitted)
             elif isinstance(admitted, DeleteRequest):
                 await self._handle_delete(client, admitted)
+            elif isinstance(admitted, RememberRequest | ForgetRequest):
+                await self._handle_memory(client, admitted)
             else:
                 await self._reply(client, await self._stats(client, admitted.id))
         except RoundFailed:
@@ -160,6 +194,9 @@ class Gateway:
             await self._reject(client, _internal(request_id, exc))
 
     async def _enqueue(self, client: bytes, request: QueryRequest) -> None:
+        if request.mode != "knowledge" and self._memory is None:
+            await self._reject(client, _no_memory(request.id))
+            return
         if len(self._pending) >= MAX_PENDING:
             busy = Rejection(request.id, "busy", "too many queries waiting", "unavailable")
             await self._reject(client, busy)
@@ -186,9 +223,60 @@ class Gateway:
         removed = await self._round(client, request.id, self._delete(ids))
         await self._reply(client, DeleteReply(id=request.id, removed=removed))
 
+    async def _handle_memory(self, client: bytes, request: RememberRequest | ForgetRequest) -> None:
+        if self._memory is None:
+            await self._reject(client, _no_memory(request.id))
+            return
+        if isinstance(request, ForgetRequest):
+            sessions = list(dict.fromkeys(request.sessions))
+            removed = await self._round(client, request.id, self._memory.forget(sessions))
+            await self._reply(client, ForgetReply(id=request.id, removed=removed))
+            return
+        try:
+            entries = self._memory_entries(request)
+        except Exception as exc:  # no round started: answer it and go on
+            log.exception("embedding %d memory entries failed", len(request.entries))
+            await self._reject(client, _internal(request.id, exc, "embedding failed"))
+            return
+        counts = await self._round(client, request.id, self._memory.remember(entries))
+        self.stats.memory_exchanges += 1
+        self.stats.memory.add(counts)
+        reply = RememberReply(
+            id=request.id,
+            added=counts.added,
+            merged=counts.merged,
+            evicted=counts.evicted,
+            memory_ids=entries.column("memory_id").to_pylist(),
+        )
+        await self._reply(client, reply)
+
+    def _memory_entries(self, request: RememberRequest) -> pa.Table:
+        """The request's entries as ``shard.memory.memory_row`` rows: ids, times, vectors."""
+        session = request.session or ""
+        vectors = np.empty((len(request.entries), self._dim), dtype=np.float32)
+        to_embed = [i for i, e in enumerate(request.entries) if e.vector is None]
+        if to_embed:
+            texts = [request.entries[i].text for i in to_embed]
+            vectors[to_embed] = self._embedder.embed(texts)
+        now = time.time()
+        rows = []
+        for i, e in enumerate(request.entries):
+            if e.vector is not None:
+                vectors[i] = e.vector
+            ts = now if e.ts is None else e.ts
+            entry_id = memory_id(session, e.text)
+            entry = Entry(entry_id, session, e.kind, e.text, e.source, ts, e.weight, e.ephemeral)
+            rows.append((entry, vectors[i]))
+        return rows_to_table(rows, self._dim)
+
     async def _stats(self, client: bytes, request_id: int) -> StatsReply:
         s = self.stats
-        vectors = await self._round(client, request_id, self._vectors())
+        memory_entries: list[int] = []
+        if self._memory is not None:
+            census = await self._round(client, request_id, self._memory.census())
+            vectors, memory_entries = int(census[:, 0].sum()), census[:, 1].tolist()
+        else:
+            vectors = await self._round(client, request_id, self._vectors())
         return StatsReply(
             id=request_id,
             shards=self._shards,
@@ -198,6 +286,10 @@ class Gateway:
             p50_ms=s.percentile(50),
             p99_ms=s.percentile(99),
             rejected={reason: n for reason, n in s.rejected.items() if n},
+            memory_entries=memory_entries,
+            memory_exchanges=s.memory_exchanges,
+            memory_compactions=s.memory.merged,
+            memory_evictions=s.memory.evicted,
         )
 
     async def _next_batch(self) -> list[_Pending]:
@@ -220,10 +312,12 @@ class Gateway:
     async def _answer(self) -> None:
         while True:
             batch = await self._next_batch()
-            # One round per distinct filter: every rank applies one filter to a whole round.
-            groups: dict[bytes, list[_Pending]] = {}
+            # One round per distinct filter, mode and weights: every rank applies them to a
+            # whole round (sessions may differ query by query).
+            groups: dict[tuple[bytes, str, bytes], list[_Pending]] = {}
             for p in batch:
-                groups.setdefault(encode(p.request.filter), []).append(p)
+                r = p.request
+                groups.setdefault((encode(r.filter), r.mode, encode(r.weights)), []).append(p)
             for group in groups.values():
                 await self._answer_group(group)
 
@@ -238,8 +332,14 @@ class Gateway:
             return
         embedded = time.perf_counter()
         k = max(p.request.k for p in batch)
+        first = batch[0].request
+        dual = None
+        if first.mode != "knowledge":
+            sessions = [p.request.session or "" for p in batch]
+            weights = first.weights or self._memory_spec.weights
+            dual = DualQuery(mode=first.mode, sessions=sessions, weights=weights, now=time.time())
         try:
-            tables = await self._run_round(matrix, k, batch[0].request.filter)
+            tables = await self._run_round(matrix, k, first.filter, dual)
         except Exception as exc:  # a failed round answers its queries, then ends the actor
             for p in batch:
                 await self._reject(p.client, _internal(p.request.id, exc, "search failed"))
@@ -254,7 +354,8 @@ class Gateway:
                 batch=len(batch),
             )
             try:
-                hits = _hits(table.slice(0, p.request.k))
+                top = table.slice(0, p.request.k)
+                hits = _hits(top) if dual is None else _dual_hits(top)
             except Exception as exc:
                 log.exception("the hits of query %d could not be built", p.request.id)
                 await self._reject(p.client, _internal(p.request.id, exc))
@@ -279,6 +380,37 @@ def _hits(table: pa.Table) -> list[Hit]:
         for name in ("chunk_id", "doc_id", "seq", "score", "text", "source", "shard")
     }
     return [Hit(*row) for row in zip(*columns.values(), strict=True)]
+
+
+def _dual_hits(table: pa.Table) -> list[Hit]:
+    """Hits of a dual-path round (``shard.scoring.DUAL_HIT`` rows)."""
+    out = []
+    for row in table.to_pylist():
+        memory = row["path"] == "memory"
+        out.append(
+            Hit(
+                chunk_id=0 if memory else row["id"] & 0xFFFF_FFFF_FFFF_FFFF,  # the uint64 bits
+                doc_id=row["doc_id"],
+                seq=row["seq"],
+                score=row["score"],
+                text=row["text"],
+                source=row["source"],
+                shard=row["shard"],
+                path=row["path"],
+                memory_id=row["id"] if memory else None,
+                kind=row["kind"],
+                session=(row["session"] or None) if memory else None,
+                ephemeral=row["ephemeral"],
+                sim=row["sim"],
+                kind_score=row["kind_score"],
+                recency_score=row["recency_score"],
+            )
+        )
+    return out
+
+
+def _no_memory(request_id: int) -> Rejection:
+    return Rejection(request_id, "unsupported", "this gateway serves no memory", "unavailable")
 
 
 def _internal(request_id: int | None, exc: BaseException, what: str = "") -> Rejection:

@@ -15,7 +15,11 @@ a request outside them gets ``ErrorReply(code="bad_request")``):
   ``MAX_SOURCE_CHARS`` characters each (``None``: every source); its times: milliseconds
   since the epoch within int64 (``MIN_TS_MS``..``MAX_TS_MS``), both ends inclusive, and
   ``ts_from_ms`` not after ``ts_to_ms`` (an inverted range is refused, not an empty answer);
-* a delete: 1 to ``MAX_DELETE_IDS`` doc ids of 1 to ``MAX_DOC_ID_BYTES`` bytes (UTF-8).
+* a delete: 1 to ``MAX_DELETE_IDS`` doc ids of 1 to ``MAX_DOC_ID_BYTES`` bytes (UTF-8);
+* memory: a session of 1 to ``MAX_SESSION_CHARS`` characters; a remember of 1 to
+  ``MAX_REMEMBER_ENTRIES`` entries, each a text of 1 to ``MAX_TEXT_CHARS`` characters (or a
+  vector of the shards' dimension beside it), a finite weight >= 0, a source of at most
+  ``MAX_SOURCE_CHARS``; a forget of 1 to ``MAX_FORGET_SESSIONS`` sessions.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ from ..shard.filters import MAX_TS_MS as MAX_TS_MS
 from ..shard.filters import MIN_TS_MS as MIN_TS_MS
 from ..shard.filters import QueryFilter as QueryFilter
 from ..shard.limits import MAX_DELETE_IDS as MAX_DELETE_IDS
+from ..shard.limits import MAX_FORGET_SESSIONS as MAX_FORGET_SESSIONS
 from ..shard.limits import MAX_K as MAX_K
+from ..shard.limits import MAX_REMEMBER_ENTRIES as MAX_REMEMBER_ENTRIES
 from ..shard.limits import MAX_ROUND_BYTES, MAX_ROUND_QUERIES
+from ..shard.limits import MAX_SESSION_CHARS as MAX_SESSION_CHARS
+from ..spec import MemoryWeights as MemoryWeights
 
 MAX_TEXT_CHARS: Final = 100_000
 MAX_REQUEST_BYTES: Final = MAX_ROUND_BYTES
@@ -49,14 +57,51 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="k
     pass
 
 
+# Where a query looks: the chunks (plain FAISS scores), the session's memory, or both under
+# one weighted score (``MemoryWeights``; docs/memory.md).
+Mode = Literal["knowledge", "memory", "both"]
+MemoryKind = Literal["summary", "intermediate", "state"]
+
+
 class QueryRequest(_Msg, tag="query", frozen=True):
     id: int
     text: str | None = None
     vector: list[float] | None = None
     k: int = 10
-    mode: Literal["knowledge"] = "knowledge"
-    session: str | None = None
-    filter: QueryFilter | None = None
+    mode: Mode = "knowledge"
+    session: str | None = None  # whose memory a memory or both query sees
+    filter: QueryFilter | None = None  # applies to the knowledge path
+    weights: MemoryWeights | None = None  # None: the topology's ``memory.weights``
+
+
+class MemoryEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One thing to remember. ``ephemeral``: kept in memory only (lost on restart), never
+    merged with lasting entries, never promoted. ``ts`` (seconds) None: the gateway's now."""
+
+    text: str
+    kind: MemoryKind = "summary"
+    source: str = "user"
+    weight: float = 1.0
+    ephemeral: bool = False
+    ts: float | None = None
+    vector: list[float] | None = None
+
+
+class RememberRequest(_Msg, tag="remember", frozen=True):
+    """Write entries into a session's memory (``session`` None: shared with every session);
+    near-duplicates merge, the session's bound holds; the reply comes once they are durable
+    on their owning rank. One request is one memory exchange over the shard job."""
+
+    id: int
+    session: str | None
+    entries: list[MemoryEntry]
+
+
+class ForgetRequest(_Msg, tag="forget", frozen=True):
+    """Remove every memory entry of these sessions from every rank, durably."""
+
+    id: int
+    sessions: list[str]
 
 
 class StatsRequest(_Msg, tag="stats", frozen=True):
@@ -71,17 +116,27 @@ class DeleteRequest(_Msg, tag="delete", frozen=True):
     doc_ids: list[str]  # bounds: query.admission
 
 
-Request = QueryRequest | StatsRequest | DeleteRequest
+Request = QueryRequest | StatsRequest | DeleteRequest | RememberRequest | ForgetRequest
 
 
 class Hit(msgspec.Struct, frozen=True):
-    chunk_id: int
-    doc_id: str
+    chunk_id: int  # 0 for a memory entry
+    doc_id: str  # "" for a memory entry
     seq: int
     score: float
     text: str
     source: str
     shard: int
+    # A dual-path query's hits (mode memory or both) also say where they come from and how
+    # their score was made: score = weights.sim * sim + kind_score + recency_score.
+    path: Literal["knowledge", "memory"] = "knowledge"
+    memory_id: int | None = None
+    kind: str | None = None
+    session: str | None = None
+    ephemeral: bool = False
+    sim: float | None = None
+    kind_score: float | None = None
+    recency_score: float | None = None
 
 
 class Timings(msgspec.Struct, frozen=True):
@@ -107,11 +162,30 @@ class StatsReply(_Msg, tag="stats_reply", frozen=True):
     p99_ms: float
     # Requests answered with an error since start, by reason (query.admission).
     rejected: dict[str, int] = {}
+    memory_entries: list[int] = []  # per rank
+    memory_exchanges: int = 0
+    memory_compactions: int = 0  # entries merged into a near-duplicate since start
+    memory_evictions: int = 0
 
 
 class DeleteReply(_Msg, tag="deleted", frozen=True):
     id: int
     removed: int  # chunks removed over every shard
+
+
+class RememberReply(_Msg, tag="remembered", frozen=True):
+    id: int
+    added: int
+    merged: int  # entries folded into a near-duplicate already held
+    evicted: int  # entries the session's bound removed
+    # The id each entry was sent under, in order; one merged into a near-duplicate lives on
+    # as that entry (its id is not this one).
+    memory_ids: list[int]
+
+
+class ForgetReply(_Msg, tag="forgotten", frozen=True):
+    id: int
+    removed: int
 
 
 ErrorCode = Literal["bad_request", "unavailable", "internal"]
@@ -123,7 +197,7 @@ class ErrorReply(_Msg, tag="error", frozen=True):
     message: str
 
 
-Reply = QueryReply | StatsReply | DeleteReply | ErrorReply
+Reply = QueryReply | StatsReply | DeleteReply | RememberReply | ForgetReply | ErrorReply
 
 _encoder = msgspec.msgpack.Encoder()
 request_decoder: Final = msgspec.msgpack.Decoder(Request)

@@ -41,6 +41,7 @@ import zmq.asyncio
 from ..channels.acks import AckInbox
 from ..channels.inport import InPort, Received
 from ..channels.outport import LinkSpec, OutPort
+from ..channels.sockets import CLEAN_LINGER_MS, FAILED_LINGER_MS
 from ..errors import LinkTimeout, OperatorError, RetryLater
 from ..mpi.abort import DeferredAbort
 from ..observe.events import SLOW_CONSUMER_S, event
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_BAD_OPERATOR: Final = 2
-# Replies and acks queued at a clean stop get this long to leave.
-CLEAN_LINGER_MS: Final = 2000
 PARENT_PID_ENV: Final = "AAFLOW_SUPERVISOR_PID"
 # Set by MPICH's process manager for every rank; replaces ``{rank}`` in the spec path.
 MPI_RANK_ENV: Final = "PMI_RANK"
@@ -97,28 +96,45 @@ class Actor:
             self._on_stop()
 
     async def run(self) -> None:
-        spec = self.spec
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         self._chain = self._build_chain()
-        assert self._chain is not None
+        # Every port opened is closed as the run ends, on every path (``sockets.Port``).
+        async with contextlib.AsyncExitStack() as ports:
+            await self._open_ports(ports, self._chain)
+            await self._serve_and_work(self._chain)
+            await self._supervisor.send(Done(stats=self.stats()))
+        log.info("done: %s", self.summary())
+        self._event(logging.INFO, "actor_stop")
+
+    async def _open_ports(self, ports: contextlib.AsyncExitStack, chain: Chain) -> None:
+        spec = self.spec
         if spec.input is not None:
-            self._inport = InPort(
-                self._ctx,
-                spec.name,
-                data_endpoint=spec.input.data_endpoint,
-                control_endpoint=spec.input.control_endpoint,
-                window=spec.input.window,
-                expected_senders=spec.input.senders,
+            self._inport = await ports.enter_async_context(
+                InPort(
+                    self._ctx,
+                    spec.name,
+                    data_endpoint=spec.input.data_endpoint,
+                    control_endpoint=spec.input.control_endpoint,
+                    window=spec.input.window,
+                    expected_senders=spec.input.senders,
+                )
             )
         if spec.ack_endpoint is not None:
-            self._acks = AckInbox(self._ctx, spec.name, spec.ack_endpoint, self._chain.runs[0])
+            self._acks = await ports.enter_async_context(
+                AckInbox(self._ctx, spec.name, spec.ack_endpoint, chain.runs[0])
+            )
         if spec.outputs:
             links = [LinkSpec(o.data_endpoint, o.control_endpoint, o.peer) for o in spec.outputs]
-            self._outport = OutPort(
-                self._ctx, spec.name, links, window=spec.window, encoding=spec.encoding
+            self._outport = await ports.enter_async_context(
+                OutPort(self._ctx, spec.name, links, window=spec.window, encoding=spec.encoding)
             )
+
+    async def _serve_and_work(self, chain: Chain) -> None:
+        """The services beside the work (supervisor link, stats, ports, the operator's own),
+        from Ready until the work ended; they are cancelled then."""
+        spec = self.spec
         async with asyncio.TaskGroup() as tg:
             services = [
                 tg.create_task(self._supervisor.serve(self._start.set, self.request_stop)),
@@ -132,7 +148,7 @@ class Actor:
                 await self._wait_open_unless_stopped(spec.eos_timeout_s)
             if self._acks is not None:
                 services.append(tg.create_task(self._acks.serve()))
-            serve = getattr(self._chain.runs[0].operator, "serve", None)
+            serve = getattr(chain.runs[0].operator, "serve", None)
             if serve is not None:  # e.g. a shard answering queries beside its ingestion
                 services.append(tg.create_task(serve()))
             self._cpu_at_ready = time.process_time()
@@ -149,9 +165,6 @@ class Actor:
                 await self._stop.wait()
             for task in services:
                 task.cancel()
-        await self._supervisor.send(Done(stats=self.stats()))
-        log.info("done: %s", self.summary())
-        self._event(logging.INFO, "actor_stop")
 
     async def _wait_open_unless_stopped(self, timeout_s: float) -> None:
         """The downstream's initial credit, or a stop request, whichever comes first. A stop
@@ -185,6 +198,7 @@ class Actor:
                 spec.replicas,
                 Path(spec.run_dir),
                 tuple(spec.ack_peers),
+                self._ctx,
             )
 
         runs = [
@@ -418,9 +432,8 @@ class Actor:
             )
 
     def close(self, linger_ms: int) -> None:
-        for port in (self._inport, self._outport, self._acks):
-            if port is not None:
-                port.close(linger_ms)
+        """What ``run`` leaves open: the supervisor link, the operators, the trace (the ports
+        closed as ``run`` ended)."""
         self._supervisor.close(linger_ms)
         if self._chain is not None:
             for error in self._chain.close():
@@ -475,7 +488,7 @@ async def run_actor(spec: ActorSpec) -> int:
         )
         actor._event(logging.ERROR, "actor_crash", reason=reason)
         await actor.report_failure(reason)
-        linger = 500
+        linger = FAILED_LINGER_MS
         if MPI_RANK_ENV in os.environ:
             # A rank cannot end alone: its peers would wait for it in collectives, and
             # MPI_Finalize for them. The whole job ends once the report is out (the close

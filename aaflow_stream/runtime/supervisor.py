@@ -1,9 +1,10 @@
 """The supervisor: starts a graph's actors as processes, watches them, stops them in order.
 
-* Start: actors are planned (``plan``), written as JSON specs under the run directory and started
-  sinks first, each as ``python -m aaflow_stream.runtime.actor`` in its own session (a Ctrl-C in
-  the terminal reaches the supervisor only, which then stops actors in order). The supervisor is
-  *started* once every actor reported Ready; only then are sources told to Start.
+* Start: actors are planned, written as JSON specs under the run directory and started sinks
+  first (``launch.py``), each as ``python -m aaflow_stream.runtime.actor`` in its own session
+  (a Ctrl-C in the terminal reaches the supervisor only, which then stops actors in order).
+  The supervisor is *started* once every actor reported Ready; only then are sources told to
+  Start.
 * Watch: actors report Stats periodically and Done at the end over a ROUTER socket. A failure
   is any of: a launch that exited non-zero; an MPI rank whose own process ended without its
   Done (also while its mpiexec still runs, or when the job then exits 0); an actor silent for
@@ -27,8 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,7 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import msgspec
 import zmq
 import zmq.asyncio
 
@@ -46,14 +44,15 @@ from ..channels import sockets
 from ..errors import ActorFailed
 from ..observe.events import event
 from ..observe.status import StatusBoard
-from ..plan import MAX_IPC_PATH, ActorSpec, GraphSpec, plan_actors
+from ..plan import GraphSpec
 from ..procs import alive
 from ..protocol import ActorStats, Done, Failed, Ready, Start, Stats, actor_up_decoder, encode
 from ..spec import MetricsSpec, RestartSpec
 from ..untrusted import MalformedMessage, decode
 from . import launches, watch
-from .actor import EXIT_BAD_OPERATOR, PARENT_PID_ENV
+from .actor import EXIT_BAD_OPERATOR
 from .failures import BadOperator, StartTimeout
+from .launch import GraphLauncher
 from .launches import ActorProcess, Launch, mpiexec_path
 from .liveness import heartbeat_timeout
 
@@ -116,21 +115,23 @@ class Supervisor:
     ) -> None:
         self.graph = graph
         self.run_dir = run_dir
-        self._log_level = log_level
-        self._env = env or {}
+        self._launcher = GraphLauncher(
+            graph,
+            run_dir,
+            log_level=log_level,
+            env=env,
+            trace_dir=trace_dir,
+            inherit_fds=inherit_fds,  # the run's directory locks
+        )
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._on_stats = on_stats
         self._restart_policy = restart
         self._heartbeat_s = heartbeat_timeout(graph.stats_interval_s, graph.heartbeat_s)
-        # Descriptors every started process inherits: the run's directory locks.
-        self._inherit_fds = inherit_fds
         self.restarts: list[Restart] = []  # the restarts that got the graph ready again
         self.restart_attempts = 0  # every attempt, including those that failed to start
-        self._specs: list[ActorSpec] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
-        self._socket_dir: Path | None = None
         self._actors: dict[str, ActorProcess] = {}
         self._stop_requested = asyncio.Event()
         self._clock = _Clock()
@@ -181,24 +182,14 @@ class Supervisor:
         timed out (``StartTimeout``: it already took ``start_timeout_s``).
         """
         self._clock = _Clock()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "actors").mkdir(exist_ok=True)
-        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self._launcher.make_run_dir()
         self._start_observing()
-        self._socket_dir = self._make_socket_dir()
-        self._ctx = zmq.asyncio.Context()
-        router_path = self._socket_dir / "supervisor"
+        router_path = self._launcher.make_socket_dir() / "supervisor"
         endpoint = f"ipc://{router_path}"
+        self._ctx = zmq.asyncio.Context()
         self._router = sockets.control_socket(self._ctx, zmq.ROUTER, bind=endpoint)
         router_path.chmod(0o600)  # the directory is 0700 already: defence in depth
-        self._specs = plan_actors(
-            self.graph,
-            self.run_dir,
-            self._socket_dir,
-            supervisor_endpoint=endpoint,
-            log_level=self._log_level,
-            trace_dir=self._trace_dir,
-        )
+        self._launcher.plan(endpoint)
         self._launch_all()
         try:
             await self._await_ready()
@@ -214,14 +205,7 @@ class Supervisor:
         log.info("%d actors ready in %.2fs", len(self._actors), self.startup_s)
 
     def _launch_all(self) -> None:
-        stages = {s.name: s for s in self.graph.stages}
-        for stage_name in dict.fromkeys(spec.stage for spec in self._specs):
-            stage_specs = [spec for spec in self._specs if spec.stage == stage_name]
-            if stages[stage_name].launcher == "mpi":
-                self._launch_mpi_job(stage_specs)
-            else:
-                for spec in stage_specs:
-                    self._launch(spec)
+        self._launcher.launch_all(self._actors)
         for a in self._actors.values():
             self._event(logging.INFO, "actor_start", a, pid=a.popen.pid)
             self.board.actor_state(a.spec.name, "starting", a.popen.pid)
@@ -285,15 +269,7 @@ class Supervisor:
                     f"not ready after {self._start_timeout_s}s (waiting for {waiting})",
                 )
             await self._pump(POLL_S)
-        self._write_pids()
-
-    def _write_pids(self) -> None:
-        """``<run_dir>/actors/pids.json``: each actor's process id, for tools and operators."""
-        pids = {name: a.pid for name, a in self._actors.items()}
-        path = self.run_dir / "actors" / "pids.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(pids))
-        os.replace(tmp, path)
+        self._launcher.write_pids(self._actors)
 
     @property
     def startup_s(self) -> float:
@@ -472,8 +448,7 @@ class Supervisor:
                 sockets.close(self._router, 0)
             if self._ctx is not None:
                 self._ctx.term()
-            if self._socket_dir is not None:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._launcher.remove_socket_dir()
             self._stop_observing()
 
     def _stop_observing(self) -> None:
@@ -484,60 +459,13 @@ class Supervisor:
         if self._metrics is not None:
             self._metrics.close()
 
-    # --- launching ----------------------------------------------------------------------------
-
-    def _make_socket_dir(self) -> Path:
-        """Where the ipc sockets live: mode 0700, so no other user can reach them."""
-        preferred = self.run_dir / "sock"
-        longest_name = max(len(s.name) for s in self.graph.stages) + 12
-        if len(str(preferred.resolve())) + longest_name <= MAX_IPC_PATH:
-            preferred.mkdir(mode=0o700, exist_ok=True)
-            preferred.chmod(0o700)  # also when an earlier run left it with another mode
-            return preferred.resolve()
-        return Path(tempfile.mkdtemp(prefix="aaf-"))  # run dir too deep for unix socket paths
+    # --- processes -----------------------------------------------------------------------------
 
     def _launches(self) -> list[Launch]:
         return list({id(a.launch): a.launch for a in self._actors.values()}.values())
 
     def _members(self, launch: Launch) -> list[ActorProcess]:
         return [a for a in self._actors.values() if a.launch is launch]
-
-    def _write_spec(self, spec: ActorSpec) -> Path:
-        path = self.run_dir / "actors" / f"{spec.name}.json"
-        path.write_bytes(msgspec.json.encode(spec))
-        return path
-
-    def _start_process(
-        self, argv: list[str], log_name: str, extra_env: dict[str, str] | None = None
-    ) -> Launch:
-        log_path = self.run_dir / "logs" / f"{log_name}.log"
-        env = {**os.environ, **self._env, PARENT_PID_ENV: str(os.getpid()), **(extra_env or {})}
-        popen, log_file = launches.start_process(argv, log_path, env, self._inherit_fds)
-        return Launch(popen, log_path, log_file, mpi=extra_env is not None)
-
-    def _launch(self, spec: ActorSpec) -> None:
-        argv = [sys.executable, "-m", "aaflow_stream.runtime.actor", str(self._write_spec(spec))]
-        self._actors[spec.name] = ActorProcess(spec, self._start_process(argv, spec.name))
-
-    def _launch_mpi_job(self, specs: list[ActorSpec]) -> None:
-        """All replicas of a stage as the ranks of one job (rank = replica), on this host:
-        under ``mpiexec.gforker`` (no listening port), its transport on loopback."""
-        specs = sorted(specs, key=lambda s: s.replica)
-        for spec in specs:
-            self._write_spec(spec)
-        template = self.run_dir / "actors" / f"{specs[0].stage}.{{rank}}.json"
-        argv = [
-            launches.local_mpiexec(),
-            "-n",
-            str(len(specs)),
-            sys.executable,
-            "-m",
-            "aaflow_stream.runtime.actor",
-            str(template),
-        ]
-        launch = self._start_process(argv, specs[0].stage, launches.loopback_env())
-        for spec in specs:
-            self._actors[spec.name] = ActorProcess(spec, launch)
 
     # --- messages -----------------------------------------------------------------------------
 

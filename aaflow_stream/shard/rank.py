@@ -33,9 +33,18 @@ import zmq
 from ..errors import SpecError
 from ..mpi.thread import MpiThread
 from .filters import QueryFilter
-from .round import ROOT, count_round, delete_round, search_round
+from .memory import MemoryCounts, MemoryStore, owner
+from .round import ROOT, count_round, delete_round, forget_round, remember_round, search_round
 from .store import ShardStore
-from .wakeup import DeleteWake, SearchWake, Wakeup, WakeupIssuer
+from .wakeup import (
+    DeleteWake,
+    DualQuery,
+    ForgetWake,
+    RememberWake,
+    SearchWake,
+    Wakeup,
+    WakeupIssuer,
+)
 from .wakeup_links import WakeupLinks
 
 T = TypeVar("T")
@@ -61,14 +70,47 @@ def join_job(actor: str, replica: int, replicas: int, threads: int) -> tuple[Mpi
     return mpi, rank
 
 
-def _member_round(comm: Any, store: ShardStore, wake: Wakeup, _world: Any) -> None:
+def _member_round(
+    comm: Any, store: ShardStore, memory: MemoryStore, wake: Wakeup, _world: Any
+) -> None:
     """A member's side of the round ``wake`` names, on the rounds' communicator ``comm``."""
     if isinstance(wake, SearchWake):
-        search_round(comm, store, None, wake.k, (wake.nq, wake.dim), wake.filter)
+        shape = (wake.nq, wake.dim)
+        search_round(comm, store, None, wake.k, shape, wake.filter, wake.dual, memory)
     elif isinstance(wake, DeleteWake):
         delete_round(comm, store, wake.doc_ids)
+    elif isinstance(wake, RememberWake):
+        remember_round(comm, memory, wake.sizes)
+    elif isinstance(wake, ForgetWake):
+        forget_round(comm, memory, wake.sessions)
     else:
-        count_round(comm, store)
+        count_round(comm, store, memory)
+
+
+def _split_by_owner(entries: pa.Table, size: int) -> tuple[list[int], list[bytes]]:
+    """Each rank's share of new memory entries as an Arrow stream (b"" for none)."""
+    owners = np.array(
+        [
+            owner(session, entry_id, size)
+            for session, entry_id in zip(
+                entries.column("session").to_pylist(),
+                entries.column("memory_id").to_pylist(),
+                strict=True,
+            )
+        ],
+        dtype=np.int64,
+    )
+    parts = []
+    for r in range(size):
+        mine = entries.filter(pa.array(owners == r))
+        if mine.num_rows == 0:
+            parts.append(b"")
+            continue
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, mine.schema) as writer:
+            writer.write_table(mine)
+        parts.append(sink.getvalue().to_pybytes())
+    return [len(p) for p in parts], parts
 
 
 class ShardRank:
@@ -79,6 +121,7 @@ class ShardRank:
         self,
         mpi: MpiThread,
         store: ShardStore,
+        memory: MemoryStore,
         ctx: zmq.Context[Any],
         *,
         rank: int,
@@ -86,7 +129,8 @@ class ShardRank:
         run_dir: Path,
         round_timeout_s: float,
     ) -> None:
-        self._mpi, self._store = mpi, store
+        self._mpi, self._store, self._memory = mpi, store, memory
+        self.exchanges = 0  # memory exchanges this rank took part in
         self.rank, self.size = rank, size
         self._round_timeout_s = round_timeout_s
         self._links = WakeupLinks(mpi, ctx, rank=rank, size=size, dim=store.dim, run_dir=run_dir)
@@ -98,25 +142,54 @@ class ShardRank:
     # --- the root: start a round, get its result ----------------------------------------------
 
     async def search(
-        self, matrix: npt.NDArray[np.float32], k: int, allowed: QueryFilter | None
+        self,
+        matrix: npt.NDArray[np.float32],
+        k: int,
+        allowed: QueryFilter | None,
+        dual: DualQuery | None = None,
     ) -> list[pa.Table]:
-        """The merged top-k hits of each query over every shard."""
+        """The merged top-k hits of each query over every shard (and, with ``dual``, over
+        every rank's memory too)."""
         issuer = self._issuer()
-        self._links.send(issuer.search(len(matrix), k, matrix.shape[1], allowed))
-        store, comm, shape = self._store, self._links.comm, matrix.shape
+        self._links.send(issuer.search(len(matrix), k, matrix.shape[1], allowed, dual))
+        store, memory, comm, shape = self._store, self._memory, self._links.comm, matrix.shape
         result = await self._run(
-            lambda _: search_round(comm, store, matrix, k, shape, allowed), "search"
+            lambda _: search_round(comm, store, matrix, k, shape, allowed, dual, memory),
+            "search",
         )
         assert result is not None
         return list(result)
 
+    async def census(self) -> npt.NDArray[np.int64]:
+        """Per rank: (vectors, memory entries)."""
+        self._links.send(self._issuer().count())
+        store, memory, comm = self._store, self._memory, self._links.comm
+        counts = await self._run(lambda _: count_round(comm, store, memory), "count")
+        assert counts is not None
+        return counts
+
     async def count(self) -> int:
         """Vectors over every shard."""
-        self._links.send(self._issuer().count())
-        store, comm = self._store, self._links.comm
-        total = await self._run(lambda _: count_round(comm, store), "count")
-        assert total is not None
-        return int(total)
+        return int((await self.census())[:, 0].sum())
+
+    async def remember(self, entries: pa.Table) -> MemoryCounts:
+        """One memory exchange: every entry (``memory.memory_row``) to its owner, merged
+        and logged there durably; the counts over every rank."""
+        sizes, parts = _split_by_owner(entries, self.size)
+        self._links.send(self._issuer().remember(sizes))
+        memory, comm = self._memory, self._links.comm
+        counts = await self._run(lambda _: remember_round(comm, memory, sizes, parts), "remember")
+        assert counts is not None
+        self.exchanges += 1
+        return counts
+
+    async def forget(self, sessions: list[str]) -> int:
+        """Remove these sessions' memory from every rank, durably; the entries removed."""
+        self._links.send(self._issuer().forget(sessions))
+        memory, comm = self._memory, self._links.comm
+        removed = await self._run(lambda _: forget_round(comm, memory, sessions), "forget")
+        assert removed is not None
+        return removed
 
     async def delete(self, doc_ids: list[str]) -> int:
         """Remove these documents from every shard, durably; the chunks removed."""
@@ -148,7 +221,9 @@ class ShardRank:
             wake = gate.admit(await self._links.receive())
             if wake is None:
                 continue  # dropped (counted and logged): no round entered
-            task = partial(_member_round, comm, self._store, wake)
+            if isinstance(wake, RememberWake):
+                self.exchanges += 1
+            task = partial(_member_round, comm, self._store, self._memory, wake)
             what = f"{wake.__struct_config__.tag} round {wake.seq}"
             future = self._mpi.submit(task, timeout_s=self._round_timeout_s, what=what)
             await asyncio.wrap_future(future)
@@ -156,11 +231,18 @@ class ShardRank:
     # --- reporting and teardown ---------------------------------------------------------------
 
     def metrics(self) -> dict[str, float]:
+        counts = self._memory.counts
+        out = {
+            "memory_entries": float(self._memory.count),
+            "memory_exchanges": float(self.exchanges),
+            "memory_compactions": float(counts.merged),
+            "memory_evictions": float(counts.evicted),
+        }
         gate = self._links.gate
         if gate is None:
-            return {}
+            return out
         wakes = gate.stats
-        out = {"wakeups": float(wakes.accepted), "wakeups_dropped": float(wakes.dropped_total)}
+        out.update(wakeups=float(wakes.accepted), wakeups_dropped=float(wakes.dropped_total))
         out.update({f"wakeups_dropped_{reason}": n for reason, n in wakes.dropped.items()})
         return out
 

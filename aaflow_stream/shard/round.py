@@ -17,9 +17,11 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ..mpi.thread import wait
-from . import topk
+from . import scoring, topk
 from .filters import QueryFilter
+from .memory import MemoryCounts, MemoryStore
 from .store import ShardStore
+from .wakeup import DualQuery
 
 ROOT = 0
 # A round is short; poll faster than an idle wait would.
@@ -50,6 +52,27 @@ def _local_hits(
     )
 
 
+def _dual_hits(
+    store: ShardStore,
+    memory: MemoryStore | None,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    rank: int,
+    allowed: QueryFilter | None,
+    dual: DualQuery,
+) -> pa.Table:
+    """This rank's exact candidates of a dual-path round: knowledge (the filter applies to it)
+    and memory, scored alike (``shard.scoring``)."""
+    parts = [scoring.DUAL_HIT.empty_table()]
+    if dual.mode == "both":
+        parts.append(
+            scoring.knowledge_hits(store, queries, k, allowed, dual.weights, dual.now, rank)
+        )
+    if memory is not None:
+        parts.append(memory.search(queries, dual.sessions, k, dual.weights, dual.now, rank))
+    return pa.concat_tables(parts)
+
+
 def _to_bytes(table: pa.Table) -> npt.NDArray[np.uint8]:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -70,11 +93,55 @@ def _merge(tables: list[pa.Table], nq: int, k: int, metric: str) -> list[pa.Tabl
     return out
 
 
-def count_round(comm: Any, store: ShardStore) -> int | None:
-    """Every rank calls this; the root gets the number of vectors over all shards."""
-    counts = np.zeros(comm.Get_size(), dtype=np.int64)
-    mine = np.array([store.count], dtype=np.int64)
+def count_round(
+    comm: Any, store: ShardStore, memory: MemoryStore | None = None
+) -> npt.NDArray[np.int64] | None:
+    """Every rank calls this; the root gets, per rank, (vectors, memory entries)."""
+    counts = np.zeros((comm.Get_size(), 2), dtype=np.int64)
+    mine = np.array([store.count, 0 if memory is None else memory.count], dtype=np.int64)
     wait(comm.Igather(mine, counts, root=ROOT), ROUND_POLL_S)
+    return counts if comm.Get_rank() == ROOT else None
+
+
+def remember_round(
+    comm: Any, memory: MemoryStore, sizes: list[int], parts: list[bytes] | None = None
+) -> MemoryCounts | None:
+    """A memory exchange: the root scatters to each rank the Arrow stream of the entries it
+    owns (``sizes[r]`` bytes; ``parts`` on the root), every rank merges and logs them
+    durably, and the root gets the summed counts once every rank is done."""
+    from mpi4py import MPI
+
+    rank = comm.Get_rank()
+    received = np.empty(sizes[rank], dtype=np.uint8)
+    if rank == ROOT:
+        assert parts is not None
+        sent = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        counts_arg = np.array(sizes, dtype=np.int64)
+        wait(
+            comm.Iscatterv([sent, counts_arg, displacements, MPI.BYTE], received, root=ROOT),
+            ROUND_POLL_S,
+        )
+    else:
+        wait(comm.Iscatterv(None, received, root=ROOT), ROUND_POLL_S)
+    done = MemoryCounts()
+    if received.size:
+        table = pa.ipc.open_stream(pa.py_buffer(received)).read_all()
+        done = memory.remember(table)
+    mine = np.array([done.added, done.merged, done.evicted], dtype=np.int64)
+    totals = np.zeros((comm.Get_size(), 3), dtype=np.int64)
+    wait(comm.Igather(mine, totals, root=ROOT), ROUND_POLL_S)
+    if rank != ROOT:
+        return None
+    added, merged, evicted = (int(v) for v in totals.sum(axis=0))
+    return MemoryCounts(added=added, merged=merged, evicted=evicted)
+
+
+def forget_round(comm: Any, memory: MemoryStore, sessions: list[str]) -> int | None:
+    """Every rank removes the sessions' entries durably; the root gets how many in all."""
+    removed = np.array([memory.forget(sessions)], dtype=np.int64)
+    counts = np.zeros(comm.Get_size(), dtype=np.int64)
+    wait(comm.Igather(removed, counts, root=ROOT), ROUND_POLL_S)
     return int(counts.sum()) if comm.Get_rank() == ROOT else None
 
 
@@ -96,8 +163,12 @@ def search_round(
     k: int,
     shape: tuple[int, int] | None = None,
     allowed: QueryFilter | None = None,
+    dual: DualQuery | None = None,
+    memory: MemoryStore | None = None,
 ) -> list[pa.Table] | None:
     """Every rank calls this; the root passes the queries and gets one hit table per query.
+    With ``dual`` (every rank gets the same), a dual-path round: hits of both paths in the
+    ``scoring.DUAL_HIT`` layout, merged under the weighted score.
 
     The other ranks pass ``k`` and the matrix ``shape`` (queries, dim) they were told with
     their wake-up, or ``shape=None`` to have the root broadcast them (one more collective).
@@ -121,7 +192,12 @@ def search_round(
         else np.empty((nq, dim), dtype=np.float32)
     )
     wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
-    payload = _to_bytes(_local_hits(store, matrix, k, rank, allowed))
+    local = (
+        _local_hits(store, matrix, k, rank, allowed)
+        if dual is None
+        else _dual_hits(store, memory, matrix, k, rank, allowed, dual)
+    )
+    payload = _to_bytes(local)
     sizes = np.zeros(size, dtype=np.int64)
     wait(comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=ROOT), ROUND_POLL_S)
     if rank != ROOT:
@@ -136,4 +212,6 @@ def search_round(
         pa.ipc.open_stream(pa.py_buffer(received[start : start + length])).read_all()
         for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
     ]
+    if dual is not None:
+        return scoring.merge_dual(tables, nq, k)
     return _merge(tables, nq, k, store.metric)

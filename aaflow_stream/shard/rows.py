@@ -39,6 +39,9 @@ class ChunkRows:
         self._unindexed: list[pa.RecordBatch] = []  # batches not in ``_docs`` yet
         self._doc_names: set[str] = set()  # a superset of the stored documents' ids
         self.dead_rows = False  # some rows are replaced or removed
+        # The newest ``ts`` (ms) of any row ever added: a bound on every live row's time
+        # (removals do not lower it), for ranking with recency (``shard.scoring``).
+        self.newest_ts_ms: int | None = None
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -53,6 +56,9 @@ class ChunkRows:
         self._meta.append(meta)
         self.nbytes += meta.nbytes
         self._starts.append(start)
+        newest = pc.max(meta.column("ts")).cast(pa.int64()).as_py()
+        if newest is not None and (self.newest_ts_ms is None or newest > self.newest_ts_ms):
+            self.newest_ts_ms = newest
         chunks = meta.column("chunk_id").to_pylist()
         docs = meta.column("doc_id").to_pylist()
         where = self._where

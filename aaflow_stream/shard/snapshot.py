@@ -87,16 +87,33 @@ def load(directory: Path, vectors: int | None) -> tuple[Any, pa.Table]:
     return index, table
 
 
-def write(shard_dir: Path, index: Any, table: pa.Table, info: SnapshotInfo) -> None:
-    """Write a snapshot and swap it in; on return it is durable."""
-    import faiss
+def load_table(directory: Path, rows: int) -> pa.Table:
+    """The table of a snapshot written without an index, checked to hold ``rows`` rows."""
+    try:
+        with pa.ipc.open_file(directory / META_FILE) as reader:
+            table = reader.read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"{directory}: cannot read the snapshot: {exc}") from exc
+    if table.num_rows != rows:
+        raise StorageError(
+            f"{directory}: the snapshot is inconsistent: {table.num_rows} rows in "
+            f"{META_FILE}, {rows} recorded"
+        )
+    return table
 
+
+def write(shard_dir: Path, index: Any | None, table: pa.Table, info: SnapshotInfo) -> None:
+    """Write a snapshot and swap it in; on return it is durable. ``index`` None: the table
+    holds everything (the memory index keeps its vectors in a column)."""
     tmp, snapshot, old = shard_dir / TMP_DIR, shard_dir / SNAPSHOT_DIR, shard_dir / OLD_DIR
     try:
         remove_tree(tmp)
         tmp.mkdir()
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        sync_file(tmp / INDEX_FILE)
+        if index is not None:
+            import faiss
+
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+            sync_file(tmp / INDEX_FILE)
         with pa.OSFile(str(tmp / META_FILE), "wb") as sink:
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)

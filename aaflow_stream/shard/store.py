@@ -150,6 +150,11 @@ class ShardStore:
         return self._vectors.faiss_index
 
     @property
+    def newest_ts_ms(self) -> int | None:
+        """No chunk held here is newer than this (ms); None: no chunk has a time."""
+        return self._rows.newest_ts_ms
+
+    @property
     def metric(self) -> str:
         return self._metric
 

@@ -3,7 +3,10 @@
 Between rounds the members' MPI threads stay out of MPI (no busy-polling): each member waits
 on a ZeroMQ PULL socket for the root's wake-up, then runs the round it names, with the same
 parameters as the root. A wake-up is one frame: a msgpack-encoded Struct of the tagged union
-``Wakeup`` — ``search`` (queries, k, dimension, filter), ``count``, ``delete`` (doc ids) —
+``Wakeup`` — ``search`` (queries, k, dimension, filter, and for a dual-path round the
+memory part: mode, each query's session, the weights, the round's time), ``count``,
+``delete`` (doc ids), ``remember`` (how many bytes of new memory each rank gets in the
+exchange), ``forget`` (sessions) —
 each with the job's ``token`` and the round's sequence number ``seq`` (1, 2, 3, ...).
 
 Trust. A round is a sequence of collectives that every rank must enter in the same order; a
@@ -28,14 +31,22 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
 from .. import untrusted
 from ..errors import WakeupError
+from ..spec import MemoryWeights
 from .filters import QueryFilter
-from .limits import MAX_DELETE_IDS, MAX_K, MAX_ROUND_BYTES, MAX_ROUND_QUERIES
+from .limits import (
+    MAX_DELETE_IDS,
+    MAX_FORGET_SESSIONS,
+    MAX_K,
+    MAX_ROUND_BYTES,
+    MAX_ROUND_QUERIES,
+    MAX_SESSION_CHARS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +67,25 @@ class _Wake(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="
     token: Token
 
 
+Session = Annotated[str, msgspec.Meta(max_length=MAX_SESSION_CHARS)]
+
+
+class DualQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The memory part of a search round: every rank scores both paths alike
+    (``shard.scoring``), at the same time ``now`` (seconds), so recency agrees."""
+
+    mode: Literal["memory", "both"]
+    sessions: Annotated[list[Session], msgspec.Meta(max_length=MAX_ROUND_QUERIES)]  # "": none
+    weights: MemoryWeights
+    now: float
+
+
 class SearchWake(_Wake, tag="search", frozen=True):
     nq: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUND_QUERIES)]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)]
     dim: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIM)]
     filter: QueryFilter | None
+    dual: DualQuery | None = None
 
 
 class CountWake(_Wake, tag="count", frozen=True):
@@ -71,7 +96,21 @@ class DeleteWake(_Wake, tag="delete", frozen=True):
     doc_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_DELETE_IDS)]
 
 
-Wakeup = SearchWake | CountWake | DeleteWake
+class RememberWake(_Wake, tag="remember", frozen=True):
+    """A memory exchange: rank r receives ``sizes[r]`` bytes (an Arrow stream of its new
+    entries) by ``Scatterv`` from the root."""
+
+    sizes: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=0, le=MAX_ROUND_BYTES)]],
+        msgspec.Meta(min_length=1, max_length=MAX_DIM),
+    ]
+
+
+class ForgetWake(_Wake, tag="forget", frozen=True):
+    sessions: Annotated[list[Session], msgspec.Meta(min_length=1, max_length=MAX_FORGET_SESSIONS)]
+
+
+Wakeup = SearchWake | CountWake | DeleteWake | RememberWake | ForgetWake
 
 _encoder = msgspec.msgpack.Encoder()
 wakeup_decoder: Final = msgspec.msgpack.Decoder(Wakeup)
@@ -92,10 +131,25 @@ class WakeupIssuer:
         self.seq += 1
         return self.seq
 
-    def search(self, nq: int, k: int, dim: int, where: QueryFilter | None) -> bytes:
+    def search(
+        self,
+        nq: int,
+        k: int,
+        dim: int,
+        where: QueryFilter | None,
+        dual: DualQuery | None = None,
+    ) -> bytes:
         return _encoder.encode(
-            SearchWake(seq=self._next(), token=self._token, nq=nq, k=k, dim=dim, filter=where)
+            SearchWake(
+                seq=self._next(), token=self._token, nq=nq, k=k, dim=dim, filter=where, dual=dual
+            )
         )
+
+    def remember(self, sizes: list[int]) -> bytes:
+        return _encoder.encode(RememberWake(seq=self._next(), token=self._token, sizes=sizes))
+
+    def forget(self, sessions: list[str]) -> bytes:
+        return _encoder.encode(ForgetWake(seq=self._next(), token=self._token, sessions=sessions))
 
     def count(self) -> bytes:
         return _encoder.encode(CountWake(seq=self._next(), token=self._token))
@@ -117,10 +171,11 @@ class WakeupStats:
 class WakeupGate:
     """A member's side: which received messages start a round (see the module docstring)."""
 
-    def __init__(self, token: bytes, dim: int, rank: int) -> None:
+    def __init__(self, token: bytes, dim: int, rank: int, size: int = 1) -> None:
         self._token = token
         self._dim = dim
         self._rank = rank
+        self._size = size
         self._next = 1
         self.stats = WakeupStats()
 
@@ -153,9 +208,20 @@ class WakeupGate:
                 f"rank {self._rank}: search round {wake.seq} is of dimension {wake.dim}, "
                 f"this shard holds {self._dim}"
             )
+        misfit = self._misfit(wake)
+        if misfit is not None:
+            raise WakeupError(f"rank {self._rank}: round {wake.seq} {misfit}")
         self._next += 1
         self.stats.accepted += 1
         return wake
+
+    def _misfit(self, wake: Wakeup) -> str | None:
+        """Why a genuine, in-sequence wake-up cannot be run by this rank, if it cannot."""
+        if isinstance(wake, SearchWake) and wake.dual and len(wake.dual.sessions) != wake.nq:
+            return f"names {len(wake.dual.sessions)} sessions for {wake.nq} queries"
+        if isinstance(wake, RememberWake) and len(wake.sizes) != self._size:
+            return f"sends memory to {len(wake.sizes)} ranks, the job has {self._size}"
+        return None
 
     def _drop(self, reason: str, detail: str) -> None:
         self.stats.dropped[reason] += 1

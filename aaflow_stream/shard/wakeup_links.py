@@ -20,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 import zmq
 
+from ..channels import sockets
 from ..channels.loopsocket import LoopSocket
 from ..errors import StorageError, WakeupError
 from ..mpi.thread import MpiThread, wait
@@ -146,14 +147,11 @@ class WakeupLinks:
         token, directory = _unpack_setup(shared)
         if self._rank != ROOT:
             _check_private(directory)
-            self.gate = WakeupGate(token, dim, self._rank)
-            pull = ctx.socket(zmq.PULL)
-            pull.setsockopt(zmq.LINGER, 0)
-            pull.setsockopt(zmq.MAXMSGSIZE, MAX_WAKEUP_BYTES)
-            pull.setsockopt(zmq.RCVHWM, WAKEUP_HWM)
-            self._pull = LoopSocket(pull)
+            self.gate = WakeupGate(token, dim, self._rank, size)
             path = _socket_path(directory, self._rank)
-            pull.bind(f"ipc://{path}")
+            self._pull = sockets.wakeup_pull(
+                ctx, f"ipc://{path}", max_bytes=MAX_WAKEUP_BYTES, hwm=WAKEUP_HWM
+            )
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
         mpi.submit(
             _every_member_bound, timeout_s=SETUP_TIMEOUT_S, what="the wake-up sockets' setup"
@@ -161,11 +159,8 @@ class WakeupLinks:
         if self._rank == ROOT:
             self.issuer = WakeupIssuer(token)
             for member in range(1, size):
-                push = ctx.socket(zmq.PUSH)
-                push.setsockopt(zmq.LINGER, 0)
-                push.setsockopt(zmq.SNDHWM, WAKEUP_HWM)
-                push.connect(f"ipc://{_socket_path(directory, member)}")
-                self._pushes.append(push)
+                endpoint = f"ipc://{_socket_path(directory, member)}"
+                self._pushes.append(sockets.wakeup_push(ctx, endpoint, hwm=WAKEUP_HWM))
 
     def send(self, message: bytes) -> None:
         """The root: one wake-up to every member, without blocking."""

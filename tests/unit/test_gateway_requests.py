@@ -20,6 +20,7 @@ from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.query import protocol as q
 from aaflow_stream.query.admission import REJECTION_REASONS, Rejection, admit
 from aaflow_stream.query.gateway import Gateway, RoundFailed
+from aaflow_stream.shard.memory import MemoryCounts
 
 from ..support.hostile import deep, hostile_messages
 
@@ -74,9 +75,14 @@ class Rounds:
         self.fail_search = False
         self.fail_count = False
         self.searched = 0
+        self.remembered = 0
 
     async def search(
-        self, matrix: npt.NDArray[np.float32], k: int, where: q.QueryFilter | None
+        self,
+        matrix: npt.NDArray[np.float32],
+        k: int,
+        where: q.QueryFilter | None,
+        dual: object = None,
     ) -> list[pa.Table]:
         if self.fail_search:
             raise RuntimeError("a rank is gone")
@@ -90,6 +96,18 @@ class Rounds:
 
     async def delete(self, doc_ids: list[str]) -> int:
         return len(doc_ids)
+
+    async def remember(self, entries: pa.Table) -> MemoryCounts:
+        self.remembered += entries.num_rows
+        return MemoryCounts(added=entries.num_rows)
+
+    async def forget(self, sessions: list[str]) -> int:
+        return len(sessions)
+
+    async def census(self) -> npt.NDArray[np.int64]:
+        if self.fail_count:
+            raise RuntimeError("a rank is gone")
+        return np.array([[42, 1], [0, 2]], dtype=np.int64)
 
 
 class BrokenEmbedder:
@@ -109,6 +127,7 @@ def _gateway(router: FakeRouter, rounds: Rounds, embedder: object = None) -> Gat
         shards=4,
         vectors=rounds.count,
         delete=rounds.delete,
+        memory=rounds,
     )
 
 
@@ -150,6 +169,15 @@ def _valid_requests() -> list[bytes]:
         ),
         q.encode(q.StatsRequest(id=4)),
         q.encode(q.DeleteRequest(id=5, doc_ids=["a", "b"])),
+        q.encode(q.QueryRequest(id=6, text="y", mode="both", session="s")),
+        q.encode(
+            q.RememberRequest(
+                id=7,
+                session="s",
+                entries=[q.MemoryEntry(text="a fact"), q.MemoryEntry(text="v", vector=[0.5] * DIM)],
+            )
+        ),
+        q.encode(q.ForgetRequest(id=8, sessions=["s", "t"])),
     ]
 
 
@@ -178,7 +206,8 @@ def test_a_seeded_fuzz_of_thousands_of_hostile_messages_gets_one_typed_reply_eac
 
 
 def _others(replies: list[q.Reply]) -> int:
-    return sum(isinstance(r, q.StatsReply | q.DeleteReply) for r in replies)
+    kinds = q.StatsReply | q.DeleteReply | q.RememberReply | q.ForgetReply
+    return sum(isinstance(r, kinds) for r in replies)
 
 
 @pytest.mark.parametrize(
@@ -330,3 +359,60 @@ def test_every_rejection_reason_is_counted_from_zero() -> None:
     gateway = _gateway(router, Rounds())
     assert gateway.stats.rejected == dict.fromkeys(REJECTION_REASONS, 0)
     assert set(untrusted.REASONS) <= set(REJECTION_REASONS)
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (q.RememberRequest(id=1, session="s", entries=[]), "1 to 4096 entries"),
+        (q.RememberRequest(id=1, session="", entries=[q.MemoryEntry(text="x")]), "session"),
+        (q.RememberRequest(id=1, session="s", entries=[q.MemoryEntry(text="  ")]), "blank"),
+        (
+            q.RememberRequest(id=1, session="s", entries=[q.MemoryEntry(text="x", weight=-1)]),
+            "weight",
+        ),
+        (
+            q.RememberRequest(
+                id=1, session="s", entries=[q.MemoryEntry(text="x", vector=[0.1] * (DIM + 1))]
+            ),
+            "dimension",
+        ),
+        (q.ForgetRequest(id=1, sessions=[]), "1 to 1000 sessions"),
+        (q.QueryRequest(id=1, text="x", mode="memory", session="s" * 300), "session"),
+        (
+            q.QueryRequest(
+                id=1, text="x", mode="both", weights=q.MemoryWeights(recency=float("inf"))
+            ),
+            "non-finite",
+        ),
+    ],
+)
+def test_memory_requests_out_of_bounds_are_refused_with_the_reason(
+    request_: q.Request, words: str
+) -> None:
+    refused = admit([q.encode(request_)], DIM)
+    assert isinstance(refused, Rejection) and refused.reason == "bad_memory", refused
+    assert words in refused.message
+
+
+def test_a_gateway_without_memory_refuses_memory_requests_as_unsupported() -> None:
+    async def main() -> list[q.Reply]:
+        router, rounds = FakeRouter(), Rounds()
+        gateway = Gateway(
+            router,
+            embedder=HashEmbedder(DIM),  # type: ignore[arg-type]
+            max_batch=4,
+            max_wait_s=0.0,
+            run_round=rounds.search,
+            shards=1,
+            vectors=rounds.count,
+        )
+        await gateway.handle([b"c", q.encode(q.ForgetRequest(id=1, sessions=["s"]))])
+        await gateway.handle([b"c", q.encode(q.QueryRequest(id=2, text="x", mode="memory"))])
+        return await router.replies(2)
+
+    replies = asyncio.run(main())
+    assert [(r.id, r.code) for r in replies if isinstance(r, q.ErrorReply)] == [
+        (1, "unavailable"),
+        (2, "unavailable"),
+    ]

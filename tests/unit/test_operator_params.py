@@ -30,7 +30,7 @@ DEFAULTS_FROM: dict[type[msgspec.Struct], tuple[list[type[msgspec.Struct]], dict
     params.EmbedParams: ([spec.EmbedStage, spec.TopologySpec], {}),
     params.RouterParams: ([spec.UpsertStage], {}),
     params.ShardParams: (
-        [spec.ShardSpec, spec.QuerySpec, spec.DurabilitySpec],
+        [spec.ShardSpec, spec.QuerySpec, spec.DurabilitySpec, spec.TopologySpec],
         {"query_endpoint": "endpoint"},
     ),
 }

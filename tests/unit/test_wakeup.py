@@ -14,12 +14,16 @@ from aaflow_stream.shard.wakeup import (
     TOKEN_BYTES,
     CountWake,
     DeleteWake,
+    DualQuery,
+    ForgetWake,
+    RememberWake,
     SearchWake,
     WakeupError,
     WakeupGate,
     WakeupIssuer,
     new_token,
 )
+from aaflow_stream.spec import MemoryWeights
 
 from ..support.hostile import hostile_messages
 
@@ -79,6 +83,22 @@ def test_a_genuine_wake_up_past_the_next_one_means_the_ranks_are_out_of_step() -
     issuer.count()  # lost on the way
     with pytest.raises(WakeupError, match="out of step"):
         gate.admit([issuer.count()])
+
+
+def test_memory_wake_ups_carry_their_parameters_and_a_misfit_cannot_be_followed() -> None:
+    token = new_token()
+    issuer, gate = WakeupIssuer(token), WakeupGate(token, DIM, rank=1, size=3)
+    dual = DualQuery(mode="both", sessions=["a", ""], weights=MemoryWeights(), now=5.0)
+    search = gate.admit([issuer.search(2, 3, DIM, None, dual)])
+    remember = gate.admit([issuer.remember([10, 0, 7])])
+    forget = gate.admit([issuer.forget(["a"])])
+    assert isinstance(search, SearchWake) and search.dual == dual
+    assert isinstance(remember, RememberWake) and remember.sizes == [10, 0, 7]
+    assert isinstance(forget, ForgetWake) and forget.sessions == ["a"]
+    with pytest.raises(WakeupError, match="3 ranks, the job has"):
+        WakeupGate(token, DIM, rank=1, size=4).admit([WakeupIssuer(token).remember([1, 2, 3])])
+    with pytest.raises(WakeupError, match="2 sessions for 3 queries"):
+        WakeupGate(token, DIM, rank=1).admit([WakeupIssuer(token).search(3, 1, DIM, None, dual)])
 
 
 def test_a_genuine_search_of_another_dimension_cannot_be_followed() -> None:
