@@ -10,6 +10,7 @@
                  [--mode M --session S]  memory, or both, of a session
   aaflow-stream remember SESSION TEXT...  write memory entries (returns once durable)
   aaflow-stream forget SESSION...  remove sessions' memory from every rank
+  aaflow-stream answer TEXT...     retrieve, reason and generate (several texts: one round)
   aaflow-stream delete DOC_ID...   remove documents from a serving topology; returns once durable
   aaflow-stream ingest FILES...    send documents (JSONL files, text files, - for stdin JSONL)
                                    to a running topology's ingest endpoint; returns once durable
@@ -335,6 +336,26 @@ def _remember(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _answer(args: argparse.Namespace) -> int:
+    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+        reply = client.answer(
+            args.texts, session=args.session, mode=args.mode, k=args.k, budget=args.budget
+        )
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return EXIT_OK
+    for answer in reply.answers:
+        cached = " (cached)" if answer.cached else ""
+        print(f"Q: {answer.question}{cached}\nA: {answer.text}")
+        for n, c in enumerate(answer.citations, start=1):
+            where_from = f"{c.doc_id} chunk {c.chunk_id}" if c.path == "knowledge" else "memory"
+            print(f"   [{n}] {where_from} ({c.source})")
+    t = reply.timings
+    steps = ("embed", "cache", "retrieve", "reason", "generate", "memory", "total")
+    print(", ".join(f"{step} {getattr(t, step + '_ms'):.2f} ms" for step in steps))
+    return EXIT_OK
+
+
 def _forget(args: argparse.Namespace) -> int:
     with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
         removed = client.forget(args.sessions)
@@ -419,7 +440,14 @@ def _parser() -> argparse.ArgumentParser:
     remember.add_argument("--kind", choices=["summary", "intermediate", "state"], default="summary")
     forget = commands.add_parser("forget", help="remove sessions' memory from every rank")
     forget.add_argument("sessions", nargs="+")
-    for memory_command in (remember, forget):
+    answer = commands.add_parser("answer", help="retrieve, reason and generate an answer")
+    answer.add_argument("texts", nargs="+", help="the question (several: sub-questions)")
+    answer.add_argument("--session", help="whose memory it reads and learns into")
+    answer.add_argument("--mode", choices=["knowledge", "memory", "both"], default="knowledge")
+    answer.add_argument("--k", type=int, help="candidates per question (topology: answer.k)")
+    answer.add_argument("--budget", type=int, help="context characters per question")
+    answer.add_argument("--json", action="store_true")
+    for memory_command in (remember, forget, answer):
         memory_command.add_argument("--topology", type=Path, help="take the endpoint from it")
         memory_command.add_argument("--endpoint", help="the gateway endpoint")
         memory_command.add_argument("--timeout", type=float, default=30.0)
@@ -476,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             return _remember(args)
         if args.command == "forget":
             return _forget(args)
+        if args.command == "answer":
+            return _answer(args)
         if args.command == "ingest":
             return _ingest(args)
         if args.command == "status":

@@ -54,6 +54,8 @@ from .errors import (
 from .ingest import protocol as ingest_protocol
 from .ingest.protocol import Document, IngestError, IngestResult, Rejected
 from .query.protocol import (
+    AnswerReply,
+    AnswerRequest,
     DeleteReply,
     DeleteRequest,
     ErrorReply,
@@ -227,6 +229,30 @@ def _remember_request(
             except msgspec.ValidationError as exc:
                 raise InvalidRequest(f"not a memory entry: {exc}") from exc
     return RememberRequest(id=request_id, session=session, entries=out)
+
+
+def _answer_request(
+    request_id: int,
+    questions: str | list[str],
+    session: str | None,
+    mode: Mode,
+    k: int | None,
+    budget: int | None,
+    where: QueryFilter | None,
+    weights: MemoryWeights | None,
+    promote: bool,
+) -> AnswerRequest:
+    return AnswerRequest(
+        id=request_id,
+        questions=[questions] if isinstance(questions, str) else list(questions),
+        session=session,
+        mode=mode,
+        k=k,
+        budget=budget,
+        filter=where,
+        weights=weights,
+        promote=promote,
+    )
 
 
 def _promoted(hits_or_texts: Iterable[Hit | str], kind: MemoryKind) -> list[MemoryEntry]:
@@ -458,6 +484,28 @@ class Client:
         """Turn retrieved hits (or produced texts) into ``session``'s memory, in one exchange."""
         return self.remember(session, _promoted(hits_or_texts, kind))
 
+    def answer(
+        self,
+        questions: str | list[str],
+        *,
+        session: str | None = None,
+        mode: Mode = "knowledge",
+        k: int | None = None,
+        budget: int | None = None,
+        where: QueryFilter | None = None,
+        weights: MemoryWeights | None = None,
+        promote: bool = True,
+    ) -> AnswerReply:
+        """Retrieve -> reason -> generate for a question, or several related ones (one round
+        for all); with a session, each answer's evidence is then remembered in it. The reply
+        holds one ``Answer`` per question (text, citations) and per-step milliseconds."""
+        request = _answer_request(
+            next(self._ids), questions, session, mode, k, budget, where, weights, promote
+        )
+        reply = self._call(request)
+        assert isinstance(reply, AnswerReply)
+        return reply
+
     def forget(self, sessions: str | list[str]) -> int:
         """Remove every memory entry of these sessions from every rank, durably; how many."""
         names = [sessions] if isinstance(sessions, str) else list(sessions)
@@ -655,6 +703,26 @@ class AsyncClient:
     ) -> RememberReply:
         """See ``Client.promote``."""
         return await self.remember(session, _promoted(hits_or_texts, kind))
+
+    async def answer(
+        self,
+        questions: str | list[str],
+        *,
+        session: str | None = None,
+        mode: Mode = "knowledge",
+        k: int | None = None,
+        budget: int | None = None,
+        where: QueryFilter | None = None,
+        weights: MemoryWeights | None = None,
+        promote: bool = True,
+    ) -> AnswerReply:
+        """See ``Client.answer``."""
+        request = _answer_request(
+            next(self._ids), questions, session, mode, k, budget, where, weights, promote
+        )
+        reply = await self._call(request)
+        assert isinstance(reply, AnswerReply)
+        return reply
 
     async def forget(self, sessions: str | list[str]) -> int:
         """See ``Client.forget``."""

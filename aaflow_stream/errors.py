@@ -18,6 +18,7 @@
     │   └── ChunkNotStored     a chunk id the shard does not hold (also a KeyError)
     ├── WakeupError            a genuine shard wake-up the member cannot follow (out of step)
     ├── RoundFailed            a collective round over the shards failed: the gateway stops
+    ├── GenerationFailed       the answer's generator (a model endpoint) failed: that request
     ├── RetryLater             an operator cannot take an input yet (a full disk); offer it again
     ├── ActorFailed            an actor process ended abnormally (exit code, last error)
     │   ├── BadOperator        an operator could not be built at the first start-up
@@ -161,6 +162,11 @@ class WakeupError(AaflowError):
 
 class RoundFailed(AaflowError):
     """A round over the shards (search, count or delete) failed: the gateway stops."""
+
+
+class GenerationFailed(AaflowError):
+    """The generator of an answer failed (its endpoint is down, slow or answered garbage):
+    that request gets an error reply; the gateway goes on."""
 
 
 class RetryLater(AaflowError):

@@ -149,6 +149,7 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
                 embedder=topology.embedder,  # the gateway embeds queries
                 index=shards.index,
                 metric=shards.metric,
+                keywords=shards.keywords,
                 threads=shards.threads or max(1, (os.cpu_count() or 1) // shards.count),
                 serve=serve,
                 query_endpoint=query.endpoint,
@@ -161,6 +162,8 @@ def ingestion_graph(topology: TopologySpec, *, serve: bool = False) -> GraphSpec
                 snapshot_wal_mb=durability.snapshot_wal_mb,
                 full_disk_wait_s=durability.full_disk_wait_s,
                 memory=topology.memory,
+                answer=topology.answer,
+                cache=topology.cache,
             )
         ),
         shards.count,

@@ -9,8 +9,9 @@ Four conversations use them:
 * delivery acks (shard PUSH → source PULL): ``Ack`` says which documents' rows a shard made
   durable;
 * actor control (supervisor ROUTER ↔ actor DEALER): ``Ready``, ``Stats``, ``Done`` and
-  ``Failed`` go up; ``Start`` comes down. An actor also acts on ``Stop``, but the supervisor
-  sends none today: it stops actors with SIGTERM, which drains them the same way.
+  ``Failed`` go up; ``Start`` comes down. The supervisor stops actors with SIGTERM, which
+  drains them (no message: a stop must reach an actor whose loop is busy or whose socket is
+  gone).
 
 No pickle anywhere: a frame that does not decode into one of these is rejected by the caller.
 """
@@ -196,12 +197,8 @@ class Start(_Msg, tag="start", frozen=True):
     pass
 
 
-class Stop(_Msg, tag="stop", frozen=True):
-    pass
-
-
 ActorUp = Ready | Stats | Done | Failed
-ActorDown = Start | Stop
+ActorDown = Start
 
 _encoder = msgspec.msgpack.Encoder()
 

@@ -126,6 +126,9 @@ class ShardSpec(_Spec, frozen=True):
     # More ranks' threads than cores spin against each other: a 4-rank search round on 2 cores
     # took 15 ms at the median with FAISS's default threads, 1.9 ms with one thread per rank.
     threads: Positive | None = None
+    # A BM25 keyword index beside each vector shard (tantivy), for ``mode: hybrid`` queries;
+    # it costs ~20 us of shard CPU per chunk ingested, so it is asked for (docs/answer.md).
+    keywords: bool = False
 
 
 class QuerySpec(_Spec, frozen=True):
@@ -189,6 +192,51 @@ class MemorySpec(_Spec, frozen=True):
     near_duplicate: float = 0.95
     max_session_entries: Positive = 1000
     max_session_bytes: Positive = 1 << 20
+
+
+class ExtractiveSpec(_Spec, tag="extractive", tag_field="kind", frozen=True):
+    """No model: the answer is the context's best sentences for the question."""
+
+    sentences: Positive = 3
+
+
+class OpenAIChatSpec(_Spec, tag="openai", tag_field="kind", frozen=True):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, Ollama).
+    The API key is read from the environment variable ``api_key_env`` names, if any."""
+
+    url: str
+    model: str
+    api_key_env: str | None = None
+    max_tokens: Positive = 512
+    timeout_s: PositiveFloat = 60.0
+    system: str = (
+        "Answer the question from the numbered context only. Cite the pieces you use as [n]. "
+        "If the context does not hold the answer, say so."
+    )
+
+
+GeneratorSpec = ExtractiveSpec | OpenAIChatSpec
+
+
+class AnswerSpec(_Spec, frozen=True):
+    """``answer``: retrieve -> reason -> generate (docs/answer.md)."""
+
+    generator: GeneratorSpec = ExtractiveSpec()
+    k: Positive = 10  # candidates retrieved per question
+    budget_chars: Positive = 4000  # context a generator reads per question
+    dedup: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8  # shingle Jaccard of a duplicate
+    max_concurrent: Positive = 8  # answers in progress at once; more are refused as busy
+
+
+class CacheSpec(_Spec, frozen=True):
+    """The gateway's semantic cache: a query whose vector's cosine similarity to a cached
+    query's is at least ``threshold``, with the same mode, filter, k, session and weights,
+    gets the cached result without a round (docs/answer.md: what invalidates an entry)."""
+
+    enabled: bool = True
+    capacity: Positive = 4096
+    ttl_s: PositiveFloat = 300.0
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.98
 
 
 class FlowSpec(_Spec, frozen=True):
@@ -300,6 +348,8 @@ class TopologySpec(_Spec, frozen=True, kw_only=True):
     timeouts: TimeoutSpec = TimeoutSpec()
     query: QuerySpec = QuerySpec()
     memory: MemorySpec = MemorySpec()
+    answer: AnswerSpec = AnswerSpec()
+    cache: CacheSpec = CacheSpec()
     durability: DurabilitySpec = DurabilitySpec()
     ingest: IngestSpec | None = None
     metrics: MetricsSpec | None = None

@@ -144,7 +144,6 @@ def _valid_internal() -> dict[str, list[bytes]]:
         "ack": [enc(protocol.Ack(sender="mallory", shard=0))],
         "supervisor": [
             enc(protocol.Failed(actor="mallory", reason="x")),
-            enc(protocol.Stop()),
         ],
     }
 

@@ -18,6 +18,8 @@ from typing import Literal
 import msgspec
 
 from ..spec import (
+    AnswerSpec,
+    CacheSpec,
     DurabilitySpec,
     Embedder,
     EmbedStage,
@@ -109,6 +111,7 @@ class ShardParams(OperatorParams, frozen=True):
     serve: bool = False
     index: str = spec_field(ShardSpec, "index")
     metric: Literal["ip", "l2"] = spec_field(ShardSpec, "metric")
+    keywords: bool = spec_field(ShardSpec, "keywords")
     query_endpoint: str = spec_field(QuerySpec, "endpoint")
     max_batch: Positive = spec_field(QuerySpec, "max_batch")
     max_wait_ms: float = spec_field(QuerySpec, "max_wait_ms")
@@ -119,3 +122,5 @@ class ShardParams(OperatorParams, frozen=True):
     snapshot_wal_mb: PositiveFloat = spec_field(DurabilitySpec, "snapshot_wal_mb")
     full_disk_wait_s: PositiveFloat = spec_field(DurabilitySpec, "full_disk_wait_s")
     memory: MemorySpec = spec_field(TopologySpec, "memory")
+    answer: AnswerSpec = spec_field(TopologySpec, "answer")
+    cache: CacheSpec = spec_field(TopologySpec, "cache")

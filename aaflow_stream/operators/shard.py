@@ -63,6 +63,7 @@ class ShardWriter:
             index=params.index,
             metric=params.metric,
             wal_sync=params.wal_sync,
+            keywords=params.keywords,
         )
         policy = MaintenancePolicy(
             interval_sync=params.wal_sync == "interval",
@@ -131,6 +132,10 @@ class ShardWriter:
         self.last_lsn = self._maintenance.append(batch)
         if not is_tombstone(batch):
             self._upserted += batch.num_rows
+        elif self._gateway is not None:
+            # Every document's tombstone reaches every shard, so this rank sees each update
+            # and delete: cached results citing one must go before anyone is acknowledged.
+            self._gateway.documents_changed(batch.column("doc_id").to_pylist())
         self._applied_at = time.time()
         return ()
 
@@ -182,6 +187,9 @@ class ShardWriter:
             delete=rank.delete,
             memory=rank,
             memory_spec=params.memory,
+            answer_spec=params.answer,
+            cache_spec=params.cache,
+            hybrid=rank if params.keywords else None,
         )
         log.info("gateway serving on %s", params.query_endpoint)
         try:
@@ -217,6 +225,9 @@ class ShardWriter:
                 query_p50_ms=stats.percentile(50),
                 query_p99_ms=stats.percentile(99),
                 rejected=sum(stats.rejected.values()),
+                cache_hits=self._gateway.cache.stats.hits,
+                cache_misses=self._gateway.cache.stats.misses,
+                answers=stats.answers,
             )
             out.update({f"rejected_{reason}": n for reason, n in stats.rejected.items()})
         if self._serving is not None:

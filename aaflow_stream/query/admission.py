@@ -16,19 +16,23 @@ from typing import Final, Literal
 
 from .. import untrusted
 from .protocol import (
+    MAX_BUDGET_CHARS,
     MAX_DELETE_IDS,
     MAX_DOC_ID_BYTES,
     MAX_FORGET_SESSIONS,
     MAX_K,
+    MAX_QUESTIONS,
     MAX_REMEMBER_ENTRIES,
     MAX_REQUEST_BYTES,
     MAX_SESSION_CHARS,
     MAX_SOURCE_CHARS,
     MAX_TEXT_CHARS,
+    AnswerRequest,
     DeleteRequest,
     ErrorCode,
     ErrorReply,
     ForgetRequest,
+    MemoryWeights,
     QueryFilter,
     QueryRequest,
     RememberRequest,
@@ -47,9 +51,11 @@ RejectReason = Literal[
     "bad_filter",
     "bad_delete",
     "bad_memory",  # a remember, forget or memory query out of bounds
+    "bad_answer",  # an answer request out of bounds
     "busy",  # too many queries waiting (code "unavailable")
     "unsupported",  # a request this gateway does not serve (code "unavailable")
     "internal",  # the gateway failed on it (code "internal"): a bug, logged
+    "generation",  # the answer's generator failed (code "unavailable")
 ]
 REJECTION_REASONS: Final[tuple[RejectReason, ...]] = (
     "multipart",
@@ -62,9 +68,11 @@ REJECTION_REASONS: Final[tuple[RejectReason, ...]] = (
     "bad_filter",
     "bad_delete",
     "bad_memory",
+    "bad_answer",
     "busy",
     "unsupported",
     "internal",
+    "generation",
 )
 # Vectors are searched as float32: a larger finite float64 would become infinite.
 FLOAT32_MAX: Final = 3.4028234663852886e38
@@ -107,6 +115,8 @@ def admit(frames: Sequence[bytes], dim: int) -> Request | Rejection:
         return _check_query(request, dim)
     if isinstance(request, DeleteRequest):
         return _check_delete(request)
+    if isinstance(request, AnswerRequest):
+        return _check_answer(request)
     if isinstance(request, RememberRequest | ForgetRequest):
         problem = _memory_problem(request, dim)
         return request if problem is None else Rejection(request.id, "bad_memory", problem)
@@ -132,6 +142,8 @@ def _query_problem(request: QueryRequest, dim: int) -> str | None:
         return f"k must be between 1 and {MAX_K}, got {request.k}"
     if (request.text is None) == (request.vector is None):
         return "give exactly one of text or vector"
+    if request.mode == "hybrid" and request.text is None:
+        return "a hybrid query needs a text (its keywords)"
     if request.text is not None:
         if len(request.text) > MAX_TEXT_CHARS:
             return f"the query text has {len(request.text)} characters, more than {MAX_TEXT_CHARS}"
@@ -140,6 +152,28 @@ def _query_problem(request: QueryRequest, dim: int) -> str | None:
     if request.vector is not None:
         return _vector_problem(request.vector, dim, "the vector")
     return None
+
+
+def _check_answer(request: AnswerRequest) -> AnswerRequest | Rejection:
+    problem = _answer_problem(request)
+    if problem is not None:
+        return Rejection(request.id, "bad_answer", problem)
+    if request.filter is not None and (problem := filter_problem(request.filter)) is not None:
+        return Rejection(request.id, "bad_filter", problem)
+    return request
+
+
+def _answer_problem(request: AnswerRequest) -> str | None:
+    if not 0 < len(request.questions) <= MAX_QUESTIONS:
+        return f"give 1 to {MAX_QUESTIONS} questions, got {len(request.questions)}"
+    for i, question in enumerate(request.questions):
+        if not 0 < len(question) <= MAX_TEXT_CHARS or not question.strip():
+            return f"question {i}: a text of 1 to {MAX_TEXT_CHARS} characters, not blank"
+    if request.k is not None and not 1 <= request.k <= MAX_K:
+        return f"k must be between 1 and {MAX_K}, got {request.k}"
+    if request.budget is not None and not 1 <= request.budget <= MAX_BUDGET_CHARS:
+        return f"budget must be between 1 and {MAX_BUDGET_CHARS} characters, got {request.budget}"
+    return _weights_problem(request.session, request.weights)
 
 
 def _session_problem(session: str | None) -> str | None:
@@ -159,10 +193,14 @@ def _vector_problem(vector: list[float], dim: int, what: str) -> str | None:
 def _dual_problem(request: QueryRequest) -> str | None:
     if request.mode == "knowledge":
         return None
-    problem = _session_problem(request.session)
-    if problem is not None or request.weights is None:
+    return _weights_problem(request.session, request.weights)
+
+
+def _weights_problem(session: str | None, weights: MemoryWeights | None) -> str | None:
+    problem = _session_problem(session)
+    if problem is not None or weights is None:
         return problem
-    w = request.weights
+    w = weights
     numbers = [w.sim, w.recency, w.half_life_s, *w.kind.values()]
     if not all(math.isfinite(v) for v in numbers):
         return "the weights have non-finite values"

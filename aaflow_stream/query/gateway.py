@@ -15,6 +15,13 @@ as one exchange to the entries' owning ranks; ``forget`` is one round; a query i
 ``memory`` or ``both`` runs one dual-path round (``shard.scoring``) with each query's
 session, the request's weights (or the topology's) and the gateway's clock.
 
+The semantic cache (``query.cache``) answers a query near a cached one of the same key with
+no round; deletes, document updates (``documents_changed``: the shard operator passes every
+tombstone its rank applies, and the transform sends one per document to every shard) and
+memory changes invalidate it. ``answer`` requests (``query.answering``) run as tasks of
+their own, at most ``answer.max_concurrent`` at once, so a slow generator never holds up the
+queries behind it.
+
 Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
 then the error propagates, because the shard ranks can no longer be trusted to be in step.
 """
@@ -31,24 +38,25 @@ from typing import Protocol, TypeVar
 import msgspec
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from .. import untrusted
 from ..embedders.base import TextEmbedder
-from ..errors import RoundFailed
-from ..shard.memory import MemoryCounts, memory_id, rows_to_table
-from ..shard.memory_sessions import Entry
-from ..shard.wakeup import DualQuery
-from ..spec import MemorySpec
+from ..errors import GenerationFailed, RoundFailed
+from ..shard.memory import MemoryCounts
+from ..spec import AnswerSpec, CacheSpec, MemorySpec
+from . import generate
 from .admission import REJECTION_REASONS, Rejection, RejectReason, admit
+from .answering import AnswerPath
+from .cache import SemanticCache
+from .hits import hits_of, layout_of
+from .memory_rows import memory_table
 from .protocol import (
     MAX_PENDING_QUERIES,
+    AnswerRequest,
     DeleteReply,
     DeleteRequest,
     ForgetReply,
     ForgetRequest,
-    Hit,
-    QueryFilter,
     QueryReply,
     QueryRequest,
     RememberReply,
@@ -57,27 +65,14 @@ from .protocol import (
     Timings,
     encode,
 )
+from .rounds import HybridRounds, MemoryRounds, Retriever, RunRound
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RunRound = Callable[
-    [npt.NDArray[np.float32], int, QueryFilter | None, DualQuery | None],
-    Awaitable[list[pa.Table]],
-]
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
 MAX_PENDING = MAX_PENDING_QUERIES
 LATENCY_WINDOW = 10_000
-
-
-class MemoryRounds(Protocol):
-    """The memory rounds of the shard job (``shard.rank.ShardRank``)."""
-
-    async def remember(self, entries: pa.Table) -> MemoryCounts: ...
-
-    async def forget(self, sessions: list[str]) -> int: ...
-
-    async def census(self) -> npt.NDArray[np.int64]: ...
 
 
 class RequestSocket(Protocol):
@@ -108,6 +103,7 @@ class GatewayStats:
     rejected: dict[RejectReason, int] = field(default_factory=_no_rejections)
     memory_exchanges: int = 0
     memory: MemoryCounts = field(default_factory=MemoryCounts)
+    answers: int = 0
 
     def record(self, ms: float) -> None:
         self.queries += 1
@@ -133,6 +129,9 @@ class Gateway:
         delete: Callable[[list[str]], Awaitable[int]] | None = None,
         memory: MemoryRounds | None = None,
         memory_spec: MemorySpec | None = None,
+        answer_spec: AnswerSpec | None = None,
+        cache_spec: CacheSpec | None = None,
+        hybrid: HybridRounds | None = None,
     ) -> None:
         self._sock = sock
         # The topology's embedder, built by the same factory as the embed stage's.
@@ -146,14 +145,42 @@ class Gateway:
         self._delete = delete
         self._memory = memory
         self._memory_spec = memory_spec or MemorySpec()
+        self._answer_spec = answer_spec or AnswerSpec()
+        self.cache = SemanticCache(cache_spec or CacheSpec())
+        self._retriever = Retriever(
+            run_round, hybrid, self._memory_spec, self._count_round, memory=memory is not None
+        )
+        self._answers = AnswerPath(
+            embedder=embedder,
+            retriever=self._retriever,
+            memory=memory,
+            spec=self._answer_spec,
+            cache=self.cache,
+            generator=generate.build(self._answer_spec.generator),
+            on_memory_change=self._memory_changed,
+        )
+        self._answering: set[asyncio.Task[None]] = set()
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
         self.stats = GatewayStats()
 
     async def serve(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
             tg.create_task(self._receive())
             tg.create_task(self._answer())
+
+    def _count_round(self) -> None:
+        self.stats.rounds += 1
+
+    def documents_changed(self, doc_ids: list[str]) -> None:
+        """These documents were updated or deleted: cached results citing them go."""
+        self.cache.invalidate_docs(doc_ids)
+
+    def _memory_changed(self, session: str | None, counts: MemoryCounts) -> None:
+        self.stats.memory_exchanges += 1
+        self.stats.memory.add(counts)
+        self.cache.invalidate_session(session)
 
     async def _reply(self, client: bytes, reply: msgspec.Struct) -> None:
         await self._sock.send_multipart([client, encode(reply)])
@@ -184,6 +211,8 @@ class Gateway:
                 await self._handle_delete(client, admitted)
             elif isinstance(admitted, RememberRequest | ForgetRequest):
                 await self._handle_memory(client, admitted)
+            elif isinstance(admitted, AnswerRequest):
+                await self._start_answer(client, admitted)
             else:
                 await self._reply(client, await self._stats(client, admitted.id))
         except RoundFailed:
@@ -194,8 +223,8 @@ class Gateway:
             await self._reject(client, _internal(request_id, exc))
 
     async def _enqueue(self, client: bytes, request: QueryRequest) -> None:
-        if request.mode != "knowledge" and self._memory is None:
-            await self._reject(client, _no_memory(request.id))
+        if not self._retriever.serves(request.mode):
+            await self._reject(client, _unsupported(request.id, request.mode))
             return
         if len(self._pending) >= MAX_PENDING:
             busy = Rejection(request.id, "busy", "too many queries waiting", "unavailable")
@@ -220,6 +249,7 @@ class Gateway:
             await self._reject(client, refused)
             return
         ids = list(dict.fromkeys(request.doc_ids))
+        self.cache.invalidate_docs(ids)  # and results of rounds begun before it are not kept
         removed = await self._round(client, request.id, self._delete(ids))
         await self._reply(client, DeleteReply(id=request.id, removed=removed))
 
@@ -229,18 +259,19 @@ class Gateway:
             return
         if isinstance(request, ForgetRequest):
             sessions = list(dict.fromkeys(request.sessions))
+            for session in sessions:
+                self.cache.invalidate_session(session)
             removed = await self._round(client, request.id, self._memory.forget(sessions))
             await self._reply(client, ForgetReply(id=request.id, removed=removed))
             return
         try:
-            entries = self._memory_entries(request)
+            entries = memory_table(request.session, request.entries, self._embedder)
         except Exception as exc:  # no round started: answer it and go on
             log.exception("embedding %d memory entries failed", len(request.entries))
             await self._reject(client, _internal(request.id, exc, "embedding failed"))
             return
         counts = await self._round(client, request.id, self._memory.remember(entries))
-        self.stats.memory_exchanges += 1
-        self.stats.memory.add(counts)
+        self._memory_changed(request.session, counts)
         reply = RememberReply(
             id=request.id,
             added=counts.added,
@@ -249,25 +280,6 @@ class Gateway:
             memory_ids=entries.column("memory_id").to_pylist(),
         )
         await self._reply(client, reply)
-
-    def _memory_entries(self, request: RememberRequest) -> pa.Table:
-        """The request's entries as ``shard.memory.memory_row`` rows: ids, times, vectors."""
-        session = request.session or ""
-        vectors = np.empty((len(request.entries), self._dim), dtype=np.float32)
-        to_embed = [i for i, e in enumerate(request.entries) if e.vector is None]
-        if to_embed:
-            texts = [request.entries[i].text for i in to_embed]
-            vectors[to_embed] = self._embedder.embed(texts)
-        now = time.time()
-        rows = []
-        for i, e in enumerate(request.entries):
-            if e.vector is not None:
-                vectors[i] = e.vector
-            ts = now if e.ts is None else e.ts
-            entry_id = memory_id(session, e.text)
-            entry = Entry(entry_id, session, e.kind, e.text, e.source, ts, e.weight, e.ephemeral)
-            rows.append((entry, vectors[i]))
-        return rows_to_table(rows, self._dim)
 
     async def _stats(self, client: bytes, request_id: int) -> StatsReply:
         s = self.stats
@@ -290,7 +302,41 @@ class Gateway:
             memory_exchanges=s.memory_exchanges,
             memory_compactions=s.memory.merged,
             memory_evictions=s.memory.evicted,
+            cache_hits=self.cache.stats.hits,
+            cache_misses=self.cache.stats.misses,
+            cache_entries=len(self.cache),
+            answers=s.answers,
         )
+
+    async def _start_answer(self, client: bytes, request: AnswerRequest) -> None:
+        if not self._retriever.serves(request.mode):
+            await self._reject(client, _unsupported(request.id, request.mode))
+            return
+        if len(self._answering) >= self._answer_spec.max_concurrent:
+            busy = Rejection(request.id, "busy", "too many answers in progress", "unavailable")
+            await self._reject(client, busy)
+            return
+        task = self._tasks.create_task(self._run_answer(client, request))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _run_answer(self, client: bytes, request: AnswerRequest) -> None:
+        """One answer request to its reply; only a failed round escapes (and ends us)."""
+        try:
+            reply = await self._answers.answer(request)
+        except GenerationFailed as exc:
+            failed = Rejection(request.id, "generation", str(exc), "unavailable")
+            await self._reject(client, failed)
+            return
+        except RoundFailed as exc:
+            await self._reject(client, _internal(request.id, exc, "the round failed"))
+            raise
+        except Exception as exc:  # input must never end the gateway: a bug, answered
+            log.exception("answer %d failed", request.id)
+            await self._reject(client, _internal(request.id, exc))
+            return
+        self.stats.answers += 1
+        await self._reply(client, reply)
 
     async def _next_batch(self) -> list[_Pending]:
         while not self._pending:
@@ -331,22 +377,44 @@ class Gateway:
                 await self._reject(p.client, _internal(p.request.id, exc, "embedding failed"))
             return
         embedded = time.perf_counter()
+        keys = [_cache_key(p.request) for p in batch]
+        misses = []
+        for i, p in enumerate(batch):
+            cached = self.cache.lookup(keys[i], matrix[i])
+            if cached is None:
+                misses.append(i)
+                continue
+            now = time.perf_counter()
+            timings = Timings(
+                embed_ms=(embedded - started) * 1e3,
+                retrieve_ms=0.0,
+                total_ms=(now - p.arrived) * 1e3,
+                batch=0,
+                cached=True,
+            )
+            await self._reply(p.client, QueryReply(id=p.request.id, hits=cached, timings=timings))
+            self.stats.record(timings.total_ms)
+        if not misses:
+            return
+        if len(misses) < len(batch):
+            batch, keys = [batch[i] for i in misses], [keys[i] for i in misses]
+            matrix = matrix[misses]
+        began = self.cache.begin()
         k = max(p.request.k for p in batch)
         first = batch[0].request
-        dual = None
-        if first.mode != "knowledge":
-            sessions = [p.request.session or "" for p in batch]
-            weights = first.weights or self._memory_spec.weights
-            dual = DualQuery(mode=first.mode, sessions=sessions, weights=weights, now=time.time())
+        texts = [p.request.text for p in batch]
+        sessions = [p.request.session for p in batch]
+        layout = layout_of(first.mode)
         try:
-            tables = await self._run_round(matrix, k, first.filter, dual)
+            tables = await self._retriever.retrieve(
+                matrix, texts, k, first.filter, first.mode, sessions, first.weights
+            )
         except Exception as exc:  # a failed round answers its queries, then ends the actor
             for p in batch:
                 await self._reject(p.client, _internal(p.request.id, exc, "search failed"))
             raise RoundFailed(f"a search round failed: {exc!r}") from exc
         done = time.perf_counter()
-        self.stats.rounds += 1
-        for p, table in zip(batch, tables, strict=True):
+        for j, (p, table) in enumerate(zip(batch, tables, strict=True)):
             timings = Timings(
                 embed_ms=(embedded - started) * 1e3,
                 retrieve_ms=(done - embedded) * 1e3,
@@ -355,13 +423,16 @@ class Gateway:
             )
             try:
                 top = table.slice(0, p.request.k)
-                hits = _hits(top) if dual is None else _dual_hits(top)
+                hits = hits_of(top, layout)
             except Exception as exc:
                 log.exception("the hits of query %d could not be built", p.request.id)
                 await self._reject(p.client, _internal(p.request.id, exc))
                 continue
             await self._reply(p.client, QueryReply(id=p.request.id, hits=hits, timings=timings))
             self.stats.record(timings.total_ms)
+            session = (p.request.session or "") if layout == "dual" else None
+            docs = [h.doc_id for h in hits if h.doc_id]
+            self.cache.store(keys[j], matrix[j], hits, docs=docs, session=session, began=began)
 
     def _embed(self, batch: list[_Pending]) -> npt.NDArray[np.float32]:
         matrix = np.empty((len(batch), self._dim), dtype=np.float32)
@@ -374,43 +445,26 @@ class Gateway:
         return matrix
 
 
-def _hits(table: pa.Table) -> list[Hit]:
-    columns = {
-        name: table.column(name).to_pylist()
-        for name in ("chunk_id", "doc_id", "seq", "score", "text", "source", "shard")
-    }
-    return [Hit(*row) for row in zip(*columns.values(), strict=True)]
-
-
-def _dual_hits(table: pa.Table) -> list[Hit]:
-    """Hits of a dual-path round (``shard.scoring.DUAL_HIT`` rows)."""
-    out = []
-    for row in table.to_pylist():
-        memory = row["path"] == "memory"
-        out.append(
-            Hit(
-                chunk_id=0 if memory else row["id"] & 0xFFFF_FFFF_FFFF_FFFF,  # the uint64 bits
-                doc_id=row["doc_id"],
-                seq=row["seq"],
-                score=row["score"],
-                text=row["text"],
-                source=row["source"],
-                shard=row["shard"],
-                path=row["path"],
-                memory_id=row["id"] if memory else None,
-                kind=row["kind"],
-                session=(row["session"] or None) if memory else None,
-                ephemeral=row["ephemeral"],
-                sim=row["sim"],
-                kind_score=row["kind_score"],
-                recency_score=row["recency_score"],
-            )
-        )
-    return out
+def _cache_key(request: QueryRequest) -> tuple[object, ...]:
+    """What a cached result depends on besides the query's vector."""
+    session = request.session if request.mode != "knowledge" else None
+    return (
+        "query",
+        request.mode,
+        encode(request.filter),
+        request.k,
+        session,
+        encode(request.weights),
+    )
 
 
 def _no_memory(request_id: int) -> Rejection:
     return Rejection(request_id, "unsupported", "this gateway serves no memory", "unavailable")
+
+
+def _unsupported(request_id: int, mode: str) -> Rejection:
+    why = "keeps no keyword index (shards.keywords)" if mode == "hybrid" else "serves no memory"
+    return Rejection(request_id, "unsupported", f"mode {mode}: this topology {why}", "unavailable")
 
 
 def _internal(request_id: int | None, exc: BaseException, what: str = "") -> Rejection:

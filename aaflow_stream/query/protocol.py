@@ -51,6 +51,8 @@ MAX_FRAME_BYTES: Final = MAX_REQUEST_BYTES + 1024 * 1024
 MAX_DOC_ID_BYTES: Final = 1024
 # Queries waiting for a round at the gateway; so also the most queries one round can carry.
 MAX_PENDING_QUERIES: Final = MAX_ROUND_QUERIES
+MAX_QUESTIONS: Final = 64  # questions one answer request carries
+MAX_BUDGET_CHARS: Final = 1_000_000  # context per question
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -58,8 +60,9 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="k
 
 
 # Where a query looks: the chunks (plain FAISS scores), the session's memory, or both under
-# one weighted score (``MemoryWeights``; docs/memory.md).
-Mode = Literal["knowledge", "memory", "both"]
+# one weighted score (``MemoryWeights``; docs/memory.md); or the chunks by vector and by BM25
+# keywords, fused by reciprocal rank (``hybrid``: text queries, shards with keywords).
+Mode = Literal["knowledge", "memory", "both", "hybrid"]
 MemoryKind = Literal["summary", "intermediate", "state"]
 
 
@@ -116,7 +119,26 @@ class DeleteRequest(_Msg, tag="delete", frozen=True):
     doc_ids: list[str]  # bounds: query.admission
 
 
-Request = QueryRequest | StatsRequest | DeleteRequest | RememberRequest | ForgetRequest
+class AnswerRequest(_Msg, tag="answer", frozen=True):
+    """Retrieve -> reason -> generate for one or more related questions (one round for all
+    that the cache does not answer), then, with a session, promote each answer's context
+    into its memory. ``k``, ``budget`` (characters of context per question) None: the
+    topology's ``answer`` section."""
+
+    id: int
+    questions: list[str]
+    session: str | None = None
+    mode: Mode = "knowledge"
+    k: int | None = None
+    budget: int | None = None
+    filter: QueryFilter | None = None
+    weights: MemoryWeights | None = None
+    promote: bool = True
+
+
+Request = (
+    QueryRequest | StatsRequest | DeleteRequest | RememberRequest | ForgetRequest | AnswerRequest
+)
 
 
 class Hit(msgspec.Struct, frozen=True):
@@ -137,13 +159,56 @@ class Hit(msgspec.Struct, frozen=True):
     sim: float | None = None
     kind_score: float | None = None
     recency_score: float | None = None
+    # A hybrid query's hits: score is the fused one; the parts it was fused from.
+    bm25: float | None = None
+    vector_rank: int | None = None  # 1-based rank in the global vector list; None: not in it
+    keyword_rank: int | None = None
 
 
 class Timings(msgspec.Struct, frozen=True):
     embed_ms: float
     retrieve_ms: float
     total_ms: float
-    batch: int  # queries answered by the same collective round
+    batch: int  # queries answered by the same collective round (0: from the cache)
+    cached: bool = False  # answered by the semantic cache, no round
+
+
+class Citation(msgspec.Struct, frozen=True):
+    """Where a piece of an answer's evidence comes from."""
+
+    path: str  # knowledge | memory
+    chunk_id: int  # 0 for memory
+    doc_id: str  # "" for memory
+    source: str
+    memory_id: int | None = None
+    score: float = 0.0
+
+
+class Answer(msgspec.Struct, frozen=True):
+    question: str
+    text: str
+    citations: list[Citation]
+    context_chars: int  # of the evidence the generator read
+    cached: bool = False
+
+
+class AnswerTimings(msgspec.Struct, frozen=True):
+    """Per step, for the whole request (every question): embed the questions, look them up in
+    the cache, retrieve (one round for the misses), reason, generate, promote into memory."""
+
+    embed_ms: float
+    cache_ms: float
+    retrieve_ms: float
+    reason_ms: float
+    generate_ms: float
+    memory_ms: float
+    total_ms: float
+
+
+class AnswerReply(_Msg, tag="answered", frozen=True):
+    id: int
+    answers: list[Answer]
+    timings: AnswerTimings
 
 
 class QueryReply(_Msg, tag="hits", frozen=True):
@@ -166,6 +231,10 @@ class StatsReply(_Msg, tag="stats_reply", frozen=True):
     memory_exchanges: int = 0
     memory_compactions: int = 0  # entries merged into a near-duplicate since start
     memory_evictions: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_entries: int = 0
+    answers: int = 0
 
 
 class DeleteReply(_Msg, tag="deleted", frozen=True):
@@ -197,7 +266,9 @@ class ErrorReply(_Msg, tag="error", frozen=True):
     message: str
 
 
-Reply = QueryReply | StatsReply | DeleteReply | RememberReply | ForgetReply | ErrorReply
+Reply = (
+    QueryReply | StatsReply | DeleteReply | RememberReply | ForgetReply | AnswerReply | ErrorReply
+)
 
 _encoder = msgspec.msgpack.Encoder()
 request_decoder: Final = msgspec.msgpack.Decoder(Request)

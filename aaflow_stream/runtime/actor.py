@@ -4,7 +4,7 @@ Lifecycle: start (build the operator, bind and connect, report Ready), run (a so
 its operator; a stage consumes its input port), drain (flush the operator, end the stream
 downstream and wait for it to be confirmed), stop (close sockets with a chosen linger).
 
-SIGTERM or a ``Stop`` from the supervisor drains: a source stops reading at once; a stage keeps
+SIGTERM (how the supervisor stops actors) drains: a source stops reading at once; a stage keeps
 consuming until its upstream ends, for at most ``drain_timeout_s``. Then exit 0. An async
 source (``abatches()``: a directory watch, the ingest endpoint) never ends by itself: a stop
 cuts its wait for input, and its in-flight documents get up to ``drain_timeout_s`` to be
@@ -137,7 +137,7 @@ class Actor:
         spec = self.spec
         async with asyncio.TaskGroup() as tg:
             services = [
-                tg.create_task(self._supervisor.serve(self._start.set, self.request_stop)),
+                tg.create_task(self._supervisor.serve(self._start.set)),
                 tg.create_task(self._report_stats()),
             ]
             if self._inport is not None:

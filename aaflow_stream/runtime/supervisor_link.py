@@ -10,7 +10,7 @@ import zmq
 import zmq.asyncio
 
 from ..channels import sockets
-from ..protocol import ActorUp, Start, Stop, actor_down_decoder, encode
+from ..protocol import ActorUp, Start, actor_down_decoder, encode
 from ..untrusted import MalformedMessage, decode
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class SupervisorLink:
             return False
         return True
 
-    async def serve(self, on_start: Callable[[], None], on_stop: Callable[[], None]) -> None:
-        """Act on Start and Stop until cancelled."""
+    async def serve(self, on_start: Callable[[], None]) -> None:
+        """Act on Start until cancelled."""
         if self._sock is None:
             return
         while True:
@@ -55,11 +55,8 @@ class SupervisorLink:
                 self.malformed[exc.reason] += 1
                 log.warning("%s: dropped", exc)
                 continue
-            match msg:
-                case Start():
-                    on_start()
-                case Stop():
-                    on_stop()
+            if isinstance(msg, Start):
+                on_start()
 
     def close(self, linger_ms: int) -> None:
         if self._sock is not None:

@@ -33,13 +33,23 @@ import zmq
 from ..errors import SpecError
 from ..mpi.thread import MpiThread
 from .filters import QueryFilter
+from .hybrid import encode_texts
 from .memory import MemoryCounts, MemoryStore, owner
-from .round import ROOT, count_round, delete_round, forget_round, remember_round, search_round
+from .round import (
+    ROOT,
+    count_round,
+    delete_round,
+    forget_round,
+    hybrid_round,
+    remember_round,
+    search_round,
+)
 from .store import ShardStore
 from .wakeup import (
     DeleteWake,
     DualQuery,
     ForgetWake,
+    HybridQuery,
     RememberWake,
     SearchWake,
     Wakeup,
@@ -74,7 +84,10 @@ def _member_round(
     comm: Any, store: ShardStore, memory: MemoryStore, wake: Wakeup, _world: Any
 ) -> None:
     """A member's side of the round ``wake`` names, on the rounds' communicator ``comm``."""
-    if isinstance(wake, SearchWake):
+    if isinstance(wake, SearchWake) and wake.hybrid is not None:
+        shape = (wake.nq, wake.dim)
+        hybrid_round(comm, store, None, None, wake.k, shape, wake.filter, wake.hybrid)
+    elif isinstance(wake, SearchWake):
         shape = (wake.nq, wake.dim)
         search_round(comm, store, None, wake.k, shape, wake.filter, wake.dual, memory)
     elif isinstance(wake, DeleteWake):
@@ -159,6 +172,30 @@ class ShardRank:
         )
         assert result is not None
         return list(result)
+
+    async def hybrid(
+        self,
+        matrix: npt.NDArray[np.float32],
+        texts: list[str],
+        k: int,
+        allowed: QueryFilter | None,
+        depth: int,
+    ) -> list[pa.Table]:
+        """Each query's top-k by vector and BM25 keyword search fused (``shard.hybrid``)."""
+        plan = HybridQuery(text_bytes=len(encode_texts(texts)), depth=depth)
+        issuer = self._issuer()
+        self._links.send(issuer.search(len(matrix), k, matrix.shape[1], allowed, None, plan))
+        store, comm, shape = self._store, self._links.comm, (len(matrix), matrix.shape[1])
+        result = await self._run(
+            lambda _: hybrid_round(comm, store, matrix, texts, k, shape, allowed, plan), "hybrid"
+        )
+        assert result is not None
+        return list(result)
+
+    @property
+    def keywords(self) -> bool:
+        """Whether the shards keep a keyword index (hybrid rounds need one)."""
+        return self._store.keyword_lsn is not None
 
     async def census(self) -> npt.NDArray[np.int64]:
         """Per rank: (vectors, memory entries)."""

@@ -17,11 +17,11 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ..mpi.thread import wait
-from . import scoring, topk
+from . import hybrid, scoring, topk
 from .filters import QueryFilter
 from .memory import MemoryCounts, MemoryStore
 from .store import ShardStore
-from .wakeup import DualQuery
+from .wakeup import DualQuery, HybridQuery
 
 ROOT = 0
 # A round is short; poll faster than an idle wait would.
@@ -91,6 +91,83 @@ def _merge(tables: list[pa.Table], nq: int, k: int, metric: str) -> list[pa.Tabl
         best = mine[topk.order(scores[mine], ids[mine], metric)[:k]]  # type: ignore[arg-type]
         out.append(merged.take(pa.array(best)))
     return out
+
+
+def _gather_tables(comm: Any, table: pa.Table) -> list[pa.Table] | None:
+    """Every rank's ``table`` to the root, as Arrow streams (``Igather`` of sizes, then
+    ``Igatherv`` of the bytes): the root gets them in rank order, the others None."""
+    from mpi4py import MPI
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    payload = _to_bytes(table)
+    sizes = np.zeros(size, dtype=np.int64)
+    wait(comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=ROOT), ROUND_POLL_S)
+    if rank != ROOT:
+        wait(comm.Igatherv(payload, None, root=ROOT), ROUND_POLL_S)
+        return None
+    displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    received = np.empty(int(sizes.sum()), dtype=np.uint8)
+    wait(
+        comm.Igatherv(payload, [received, sizes, displacements, MPI.BYTE], root=ROOT), ROUND_POLL_S
+    )
+    return [
+        pa.ipc.open_stream(pa.py_buffer(received[start : start + length])).read_all()
+        for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
+    ]
+
+
+def _allgather_bytes(comm: Any, payload: bytes) -> list[bytes]:
+    """Every rank's ``payload``, on every rank, in rank order (``Iallgather`` of sizes, then
+    ``Iallgatherv``)."""
+    from mpi4py import MPI
+
+    size = comm.Get_size()
+    mine = np.frombuffer(payload, dtype=np.uint8)
+    sizes = np.zeros(size, dtype=np.int64)
+    wait(comm.Iallgather(np.array([mine.size], dtype=np.int64), sizes), ROUND_POLL_S)
+    displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    received = np.empty(int(sizes.sum()), dtype=np.uint8)
+    wait(comm.Iallgatherv(mine, [received, sizes, displacements, MPI.BYTE]), ROUND_POLL_S)
+    return [
+        received[start : start + length].tobytes()
+        for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
+    ]
+
+
+def hybrid_round(
+    comm: Any,
+    store: ShardStore,
+    queries: npt.NDArray[np.float32] | None,
+    texts: list[str] | None,
+    k: int,
+    shape: tuple[int, int],
+    allowed: QueryFilter | None,
+    plan: HybridQuery,
+) -> list[pa.Table] | None:
+    """Every rank calls this (``shard.hybrid``); the root passes the queries' vectors and
+    texts and gets each query's fused top-k. Collectives: ``Ibcast`` of the vectors and of
+    the texts, an all-gather of the ranks' keyword statistics (each rank sums them alike),
+    and the gather of every rank's candidates."""
+    rank = comm.Get_rank()
+    nq, dim = shape
+    matrix = (
+        np.ascontiguousarray(queries, dtype=np.float32)
+        if rank == ROOT and queries is not None
+        else np.empty((nq, dim), dtype=np.float32)
+    )
+    wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
+    raw = np.empty(plan.text_bytes, dtype=np.uint8)
+    if rank == ROOT:
+        assert texts is not None
+        raw[:] = np.frombuffer(hybrid.encode_texts(texts), dtype=np.uint8)
+    wait(comm.Ibcast(raw, root=ROOT), ROUND_POLL_S)
+    round_texts = hybrid.decode_texts(raw.tobytes())
+    stats = hybrid.global_stats(_allgather_bytes(comm, hybrid.local_stats(store, round_texts)))
+    local = hybrid.local_candidates(store, matrix, round_texts, plan.depth, stats, allowed, rank)
+    tables = _gather_tables(comm, local)
+    if tables is None:
+        return None
+    return hybrid.fuse(tables, nq, k, plan.depth, plan.rrf_k, store.metric)
 
 
 def count_round(
@@ -173,9 +250,7 @@ def search_round(
     The other ranks pass ``k`` and the matrix ``shape`` (queries, dim) they were told with
     their wake-up, or ``shape=None`` to have the root broadcast them (one more collective).
     """
-    from mpi4py import MPI
-
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     if shape is None or rank == ROOT:
         header = np.zeros(3, dtype=np.int64)
         if rank == ROOT:
@@ -197,21 +272,9 @@ def search_round(
         if dual is None
         else _dual_hits(store, memory, matrix, k, rank, allowed, dual)
     )
-    payload = _to_bytes(local)
-    sizes = np.zeros(size, dtype=np.int64)
-    wait(comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=ROOT), ROUND_POLL_S)
-    if rank != ROOT:
-        wait(comm.Igatherv(payload, None, root=ROOT), ROUND_POLL_S)
+    tables = _gather_tables(comm, local)
+    if tables is None:
         return None
-    displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    received = np.empty(int(sizes.sum()), dtype=np.uint8)
-    wait(
-        comm.Igatherv(payload, [received, sizes, displacements, MPI.BYTE], root=ROOT), ROUND_POLL_S
-    )
-    tables = [
-        pa.ipc.open_stream(pa.py_buffer(received[start : start + length])).read_all()
-        for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
-    ]
     if dual is not None:
         return scoring.merge_dual(tables, nq, k)
     return _merge(tables, nq, k, store.metric)

@@ -152,6 +152,11 @@ class ChunkRows:
         table, live = self.table(), self.live_positions()
         return table if live is None else table.take(pa.array(live))
 
+    def live_mask(self, ids: Sequence[int]) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` are stored."""
+        where = self._where
+        return np.fromiter((i in where for i in ids), dtype=bool, count=len(ids))
+
     def rows(self, ids: Sequence[int]) -> pa.Table:
         """The rows of ``ids`` (all stored), in that order."""
         try:

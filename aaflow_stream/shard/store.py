@@ -11,6 +11,8 @@ On disk, under ``<data_dir>/shard-<r>/``:
 - ``wal/wal-<NNNNNNNN>.log``: every batch applied since the snapshot (``wal.py``).
 - ``snapshot/{index.faiss, meta.arrow, snapshot.json}`` (``snapshot.py``): open with
   ``faiss.read_index`` and ``pyarrow.ipc.open_file``.
+- ``keywords/`` (with ``keywords=True``): a tantivy BM25 index over the chunks' text
+  (``keywords.py``, which documents how it is kept in step, committed and recovered).
 
 Opening loads the snapshot and replays the log. ``append`` logs a batch, then applies it: an
 upsert batch (with ``embedding``) is idempotent by chunk_id; a tombstone batch
@@ -19,6 +21,11 @@ chunk of ``doc_id`` whose ``doc_version`` differs from ``keep_version`` (all of 
 ``DELETE_ALL``). With ``wal_sync="batch"`` the record is synced before it is applied; with
 ``"interval"`` it is applied at once and made durable by the caller's next ``sync()``; with
 ``"none"`` nothing is logged and a batch becomes durable only with the next snapshot.
+
+With ``keywords=True`` every applied record is also staged in the keyword index, which
+commits what the log made durable when the store syncs (at most every ``keyword_commit_s``,
+at once after a tombstone removed chunks), snapshots or closes; ``keyword_stats`` and
+``keyword_search`` answer the two halves of an exact distributed BM25 query.
 
 Threads: ingestion (the actor's loop), queries (the MPI thread) and snapshots (a worker)
 share the store. ``_lock`` guards the index and metadata (held by queries and applies, never
@@ -48,7 +55,9 @@ from ..durability.fsio import make_dir, write_atomic
 from ..errors import BadBatch, SpecError, StorageError
 from ..schemas import DELETE_ALL, EMBEDDING, METADATA, TOMBSTONE
 from . import snapshot as snap
+from .bm25 import KeywordStats
 from .filters import QueryFilter
+from .keywords import KeywordIndex
 from .rows import ChunkRows
 from .topk import Ids, Scores
 from .vectors import VectorIndex
@@ -58,6 +67,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "shard.json"
 WAL_DIR = "wal"
+KEYWORDS_DIR = "keywords"
 WalSync = Literal["batch", "interval", "none"]
 
 
@@ -74,6 +84,8 @@ class ShardStore:
         index: str,
         metric: str,
         wal_sync: WalSync = "batch",
+        keywords: bool = False,
+        keyword_commit_s: float = 1.0,
     ) -> None:
         self.directory = directory
         self.dim = dim
@@ -84,12 +96,17 @@ class ShardStore:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
+        self._keywords: KeywordIndex | None = None
+        self._keyword_commit_s = keyword_commit_s
+        self._keyword_commit_at = time.monotonic()
         try:
             make_dir(directory)
             self._check_manifest()
             found = snap.recover(directory)
             self._vectors = self._load_base(found)
             info = found or snap.EMPTY
+            if keywords:
+                self._open_keywords(info.lsn)
             self._wal = WriteAheadLog.open(
                 directory / WAL_DIR,
                 first_segment=info.wal_segment,
@@ -98,6 +115,8 @@ class ShardStore:
                 record=wal_sync != "none",
             )
             self._wal.drop_before(info.wal_segment)  # covered; a crash left them behind
+            if self._keywords is not None:
+                self._catch_up_keywords()
         except OSError as exc:  # e.g. an unwritable data directory
             raise StorageError(f"cannot open the shard in {directory}: {exc}") from exc
         self._snapshot_lsn = info.lsn
@@ -138,9 +157,44 @@ class ShardStore:
             self._rows.add(batch)
         return VectorIndex(self.dim, self._metric, index)
 
-    def _replay(self, _lsn: int, batch: pa.RecordBatch) -> None:
+    def _replay(self, lsn: int, batch: pa.RecordBatch) -> None:
         # Copy the metadata out: kept as is, it would pin the whole segment's bytes.
-        self._apply(batch, copy=True)
+        self._apply(batch, lsn, copy=True)
+
+    def _open_keywords(self, base_lsn: int) -> None:
+        """Open the keyword index beside the loaded snapshot (LSN ``base_lsn``); one that is
+        new, or older than the snapshot (the log it lacks is gone), is rebuilt from its rows."""
+        keywords = self._keywords = KeywordIndex(self.directory / KEYWORDS_DIR)
+        if keywords.lsn == 0 or keywords.lsn < base_lsn:
+            if keywords.lsn:
+                log.warning(
+                    "%s: keyword index at LSN %d is older than the snapshot (LSN %d): rebuilding",
+                    self.directory,
+                    keywords.lsn,
+                    base_lsn,
+                )
+            self._rebuild_keywords(base_lsn)
+
+    def _catch_up_keywords(self) -> None:
+        """After the log replay (which staged what the keyword index lacked): an index ahead
+        of the store (it committed records the store lost) is rebuilt; then commit."""
+        keywords, last = self._keywords, self._wal.last_lsn
+        assert keywords is not None
+        if keywords.lsn > last:
+            log.warning(
+                "%s: keyword index at LSN %d is ahead of the shard (LSN %d): rebuilding",
+                self.directory,
+                keywords.lsn,
+                last,
+            )
+            self._rebuild_keywords(last)
+        keywords.commit(force=True)
+
+    def _rebuild_keywords(self, lsn: int) -> None:
+        assert self._keywords is not None
+        table = self._rows.live_table()
+        ids = table.column("chunk_id").to_numpy().astype(np.int64)
+        self._keywords.rebuild(lsn, ids, table.column("text"))
 
     # --- state -------------------------------------------------------------------------------
 
@@ -210,7 +264,9 @@ class ShardStore:
             lsn = self._wal.append(batch)
             if self._sync_each:
                 self._wal.sync()
-            self._apply(batch)
+            self._apply(batch, lsn)
+        if not self._interval_sync:  # else sync() commits keywords, off this thread
+            self._commit_keywords()
         return lsn
 
     def upsert(self, batch: pa.RecordBatch) -> int:
@@ -235,8 +291,33 @@ class ShardStore:
         return self.append(pa.record_batch(columns, schema=TOMBSTONE))
 
     def sync(self) -> int:
-        """fsync the log now; the durable LSN."""
-        return self._wal.sync()
+        """fsync the log now; the durable LSN. With keywords, commit what it made durable
+        (at most every ``keyword_commit_s``, at once after chunks were removed)."""
+        durable = self._wal.sync()
+        self._commit_keywords()
+        return durable
+
+    @property
+    def _interval_sync(self) -> bool:
+        return self.logs and not self._sync_each
+
+    def _commit_keywords(self, *, force: bool = False, for_query: bool = False) -> None:
+        keywords = self._keywords
+        if keywords is None:
+            return
+        now = time.monotonic()
+        due = now - self._keyword_commit_at >= self._keyword_commit_s
+        if not (force or for_query or due or keywords.staged_removals):
+            return
+        # Only what a crash cannot lose; without a log nothing is durable before a snapshot,
+        # so everything applied (recovery rebuilds an index found ahead of the shard).
+        upto = self._wal.durable_lsn if self.logs else self._wal.last_lsn
+        try:
+            keywords.commit(upto, force=force)
+        except StorageError as exc:  # the batches are logged and applied: never fail them
+            log.warning("%s: keyword commit failed (%s); the next one retries", self.directory, exc)
+            return
+        self._keyword_commit_at = now
 
     def make_durable(self, reason: str) -> int:
         """Everything appended so far survives a crash once this returns: the log synced, or
@@ -266,13 +347,13 @@ class ShardStore:
             if batch.column(key).null_count:
                 raise BadBatch(f"a batch for {self.directory} has nulls in {key!r}")
 
-    def _apply(self, batch: pa.RecordBatch, *, copy: bool = False) -> None:
+    def _apply(self, batch: pa.RecordBatch, lsn: int, *, copy: bool = False) -> None:
         if is_tombstone(batch):
-            self._apply_tombstones(batch)
+            self._apply_tombstones(batch, lsn)
         else:
-            self._apply_upsert(batch, copy=copy)
+            self._apply_upsert(batch, lsn, copy=copy)
 
-    def _apply_upsert(self, batch: pa.RecordBatch, *, copy: bool) -> None:
+    def _apply_upsert(self, batch: pa.RecordBatch, lsn: int, *, copy: bool) -> None:
         ids = batch.column("chunk_id").to_numpy().view(np.int64)
         if len(np.unique(ids)) != len(ids):  # keep each id's last row, as if sent one by one
             _, first = np.unique(ids[::-1], return_index=True)
@@ -288,13 +369,17 @@ class ShardStore:
             self._vectors.remove(self._rows.present(ids.tolist()))
             self._vectors.add(ids, vectors)
             self._rows.add(meta)
+            if self._keywords is not None:
+                self._keywords.upsert(lsn, ids, meta.column("text"))
 
-    def _apply_tombstones(self, batch: pa.RecordBatch) -> None:
+    def _apply_tombstones(self, batch: pa.RecordBatch, lsn: int) -> None:
         doc_ids = batch.column("doc_id").to_pylist()
         keep = batch.column("keep_version")
         with self._lock:
             doomed = self._rows.tombstone(doc_ids, keep.to_pylist())
             self._vectors.remove(doomed)
+            if self._keywords is not None:
+                self._keywords.remove(lsn, doomed)  # also when empty: the LSN is seen
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -336,6 +421,51 @@ class ShardStore:
         with self._lock:
             return self._rows.live_table()
 
+    # --- keyword reads -----------------------------------------------------------------------
+
+    @property
+    def keyword_lsn(self) -> int | None:
+        """The last record the committed keyword index covers; None without keywords."""
+        return None if self._keywords is None else self._keywords.lsn
+
+    def _keyword_index(self) -> KeywordIndex:
+        if self._keywords is None:
+            raise RuntimeError(f"the shard in {self.directory} was opened without keywords")
+        return self._keywords
+
+    def keyword_stats(self, terms: Sequence[str]) -> KeywordStats:
+        """This shard's BM25 statistics for ``terms`` (``shard.keywords.query_terms`` of the
+        query); the root sums every shard's with ``shard.bm25.combine``. The first step of a
+        hybrid round: it first commits every staged record the log made durable."""
+        keywords = self._keyword_index()
+        # A query sees every durable record: results cached from it (the gateway's semantic
+        # cache) must not miss what was acknowledged before it. A commit is made only when
+        # records are staged, so a stream of queries with no ingestion commits nothing.
+        self._commit_keywords(for_query=True)
+        with self._lock:
+            return keywords.local_stats(terms)
+
+    def keyword_search(
+        self,
+        query_text: str,
+        k: int,
+        global_stats: KeywordStats,
+        allowed: QueryFilter | None = None,
+    ) -> tuple[Ids, Scores]:
+        """This shard's exact BM25 top-k under the summed statistics: (chunk ids, scores),
+        best first in ``shard.topk`` order (ip). Chunks the store no longer holds (removed
+        since the keyword index's last commit) and chunks ``allowed`` rejects are skipped."""
+        keywords = self._keyword_index()
+        with self._lock:
+            rows = self._rows
+            allowed_ids = None if allowed is None else rows.allowed_ids(allowed)
+
+            def keep(ids: Ids) -> npt.NDArray[np.bool_]:
+                mask = rows.live_mask(ids.tolist())
+                return mask if allowed_ids is None else mask & np.isin(ids, allowed_ids)
+
+            return keywords.search(query_text, k, global_stats, keep)
+
     # --- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self, reason: str, *, force: bool = False) -> snap.SnapshotInfo | None:
@@ -353,6 +483,11 @@ class ShardStore:
                 with self._lock:
                     index = self._vectors.clone()
                     batches, live = self._rows.batches(), self._rows.live_positions()
+            if self._keywords is not None:
+                # Before the snapshot lands: once it has, the log up to ``lsn`` is deleted and
+                # a keyword index older than it would need a rebuild.
+                self._keywords.commit(lsn, force=True)
+                self._keyword_commit_at = time.monotonic()
             table = pa.Table.from_batches(batches, schema=METADATA)
             if live is not None:
                 table = table.take(pa.array(live))
@@ -367,9 +502,13 @@ class ShardStore:
             return info
 
     def close(self) -> None:
-        """Sync and close the log (waits for a snapshot in progress). Idempotent."""
+        """Sync and close the log and commit the keyword index (waits for a snapshot in
+        progress). Idempotent."""
         with self._snapshot_lock:
             try:
                 self._wal.sync()
+                self._commit_keywords(force=True)
             finally:
                 self._wal.close()
+                if self._keywords is not None:
+                    self._keywords.close()

@@ -4,7 +4,7 @@
 Order: better score first (inner product: larger; L2: smaller), then the smaller chunk id, and
 missing entries (id -1, FAISS's filler when a shard has fewer than k candidates) last. Merging
 per-shard lists ordered this way and cutting at k gives exactly the top-k of the union, ties
-included, provided each shard's list is itself exact under this order (``local_topk``).
+included, provided each shard's list is itself exact under this order (``VectorIndex.search``).
 """
 
 from __future__ import annotations

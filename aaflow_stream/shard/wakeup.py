@@ -80,12 +80,24 @@ class DualQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     now: float
 
 
+class HybridQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The keyword part of a hybrid round (``shard.hybrid``): the root broadcasts the query
+    texts (``text_bytes`` of msgpack), every rank takes its top ``depth`` by vector and by
+    BM25 under statistics summed over the ranks, and the root fuses the two global lists by
+    reciprocal rank (``rrf_k``)."""
+
+    text_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUND_BYTES)]
+    depth: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)]
+    rrf_k: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 60
+
+
 class SearchWake(_Wake, tag="search", frozen=True):
     nq: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUND_QUERIES)]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)]
     dim: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIM)]
     filter: QueryFilter | None
     dual: DualQuery | None = None
+    hybrid: HybridQuery | None = None
 
 
 class CountWake(_Wake, tag="count", frozen=True):
@@ -138,12 +150,19 @@ class WakeupIssuer:
         dim: int,
         where: QueryFilter | None,
         dual: DualQuery | None = None,
+        hybrid: HybridQuery | None = None,
     ) -> bytes:
-        return _encoder.encode(
-            SearchWake(
-                seq=self._next(), token=self._token, nq=nq, k=k, dim=dim, filter=where, dual=dual
-            )
+        wake = SearchWake(
+            seq=self._next(),
+            token=self._token,
+            nq=nq,
+            k=k,
+            dim=dim,
+            filter=where,
+            dual=dual,
+            hybrid=hybrid,
         )
+        return _encoder.encode(wake)
 
     def remember(self, sizes: list[int]) -> bytes:
         return _encoder.encode(RememberWake(seq=self._next(), token=self._token, sizes=sizes))
@@ -219,6 +238,8 @@ class WakeupGate:
         """Why a genuine, in-sequence wake-up cannot be run by this rank, if it cannot."""
         if isinstance(wake, SearchWake) and wake.dual and len(wake.dual.sessions) != wake.nq:
             return f"names {len(wake.dual.sessions)} sessions for {wake.nq} queries"
+        if isinstance(wake, SearchWake) and wake.dual and wake.hybrid:
+            return "is both a dual-path and a hybrid round"
         if isinstance(wake, RememberWake) and len(wake.sizes) != self._size:
             return f"sends memory to {len(wake.sizes)} ranks, the job has {self._size}"
         return None

@@ -78,7 +78,7 @@ def test_undecodable_messages_to_an_actor_are_dropped_and_it_still_obeys_start(
         started = asyncio.Event()
         try:
             async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
-                serving = tg.create_task(link.serve(started.set, lambda: None))
+                serving = tg.create_task(link.serve(started.set))
                 await link.send(Ready(actor="load.0", pid=1))  # makes it known to the router
                 peer, _ready = await router.recv_multipart()
                 for message in (BAD_TAG, b"\x91" * 100_000, encode(Start())):

@@ -178,6 +178,7 @@ def _valid_requests() -> list[bytes]:
             )
         ),
         q.encode(q.ForgetRequest(id=8, sessions=["s", "t"])),
+        q.encode(q.AnswerRequest(id=9, questions=["why", "how"], session="s", mode="both")),
     ]
 
 
@@ -200,13 +201,15 @@ def test_a_seeded_fuzz_of_thousands_of_hostile_messages_gets_one_typed_reply_eac
         assert sum(rejected.values()) == sum(isinstance(r, q.ErrorReply) for r in replies)
         assert rejected["multipart"] == len(frames) // 10
         assert rejected["invalid_utf8"] > 0 and rejected["too_deep"] > 0
-        assert rounds.searched + sum(rejected.values()) + _others(replies) == len(frames)
+        queries = sum(isinstance(r, q.QueryReply) for r in replies)
+        assert queries <= rounds.searched + gateway.cache.stats.hits  # each searched or cached
+        assert queries + _others(replies) + sum(rejected.values()) == len(frames)
 
     _serving(body)
 
 
 def _others(replies: list[q.Reply]) -> int:
-    kinds = q.StatsReply | q.DeleteReply | q.RememberReply | q.ForgetReply
+    kinds = q.StatsReply | q.DeleteReply | q.RememberReply | q.ForgetReply | q.AnswerReply
     return sum(isinstance(r, kinds) for r in replies)
 
 

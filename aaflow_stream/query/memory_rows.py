@@ -1,0 +1,38 @@
+"""Memory entries of a request -> the rows a memory exchange carries (``shard.memory``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..embedders.base import TextEmbedder
+from ..shard.memory import memory_id, rows_to_table
+from ..shard.memory_sessions import Entry
+from .protocol import MemoryEntry
+
+
+def memory_table(
+    session: str | None, entries: Sequence[MemoryEntry], embedder: TextEmbedder
+) -> pa.Table:
+    """``shard.memory.memory_row`` rows: each entry's id, time (now where it gives none) and
+    vector (embedded here, in one call, where it gives none)."""
+    name = session or ""
+    dim = embedder.dim
+    vectors = np.empty((len(entries), dim), dtype=np.float32)
+    to_embed = [i for i, e in enumerate(entries) if e.vector is None]
+    if to_embed:
+        vectors[to_embed] = embedder.embed([entries[i].text for i in to_embed])
+    now = time.time()
+    rows = []
+    for i, e in enumerate(entries):
+        if e.vector is not None:
+            vectors[i] = e.vector
+        ts = now if e.ts is None else e.ts
+        entry = Entry(
+            memory_id(name, e.text), name, e.kind, e.text, e.source, ts, e.weight, e.ephemeral
+        )
+        rows.append((entry, vectors[i]))
+    return rows_to_table(rows, dim)

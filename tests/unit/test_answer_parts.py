@@ -1,0 +1,186 @@
+"""The answer path's pure parts: reason (context assembly), the semantic cache, generators."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from aaflow_stream.errors import GenerationFailed
+from aaflow_stream.query.cache import SemanticCache
+from aaflow_stream.query.generate import ExtractiveGenerator, OpenAIChatGenerator
+from aaflow_stream.query.protocol import Hit
+from aaflow_stream.query.reason import assemble
+from aaflow_stream.spec import CacheSpec, OpenAIChatSpec
+
+
+def hit(chunk: int, score: float, text: str, path: str = "knowledge") -> Hit:
+    memory = path == "memory"
+    return Hit(
+        chunk_id=0 if memory else chunk,
+        doc_id="" if memory else f"d{chunk}",
+        seq=0,
+        score=score,
+        text=text,
+        source="s",
+        shard=chunk % 4,
+        path=path,  # type: ignore[arg-type]
+        memory_id=chunk if memory else None,
+    )
+
+
+HITS = [
+    hit(3, 0.9, "The vault opens at dawn. Guards change at noon."),
+    hit(1, 0.9, "Credit flow control bounds every queue in the engine."),
+    hit(7, 0.8, "the vault opens at dawn, guards change at noon"),  # a near-duplicate of 3
+    hit(5, 0.7, "x" * 500),
+    hit(9, 0.6, "Short fact.", path="memory"),
+]
+
+
+def test_reason_orders_dedups_and_packs_deterministically_whatever_the_input_order() -> None:
+    context = assemble(HITS, budget_chars=200)
+    assert [p.citation.chunk_id for p in context.pieces] == [1, 3, 0]  # 9 is memory: chunk 0
+    assert [p.citation.path for p in context.pieces] == ["knowledge", "knowledge", "memory"]
+    assert context.dropped_duplicates == 1 and context.dropped_budget == 1  # 7; the 500-char 5
+    assert context.chars <= 200
+    shuffled = [HITS[i] for i in (4, 2, 0, 3, 1)]
+    assert assemble(shuffled, budget_chars=200) == context
+    assert context.render().startswith("[1] Credit flow control")
+
+
+def test_a_first_piece_larger_than_the_budget_is_cut_at_a_word() -> None:
+    context = assemble([hit(1, 1.0, "alpha beta gamma delta")], budget_chars=12)
+    assert [p.text for p in context.pieces] == ["alpha beta"]
+
+
+def test_the_extractive_generator_takes_the_best_sentences_in_context_order() -> None:
+    context = assemble(HITS, budget_chars=200)
+    answer = ExtractiveGenerator(sentences=1).generate("when does the vault open", context)
+    assert answer.text == "The vault opens at dawn."
+    assert [c.chunk_id for c in answer.citations] == [3]
+    again = ExtractiveGenerator(sentences=1).generate("when does the vault open", context)
+    assert again == answer
+
+
+class _Chat(BaseHTTPRequestHandler):
+    replies: ClassVar[list[bytes]] = []
+    seen: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Chat.seen.append(
+            {"path": self.path, "body": json.loads(body), "auth": self.headers.get("Authorization")}
+        )
+        reply = _Chat.replies.pop(0)
+        self.send_response(200 if reply != b"500" else 500)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_server() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Chat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_openai_adapter_speaks_the_chat_protocol_and_parses_citations(
+    chat_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_CHAT_KEY", "sekrit")
+    _Chat.seen.clear()
+    _Chat.replies[:] = [
+        json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": "At dawn [2]."}}]}
+        ).encode(),
+        b"not json",
+        b"500",
+    ]
+    spec = OpenAIChatSpec(url=chat_server, model="tiny", api_key_env="TEST_CHAT_KEY", timeout_s=5)
+    generator = OpenAIChatGenerator(spec)
+    context = assemble(HITS, budget_chars=200)
+    answer = generator.generate("when does the vault open", context)
+    assert answer.text == "At dawn [2]."
+    assert [c.chunk_id for c in answer.citations] == [3]  # piece 2 of the context
+    request = _Chat.seen[0]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sekrit"
+    body = request["body"]
+    assert isinstance(body, dict) and body["model"] == "tiny"
+    assert "[2] The vault opens at dawn." in body["messages"][1]["content"]
+    with pytest.raises(GenerationFailed, match="no answer"):
+        generator.generate("q", context)
+    with pytest.raises(GenerationFailed, match="failed"):
+        generator.generate("q", context)
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(16).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cache_hits_near_queries_of_the_same_key_and_misses_others() -> None:
+    cache = SemanticCache(CacheSpec(threshold=0.95))
+    v = unit(1)
+    assert cache.lookup("k", v) is None
+    assert cache.store("k", v, "result", docs=["d1"], session=None, began=cache.begin())
+    near = v + 0.01 * unit(2)
+    assert cache.lookup("k", near) == "result"
+    assert cache.lookup("other key", v) is None
+    assert cache.lookup("k", unit(3)) is None
+    assert (cache.stats.hits, cache.stats.misses) == (1, 3)
+
+
+def test_the_cache_expires_by_ttl_and_evicts_the_least_recently_used() -> None:
+    clock = Clock()
+    cache = SemanticCache(CacheSpec(capacity=2, ttl_s=10), clock)
+    a, b, c = unit(1), unit(2), unit(3)
+    for name, v in (("a", a), ("b", b)):
+        cache.store("k", v, name, docs=[], session=None, began=cache.begin())
+    assert cache.lookup("k", a) == "a"  # a is now the most recent
+    cache.store("k", c, "c", docs=[], session=None, began=cache.begin())
+    assert cache.lookup("k", b) is None and cache.stats.evictions == 1
+    clock.now = 11
+    assert cache.lookup("k", a) is None and cache.stats.expired == 1
+
+
+def test_the_cache_drops_entries_of_changed_documents_and_sessions_and_refuses_late_results() -> (
+    None
+):
+    cache = SemanticCache(CacheSpec())
+    v, w = unit(1), unit(2)
+    cache.store("k", v, "cites d1", docs=["d1", "d2"], session=None, began=cache.begin())
+    cache.store("k", w, "reads s", docs=[], session="s", began=cache.begin())
+    assert cache.invalidate_docs(["d2"]) == 1
+    assert cache.lookup("k", v) is None
+    assert cache.invalidate_session("s") == 1
+    assert cache.lookup("k", w) is None
+    # A round that began before a delete of what it cites is not cached.
+    began = cache.begin()
+    cache.invalidate_docs(["d3"])
+    assert not cache.store("k", v, "stale", docs=["d3"], session=None, began=began)
+    assert cache.store("k", v, "fresh", docs=["d4"], session=None, began=began)
+    assert cache.stats.refused == 1
