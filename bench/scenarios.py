@@ -52,8 +52,10 @@ from aaflow_stream.query.cache import SemanticCache
 from aaflow_stream.query.generate import ExtractiveGenerator
 from aaflow_stream.query.protocol import Hit
 from aaflow_stream.query.reason import assemble
+from aaflow_stream.shard.keywords import KeywordIndex, query_terms
 from aaflow_stream.spec import CacheSpec
 from aaflow_stream.synthetic import corpus_files, generate
+from tests.support.shards import drained_shards, read_shards
 
 from .kit import cli
 from .kit.table import Column, render
@@ -63,6 +65,7 @@ DIM = 384
 K = 10
 BUDGET = 2000
 SUB_QUESTIONS = 4
+RRF_K = 60
 UP_TIMEOUT_S = 600.0
 TARGET_VS_THIN = 0.5
 TARGET_SCL_ONE_MS = 0.2
@@ -154,6 +157,19 @@ class ThinClient:
     def query(self, text: str) -> list[Hit]:
         return self.search(self._embedder.embed([text])[0], K)
 
+    def hybrid(self, text: str) -> list[int]:
+        """Vector top-K from the shards, BM25 top-K in-process (one index over every chunk:
+        its statistics are the corpus's), fused by the same reciprocal-rank rule."""
+        assert self._keywords is not None
+        vector = [h.chunk_id for h in self.query(text)]
+        stats = self._keywords.local_stats(query_terms(text))
+        keyword, _ = self._keywords.search(text, K, stats)
+        fused: dict[int, float] = {}
+        for ranked in (vector, keyword.tolist()):
+            for position, chunk in enumerate(ranked, start=1):
+                fused[chunk] = fused.get(chunk, 0.0) + 1.0 / (RRF_K + position)
+        return [c for c, _ in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:K]]
+
     def answer(self, questions: Sequence[str]) -> list[str]:
         vectors = self._embedder.embed(list(questions))
         out = []
@@ -174,6 +190,16 @@ class ThinClient:
         for sock in self._socks:
             sock.close()
         self._ctx.term()
+
+
+def thin_keywords(data_dir: Path, directory: Path) -> KeywordIndex:
+    """One keyword index over every chunk of every shard, for the thin client, in-process."""
+    index = KeywordIndex(directory)
+    for lsn, shard in enumerate(read_shards(data_dir), start=1):
+        ids = shard.meta.column("chunk_id").to_numpy().astype(np.int64)
+        index.upsert(lsn, ids, shard.meta.column("text"))
+    index.commit(force=True)
+    return index
 
 
 def stop_thin(endpoints: list[str]) -> None:
@@ -205,7 +231,7 @@ stages:
   - {{operator: embed, replicas: 2, batch_size: 256}}
   - {{operator: upsert, replicas: 2, batch_size: 2048, chain: true}}
 embedder: {{kind: hash, dim: {DIM}}}
-shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
+shards: {{count: {N_SHARDS}, index: Flat, metric: ip, keywords: true}}
 query: {{endpoint: "{endpoint}", max_batch: 64}}
 answer: {{generator: {{kind: extractive, sentences: 3}}, k: {K}, budget_chars: {BUDGET}}}
 cache: {{capacity: 8192, ttl_s: 3600, threshold: 0.999}}
@@ -336,6 +362,9 @@ def measure_thin(
     ]
     lat, _ = concurrently(clients, groups, client, lambda c, qs: c.answer(qs))
     res["nccq"] = summary(lat)
+    if keywords is not None:
+        lat, _ = concurrently(clients, texts, client, lambda c, t: c.hybrid(t))
+        res["hr"] = summary(lat)
     concurrently(clients, texts, client, cached)  # fill
     lat, _ = concurrently(clients, texts, client, cached)
     res["scl"] = summary(lat)
@@ -423,7 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     generate(corpus, "tiny" if args.quick else "small")
     texts = query_texts(corpus_files(corpus), n_queries, seed=0)
     topo.write_text(topology_yaml(corpus, data_dir, run_dir, endpoint))
-    from tests.support.shards import drained_shards
 
     from .kit.engine import Served
 
@@ -448,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             servers.append(server)
         cli.progress("thin baseline")
-        thin = measure_thin(thin_endpoints, texts, clients, None)
+        keywords = thin_keywords(data_dir, work / "thin-keywords") if hybrid else None
+        thin = measure_thin(thin_endpoints, texts, clients, keywords)
+        if keywords is not None:
+            keywords.close()
         stop_thin(thin_endpoints)
     finally:
         for server in servers:

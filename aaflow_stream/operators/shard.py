@@ -133,9 +133,9 @@ class ShardWriter:
         if not is_tombstone(batch):
             self._upserted += batch.num_rows
         elif self._gateway is not None:
-            # Every document's tombstone reaches every shard, so this rank sees each update
-            # and delete: cached results citing one must go before anyone is acknowledged.
-            self._gateway.documents_changed(batch.column("doc_id").to_pylist())
+            # Every document's tombstone reaches every shard, so this rank sees each new,
+            # changed or deleted document: cached results must go before it is acknowledged.
+            self._gateway.documents_changed()
         self._applied_at = time.time()
         return ()
 

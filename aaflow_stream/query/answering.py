@@ -114,11 +114,10 @@ class AnswerPath:
             answer = Answer(questions[i], made.text, made.citations, context.chars)
             answers[i] = answer
             if not promote:
-                docs = [c.doc_id for c in made.citations if c.doc_id]
-                cited = [p.citation.doc_id for p in context.pieces if p.citation.doc_id]
-                session = request.session if request.mode in ("memory", "both") else None
+                session = (request.session or "") if request.mode in ("memory", "both") else None
+                knowledge = request.mode != "memory"
                 self._cache.store(
-                    key, vectors[i], answer, docs=docs + cited, session=session, began=began
+                    key, vectors[i], answer, knowledge=knowledge, session=session, began=began
                 )
         if promote and misses:
             await self._promote(request, [contexts[i] for i in misses])

@@ -1,15 +1,21 @@
 """The gateway's semantic cache: near-identical queries answered without a round.
 
 An entry is a query's vector (unit-normalised), the result it got and what that result
-depends on: the documents its hits cite and the memory session it read. A lookup finds, among
+depends on: the knowledge shards (any query but a memory-only one) and the memory session it
+read. A lookup finds, among
 the live entries of the same *key* (mode, filter, k, session, weights, and for an answer its
 budget), the one whose vector is most similar to the query's; at a cosine similarity of at
 least ``threshold`` it is a hit. Bounded: at most ``capacity`` entries, the least recently
 used go first; an entry older than ``ttl_s`` is never served.
 
-Never stale. An entry is dropped when a document it cites is updated or deleted (the
-gateway's rank sees every document's tombstone, which the transform sends to every shard,
-and every delete request), or when its session's memory changes (remember, promote, forget).
+Never stale. Every entry that read knowledge is dropped when any document is added, changed
+or deleted: the gateway's rank sees every document's tombstone (the transform sends one per
+document to every shard, before any source is acknowledged) and every delete request. A new
+document cited by nothing may still belong in a cached top-k, so dropping only the entries
+that cite a changed document would serve results that miss what was just acknowledged;
+while documents stream in, the cache therefore serves memory-only results and repeats within
+one quiet stretch. An entry that read a session's memory is dropped when that memory changes
+(remember, promote, forget; a change of the shared entries drops every memory reader).
 A result computed by a round that started before an invalidation is not stored: ``begin``
 hands out the invalidation epoch at a round's start, and ``store`` refuses an entry begun in
 an older epoch than the last invalidation that could touch it.
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +36,9 @@ import numpy.typing as npt
 
 from ..spec import CacheSpec
 
-# Invalidations remembered (for refusing results of rounds that began before them); past
-# this many, they are forgotten at once and every round begun before is refused instead.
+# Sessions whose last memory change is remembered (for refusing results of rounds that began
+# before it); past this many, they are forgotten at once and every round begun before is
+# refused instead.
 MAX_TRACKED = 100_000
 
 
@@ -50,7 +57,7 @@ class _Entry:
     key: Hashable
     vector: npt.NDArray[np.float32]
     value: Any
-    docs: frozenset[str]
+    knowledge: bool  # it read the knowledge shards
     session: str | None
     stored_at: float
 
@@ -69,13 +76,13 @@ class SemanticCache:
         self._clock = clock
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # LRU order, oldest first
         self._by_key: dict[Hashable, _KeyIndex] = {}
-        self._by_doc: dict[str, set[int]] = {}
+        self._knowledge_readers: set[int] = set()
         self._by_session: dict[str, set[int]] = {}
         self._next_id = 0
         self._epoch = 0  # advanced by every invalidation
         self._floor = 0  # rounds begun before this epoch are refused (invalidations forgotten)
         self._shared_epoch = -1  # of the last change of shared memory
-        self._doc_epoch: dict[str, int] = {}
+        self._knowledge_epoch = -1  # of the last change of any document
         self._session_epoch: dict[str, int] = {}
         self.stats = CacheStats()
 
@@ -124,15 +131,15 @@ class SemanticCache:
         vector: npt.NDArray[np.float32],
         value: Any,
         *,
-        docs: Iterable[str],
+        knowledge: bool,
         session: str | None,
         began: int,
     ) -> bool:
-        """Keep ``value``; False when an invalidation since ``began`` may have touched it."""
+        """Keep ``value`` (which read the knowledge shards, or ``session``'s memory, or
+        both); False when an invalidation since ``began`` may have touched it."""
         if not self._spec.enabled:
             return False
-        cited = frozenset(docs)
-        touched = [self._doc_epoch.get(d, -1) for d in cited]
+        touched = [self._knowledge_epoch] if knowledge else []
         if session is not None:
             touched += [self._session_epoch.get(session, -1), self._shared_epoch]
         if began < self._floor or any(epoch > began for epoch in touched):
@@ -140,14 +147,14 @@ class SemanticCache:
             return False
         entry_id = self._next_id
         self._next_id += 1
-        entry = _Entry(key, _unit(vector), value, cited, session, self._clock())
+        entry = _Entry(key, _unit(vector), value, knowledge, session, self._clock())
         self._entries[entry_id] = entry
         index = self._by_key.setdefault(key, _KeyIndex())
         index.ids.append(entry_id)
         row = entry.vector[None, :]
         index.matrix = row if index.matrix is None else np.concatenate([index.matrix, row])
-        for doc in cited:
-            self._by_doc.setdefault(doc, set()).add(entry_id)
+        if knowledge:
+            self._knowledge_readers.add(entry_id)
         if session is not None:
             self._by_session.setdefault(session, set()).add(entry_id)
         while len(self._entries) > self._spec.capacity:
@@ -158,16 +165,12 @@ class SemanticCache:
 
     # --- invalidation ------------------------------------------------------------------------
 
-    def invalidate_docs(self, doc_ids: Iterable[str]) -> int:
-        """These documents changed or are gone: drop every entry citing one."""
+    def invalidate_knowledge(self) -> int:
+        """A document was added, changed or deleted: drop every entry that read knowledge."""
         self._epoch += 1
-        dropped = 0
-        for doc in doc_ids:
-            self._doc_epoch[doc] = self._epoch
-            for entry_id in list(self._by_doc.get(doc, ())):
-                dropped += self._drop(entry_id)
+        self._knowledge_epoch = self._epoch
+        dropped = sum(self._drop(i) for i in list(self._knowledge_readers))
         self.stats.invalidated += dropped
-        self._bound_tracking()
         return dropped
 
     def invalidate_session(self, session: str | None) -> int:
@@ -186,8 +189,7 @@ class SemanticCache:
         return dropped
 
     def _bound_tracking(self) -> None:
-        if len(self._doc_epoch) + len(self._session_epoch) > MAX_TRACKED:
-            self._doc_epoch.clear()
+        if len(self._session_epoch) > MAX_TRACKED:
             self._session_epoch.clear()
             self._floor = self._epoch
 
@@ -203,10 +205,7 @@ class SemanticCache:
             index.matrix = np.delete(index.matrix, at, axis=0)
         else:
             del self._by_key[entry.key]
-        for doc in entry.docs:
-            self._by_doc[doc].discard(entry_id)
-            if not self._by_doc[doc]:
-                del self._by_doc[doc]
+        self._knowledge_readers.discard(entry_id)
         if entry.session is not None:
             self._by_session[entry.session].discard(entry_id)
             if not self._by_session[entry.session]:

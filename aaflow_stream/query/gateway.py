@@ -16,11 +16,11 @@ as one exchange to the entries' owning ranks; ``forget`` is one round; a query i
 session, the request's weights (or the topology's) and the gateway's clock.
 
 The semantic cache (``query.cache``) answers a query near a cached one of the same key with
-no round; deletes, document updates (``documents_changed``: the shard operator passes every
-tombstone its rank applies, and the transform sends one per document to every shard) and
-memory changes invalidate it. ``answer`` requests (``query.answering``) run as tasks of
-their own, at most ``answer.max_concurrent`` at once, so a slow generator never holds up the
-queries behind it.
+no round; deletes, new and updated documents (``documents_changed``: the shard operator
+calls it for every tombstone its rank applies, and the transform sends one per document to
+every shard) and memory changes invalidate it. ``answer`` requests (``query.answering``) run
+as tasks of their own, at most ``answer.max_concurrent`` at once, so a slow generator never
+holds up the queries behind it.
 
 Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
 then the error propagates, because the shard ranks can no longer be trusted to be in step.
@@ -173,9 +173,9 @@ class Gateway:
     def _count_round(self) -> None:
         self.stats.rounds += 1
 
-    def documents_changed(self, doc_ids: list[str]) -> None:
-        """These documents were updated or deleted: cached results citing them go."""
-        self.cache.invalidate_docs(doc_ids)
+    def documents_changed(self) -> None:
+        """Documents were added, updated or deleted: cached results that read knowledge go."""
+        self.cache.invalidate_knowledge()
 
     def _memory_changed(self, session: str | None, counts: MemoryCounts) -> None:
         self.stats.memory_exchanges += 1
@@ -249,7 +249,7 @@ class Gateway:
             await self._reject(client, refused)
             return
         ids = list(dict.fromkeys(request.doc_ids))
-        self.cache.invalidate_docs(ids)  # and results of rounds begun before it are not kept
+        self.cache.invalidate_knowledge()  # and results of rounds begun before are not kept
         removed = await self._round(client, request.id, self._delete(ids))
         await self._reply(client, DeleteReply(id=request.id, removed=removed))
 
@@ -431,8 +431,10 @@ class Gateway:
             await self._reply(p.client, QueryReply(id=p.request.id, hits=hits, timings=timings))
             self.stats.record(timings.total_ms)
             session = (p.request.session or "") if layout == "dual" else None
-            docs = [h.doc_id for h in hits if h.doc_id]
-            self.cache.store(keys[j], matrix[j], hits, docs=docs, session=session, began=began)
+            knowledge = p.request.mode != "memory"
+            self.cache.store(
+                keys[j], matrix[j], hits, knowledge=knowledge, session=session, began=began
+            )
 
     def _embed(self, batch: list[_Pending]) -> npt.NDArray[np.float32]:
         matrix = np.empty((len(batch), self._dim), dtype=np.float32)

@@ -296,6 +296,8 @@ def _topology(root: Path, endpoint: str) -> spec.TopologySpec:
         "stages: [{operator: load}, {operator: transform}, {operator: embed}, {operator: upsert}]\n"
         f"shards: {{count: {SHARDS}}}\nquery: {{endpoint: '{endpoint}'}}\n"
         "durability: {restart: {max_restarts: 2, backoff_s: 0.1}}\n"
+        # These tests are about rounds: a repeated query must reach the ranks, not the cache.
+        "cache: {enabled: false}\n"
     )
 
 

@@ -77,7 +77,8 @@ def main() -> int:
             if rank == 0:
                 assert tables is not None
                 for table in tables:
-                    context = assemble(hits_of(table, dual is not None), budget_chars=300)
+                    layout = "plain" if dual is None else "dual"
+                    context = assemble(hits_of(table, layout), budget_chars=300)
                     contexts.append(msgspec.to_builtins(context))
         mem.close()
         store.close()

@@ -146,7 +146,7 @@ def test_the_cache_hits_near_queries_of_the_same_key_and_misses_others() -> None
     cache = SemanticCache(CacheSpec(threshold=0.95))
     v = unit(1)
     assert cache.lookup("k", v) is None
-    assert cache.store("k", v, "result", docs=["d1"], session=None, began=cache.begin())
+    assert cache.store("k", v, "result", knowledge=True, session=None, began=cache.begin())
     near = v + 0.01 * unit(2)
     assert cache.lookup("k", near) == "result"
     assert cache.lookup("other key", v) is None
@@ -159,28 +159,33 @@ def test_the_cache_expires_by_ttl_and_evicts_the_least_recently_used() -> None:
     cache = SemanticCache(CacheSpec(capacity=2, ttl_s=10), clock)
     a, b, c = unit(1), unit(2), unit(3)
     for name, v in (("a", a), ("b", b)):
-        cache.store("k", v, name, docs=[], session=None, began=cache.begin())
+        cache.store("k", v, name, knowledge=True, session=None, began=cache.begin())
     assert cache.lookup("k", a) == "a"  # a is now the most recent
-    cache.store("k", c, "c", docs=[], session=None, began=cache.begin())
+    cache.store("k", c, "c", knowledge=True, session=None, began=cache.begin())
     assert cache.lookup("k", b) is None and cache.stats.evictions == 1
     clock.now = 11
     assert cache.lookup("k", a) is None and cache.stats.expired == 1
 
 
-def test_the_cache_drops_entries_of_changed_documents_and_sessions_and_refuses_late_results() -> (
+def test_the_cache_drops_what_changed_knowledge_or_memory_touched_and_refuses_late_results() -> (
     None
 ):
     cache = SemanticCache(CacheSpec())
-    v, w = unit(1), unit(2)
-    cache.store("k", v, "cites d1", docs=["d1", "d2"], session=None, began=cache.begin())
-    cache.store("k", w, "reads s", docs=[], session="s", began=cache.begin())
-    assert cache.invalidate_docs(["d2"]) == 1
-    assert cache.lookup("k", v) is None
+    v, w, x = unit(1), unit(2), unit(3)
+    cache.store("k", v, "knowledge", knowledge=True, session=None, began=cache.begin())
+    cache.store("k", w, "memory of s", knowledge=False, session="s", began=cache.begin())
+    cache.store("k", x, "both, s", knowledge=True, session="s", began=cache.begin())
+    assert cache.invalidate_knowledge() == 2  # any document added, changed or deleted
+    assert cache.lookup("k", v) is None and cache.lookup("k", x) is None
+    assert cache.lookup("k", w) == "memory of s"
     assert cache.invalidate_session("s") == 1
     assert cache.lookup("k", w) is None
-    # A round that began before a delete of what it cites is not cached.
+    # A round that began before a change of what it read is not cached.
     began = cache.begin()
-    cache.invalidate_docs(["d3"])
-    assert not cache.store("k", v, "stale", docs=["d3"], session=None, began=began)
-    assert cache.store("k", v, "fresh", docs=["d4"], session=None, began=began)
-    assert cache.stats.refused == 1
+    cache.invalidate_knowledge()
+    assert not cache.store("k", v, "stale", knowledge=True, session=None, began=began)
+    assert cache.store("k", w, "fresh", knowledge=False, session="t", began=began)
+    began = cache.begin()
+    cache.invalidate_session(None)  # the shared entries: every memory reader
+    assert not cache.store("k", w, "stale", knowledge=False, session="t", began=began)
+    assert cache.stats.refused == 2
