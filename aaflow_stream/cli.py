@@ -17,6 +17,8 @@
   aaflow-stream validate TOPOLOGY  check a topology file; start nothing
   aaflow-stream schema             print the topology file's JSON Schema
   aaflow-stream run-graph FILE     run a raw actor graph (stages of module:callable operators)
+  aaflow-stream soak --topology T  drive a topology for --minutes with feeds, queries, updates,
+                                   deletes and faults, then audit it (docs/soak.md)
 
 Exit codes:
   0  the run finished (or was interrupted and drained) cleanly
@@ -25,6 +27,7 @@ Exit codes:
      data or run directory is in use by another `up`, or an operator could not be built
      at start-up; nothing was started (or what started was stopped, and not restarted)
   3  ingest: some documents were rejected (the others are durable)
+  4  soak: the verdict is fail (the audit, an unexpected error or RSS growth)
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .plan import GraphSpec, validate_graph
 from .protocol import ActorStats
 from .query.protocol import QueryFilter
 from .runtime.failures import BadOperator
+from .soak import options as soak_options
 from .spec import MetricsSpec, RestartSpec
 
 if TYPE_CHECKING:
@@ -363,6 +367,12 @@ def _forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from .soak import driver
+
+    return driver.main(args)
+
+
 def _run_graph(args: argparse.Namespace) -> int:
     graph = load_graph(args.file)
     order = [s.name for s in graph.stages]
@@ -471,6 +481,10 @@ def _parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("run-graph", help="run a raw actor graph file")
     graph.add_argument("file", type=Path)
     graph.add_argument("--run-dir", type=Path, default=Path("runs/graph"))
+    soak = commands.add_parser(
+        "soak", help="drive a topology with feeds, queries and faults; audit it (exit 4: fail)"
+    )
+    soak_options.add_arguments(soak)
     return parser
 
 
@@ -510,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "soak":
+            return _soak(args)
         return _run_graph(args)
     except (SpecError, DirectoryBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
     AaflowError
     ├── SpecError              a topology or actor description is invalid (names the path)
+    │   └── SoakSetupError     a topology cannot be soaked (no ingest endpoint, a failed start)
     ├── FrameError             bytes that arrived on a socket are not a valid message
     │   ├── HeaderError        the header frame does not decode (or is too large)
     │   ├── PayloadError       the Arrow payload does not match the link's schema
@@ -24,6 +25,7 @@
     │   ├── BadOperator        an operator could not be built at the first start-up
     │   └── StartTimeout       not every actor was Ready within the start timeout
     ├── DirectoryBusy          another ``up`` owns the data or run directory
+    ├── DocumentBusy           the soak's ledger: a document already has an operation in flight
     ├── DaemonError            the background topology could not be started or stopped
     ├── StatusUnavailable      nothing runs in that run directory (or its status is unreadable)
     ├── GatewayUnavailable     a client got no answer within its timeout (nothing was served)
@@ -75,6 +77,10 @@ class AaflowError(Exception):
 
 class SpecError(AaflowError):
     """A topology or actor description is invalid."""
+
+
+class SoakSetupError(SpecError):
+    """The topology cannot be soaked (no ingest endpoint, a failed start)."""
 
 
 class FrameError(AaflowError):
@@ -203,6 +209,10 @@ class StartTimeout(ActorFailed):
 
 class DirectoryBusy(AaflowError):
     """Another ``aaflow-stream up`` owns the directory (its pid is in the message)."""
+
+
+class DocumentBusy(AaflowError):
+    """The soak's ledger: the document has an operation in flight already."""
 
 
 class DaemonError(AaflowError):

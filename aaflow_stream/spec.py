@@ -225,7 +225,7 @@ class AnswerSpec(_Spec, frozen=True):
     k: Positive = 10  # candidates retrieved per question
     budget_chars: Positive = 4000  # context a generator reads per question
     dedup: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8  # shingle Jaccard of a duplicate
-    max_concurrent: Positive = 8  # answers in progress at once; more are refused as busy
+    max_concurrent: Positive = 8  # answers in progress at once; 8x as many wait, more: busy
 
 
 class CacheSpec(_Spec, frozen=True):

@@ -126,6 +126,7 @@ stages:
 embedder: {{kind: hash, dim: {DIM}}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
 query: {{endpoint: "{endpoint}", max_batch: 64}}
+cache: {{enabled: false}}  # Q1 measures rounds; repeated texts would hit the semantic cache
 """
 
 

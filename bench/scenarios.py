@@ -183,7 +183,8 @@ class ThinClient:
         hit = self._cache.lookup("q", vector)
         if hit is None:
             hit = self.query(text)
-            self._cache.store("q", vector, hit, docs=[], session=None, began=self._cache.begin())
+            began = self._cache.begin()
+            self._cache.store("q", vector, hit, knowledge=True, session=None, began=began)
         return hit
 
     def close(self) -> None:
@@ -233,7 +234,8 @@ stages:
 embedder: {{kind: hash, dim: {DIM}}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip, keywords: true}}
 query: {{endpoint: "{endpoint}", max_batch: 64}}
-answer: {{generator: {{kind: extractive, sentences: 3}}, k: {K}, budget_chars: {BUDGET}}}
+answer: {{generator: {{kind: extractive, sentences: 3}}, k: {K}, budget_chars: {BUDGET},
+         max_concurrent: 16}}
 cache: {{capacity: 8192, ttl_s: 3600, threshold: 0.999}}
 """
 

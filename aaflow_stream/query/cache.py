@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,12 +62,33 @@ class _Entry:
     stored_at: float
 
 
-@dataclass
 class _KeyIndex:
-    """The entries of one key, as rows of a matrix for one product per lookup."""
+    """The entries of one key, as rows of a matrix for one product per lookup: grown by
+    doubling, a dropped row filled by the last one (no copy of the whole matrix per store)."""
 
-    ids: list[int] = field(default_factory=list)
-    matrix: npt.NDArray[np.float32] | None = None
+    def __init__(self, dim: int) -> None:
+        self.ids: list[int] = []
+        self._rows: npt.NDArray[np.float32] = np.empty((8, dim), dtype=np.float32)
+
+    @property
+    def matrix(self) -> npt.NDArray[np.float32]:
+        return self._rows[: len(self.ids)]
+
+    def add(self, entry_id: int, vector: npt.NDArray[np.float32]) -> None:
+        at = len(self.ids)
+        if at == len(self._rows):
+            grown = np.empty((2 * at, self._rows.shape[1]), dtype=np.float32)
+            grown[:at] = self._rows
+            self._rows = grown
+        self._rows[at] = vector
+        self.ids.append(entry_id)
+
+    def remove(self, entry_id: int) -> None:
+        at = self.ids.index(entry_id)
+        last = len(self.ids) - 1
+        self._rows[at] = self._rows[last]
+        self.ids[at] = self.ids[last]
+        self.ids.pop()
 
 
 class SemanticCache:
@@ -100,7 +121,7 @@ class SemanticCache:
         if not self._spec.enabled:
             return None
         index = self._by_key.get(key)
-        if index is None or index.matrix is None or not index.ids:
+        if index is None or not index.ids:
             self.stats.misses += 1
             return None
         sims = index.matrix @ _unit(vector)
@@ -149,10 +170,10 @@ class SemanticCache:
         self._next_id += 1
         entry = _Entry(key, _unit(vector), value, knowledge, session, self._clock())
         self._entries[entry_id] = entry
-        index = self._by_key.setdefault(key, _KeyIndex())
-        index.ids.append(entry_id)
-        row = entry.vector[None, :]
-        index.matrix = row if index.matrix is None else np.concatenate([index.matrix, row])
+        index = self._by_key.get(key)
+        if index is None:
+            index = self._by_key[key] = _KeyIndex(len(entry.vector))
+        index.add(entry_id, entry.vector)
         if knowledge:
             self._knowledge_readers.add(entry_id)
         if session is not None:
@@ -198,12 +219,8 @@ class SemanticCache:
         if entry is None:
             return 0
         index = self._by_key[entry.key]
-        at = index.ids.index(entry_id)
-        index.ids.pop(at)
-        if index.ids:
-            assert index.matrix is not None
-            index.matrix = np.delete(index.matrix, at, axis=0)
-        else:
+        index.remove(entry_id)
+        if not index.ids:
             del self._by_key[entry.key]
         self._knowledge_readers.discard(entry_id)
         if entry.session is not None:

@@ -19,8 +19,8 @@ The semantic cache (``query.cache``) answers a query near a cached one of the sa
 no round; deletes, new and updated documents (``documents_changed``: the shard operator
 calls it for every tombstone its rank applies, and the transform sends one per document to
 every shard) and memory changes invalidate it. ``answer`` requests (``query.answering``) run
-as tasks of their own, at most ``answer.max_concurrent`` at once, so a slow generator never
-holds up the queries behind it.
+as tasks of their own, at most ``answer.max_concurrent`` at once (eight times as many may
+wait), so a slow generator never holds up the queries behind it.
 
 Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
 then the error propagates, because the shard ranks can no longer be trusted to be in step.
@@ -73,6 +73,9 @@ T = TypeVar("T")
 # Queued queries beyond this are refused as "unavailable" instead of piling up.
 MAX_PENDING = MAX_PENDING_QUERIES
 LATENCY_WINDOW = 10_000
+# Answers beyond ``answer.max_concurrent`` wait for a slot, up to this many per slot; more are
+# refused as busy (a bound, not a queue that grows with the load).
+ANSWERS_WAITING_PER_SLOT = 8
 
 
 class RequestSocket(Protocol):
@@ -160,6 +163,7 @@ class Gateway:
             on_memory_change=self._memory_changed,
         )
         self._answering: set[asyncio.Task[None]] = set()
+        self._answer_slots = asyncio.Semaphore(self._answer_spec.max_concurrent)
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
         self.stats = GatewayStats()
@@ -312,8 +316,9 @@ class Gateway:
         if not self._retriever.serves(request.mode):
             await self._reject(client, _unsupported(request.id, request.mode))
             return
-        if len(self._answering) >= self._answer_spec.max_concurrent:
-            busy = Rejection(request.id, "busy", "too many answers in progress", "unavailable")
+        held = (1 + ANSWERS_WAITING_PER_SLOT) * self._answer_spec.max_concurrent
+        if len(self._answering) >= held:  # running and waiting
+            busy = Rejection(request.id, "busy", "too many answers waiting", "unavailable")
             await self._reject(client, busy)
             return
         task = self._tasks.create_task(self._run_answer(client, request))
@@ -323,7 +328,8 @@ class Gateway:
     async def _run_answer(self, client: bytes, request: AnswerRequest) -> None:
         """One answer request to its reply; only a failed round escapes (and ends us)."""
         try:
-            reply = await self._answers.answer(request)
+            async with self._answer_slots:  # at most answer.max_concurrent run at once
+                reply = await self._answers.answer(request)
         except GenerationFailed as exc:
             failed = Rejection(request.id, "generation", str(exc), "unavailable")
             await self._reject(client, failed)

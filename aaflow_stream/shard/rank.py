@@ -214,10 +214,10 @@ class ShardRank:
         and logged there durably; the counts over every rank."""
         sizes, parts = _split_by_owner(entries, self.size)
         self._links.send(self._issuer().remember(sizes))
+        self.exchanges += 1  # counted as it starts, as the members count it
         memory, comm = self._memory, self._links.comm
         counts = await self._run(lambda _: remember_round(comm, memory, sizes, parts), "remember")
         assert counts is not None
-        self.exchanges += 1
         return counts
 
     async def forget(self, sessions: list[str]) -> int:

@@ -159,7 +159,9 @@ def test_the_cli_remembers_queries_both_paths_and_forgets(serving: tuple[str, Pa
             timeout=60,
         )
         shards = {s["shard"]: s for s in json.loads(done.stdout.splitlines()[-1])["shards"]}
-        if shards[owner_rank]["memory_entries"] >= 1 or time.monotonic() > deadline:
+        owned = shards[owner_rank]
+        seen = owned["memory_entries"] >= 1 and owned["memory_exchanges"] >= 1
+        if seen or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert shards[owner_rank]["memory_entries"] >= 1
