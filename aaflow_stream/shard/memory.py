@@ -238,17 +238,19 @@ class MemoryStore:
             best_held_sim = masked[np.arange(m), best_held]
         among = similarity_matrix(incoming, incoming, self.metric)
         mergeable_among = self._near(among) & (lasting[:, None] == lasting[None, :])
+        # Only entries with a near-duplicate earlier in this batch need the sequential check.
+        has_earlier = np.tril(mergeable_among, -1).any(axis=1)
         fresh = np.zeros(m, dtype=bool)  # entries of this batch that became new rows
         for j, (entry, vector) in enumerate(rows):
             best_id: int | None = None
-            same_id = self._sessions.get(entry.memory_id)
-            if same_id is not None and same_id[0].ephemeral == entry.ephemeral:
+            same_id = self._sessions.entry(entry.memory_id)
+            if same_id is not None and same_id.ephemeral == entry.ephemeral:
                 best_id = entry.memory_id
             else:
                 best_sim = best_held_sim[j]
                 if best_sim > -np.inf:
                     best_id = existing[best_held[j]].memory_id
-                if j:
+                if has_earlier[j]:
                     row = np.where(mergeable_among[j, :j] & fresh[:j], among[j, :j], -np.inf)
                     f = int(row.argmax())
                     if row[f] > best_sim:

@@ -143,6 +143,16 @@ class Sessions:
     def groups(self) -> Iterator[tuple[str, Group]]:
         yield from self._groups.items()
 
+    def entry(self, memory_id: int) -> Entry | None:
+        """The entry of ``memory_id``, if held (no copy of its vector)."""
+        name = self._session_of.get(memory_id)
+        if name is None:
+            return None
+        group = self._groups[name]
+        at = group.position(memory_id)
+        assert at is not None
+        return group.entries[at]
+
     def get(self, memory_id: int) -> tuple[Entry, Vectors] | None:
         name = self._session_of.get(memory_id)
         if name is None:
