@@ -231,9 +231,13 @@ class AnswerSpec(_Spec, frozen=True):
 class CacheSpec(_Spec, frozen=True):
     """The gateway's semantic cache: a query whose vector's cosine similarity to a cached
     query's is at least ``threshold``, with the same mode, filter, k, session and weights,
-    gets the cached result without a round (docs/answer.md: what invalidates an entry)."""
+    gets the cached result without a round (docs/answer.md: what invalidates an entry).
 
-    enabled: bool = True
+    Off unless asked for: while documents stream in, the gateway learns of a new document when
+    its tombstone reaches the gateway's own rank, which can be after another rank applied its
+    chunks, so a cached result may briefly be older than a round that already saw them."""
+
+    enabled: bool = False
     capacity: Positive = 4096
     ttl_s: PositiveFloat = 300.0
     threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.98

@@ -236,7 +236,7 @@ shards: {{count: {N_SHARDS}, index: Flat, metric: ip, keywords: true}}
 query: {{endpoint: "{endpoint}", max_batch: 64}}
 answer: {{generator: {{kind: extractive, sentences: 3}}, k: {K}, budget_chars: {BUDGET},
          max_concurrent: 16}}
-cache: {{capacity: 8192, ttl_s: 3600, threshold: 0.999}}
+cache: {{enabled: true, capacity: 8192, ttl_s: 3600, threshold: 0.999}}
 """
 
 
@@ -343,7 +343,7 @@ def _steps(replies: list[Any]) -> dict[str, list[float]]:
 def measure_thin(
     endpoints: list[str], texts: list[str], clients: int, keywords: Any | None
 ) -> dict[str, dict[str, Any]]:
-    cache = SemanticCache(CacheSpec(capacity=8192, ttl_s=3600, threshold=0.999))
+    cache = SemanticCache(CacheSpec(enabled=True, capacity=8192, ttl_s=3600, threshold=0.999))
     lock = threading.Lock()
 
     def client() -> ThinClient:

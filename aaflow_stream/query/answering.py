@@ -2,8 +2,9 @@
 
 One request carries 1 to ``MAX_QUESTIONS`` questions (the non-cached complex query of the
 AAFLOW paper: a question and its sub-questions). They are embedded in one call, looked up in
-the semantic cache, and the ones it does not answer are retrieved by **one** round over every
-shard (knowledge, memory or both, as the request's mode says), not one round each. Each
+the semantic cache, and the ones it does not answer join the gateway's micro-batches
+(``Gateway.search_questions``): one round for all of them, shared with the queries and other
+answers waiting at the same time, not one round each. Each
 question's hits become its bounded context (``query.reason``), the generator answers from it
 (in a worker thread: a model endpoint may block), and with a session each new answer's
 evidence is remembered (kind ``intermediate``) in one memory exchange.
@@ -40,7 +41,7 @@ from .protocol import (
     encode,
 )
 from .reason import Context, assemble
-from .rounds import MemoryRounds, Retriever
+from .rounds import MemoryRounds, Search
 
 PROMOTED_KIND: Final = "intermediate"
 
@@ -50,7 +51,7 @@ class AnswerPath:
         self,
         *,
         embedder: TextEmbedder,
-        retriever: Retriever,
+        search: Search,
         memory: MemoryRounds | None,
         spec: AnswerSpec,
         cache: SemanticCache,
@@ -58,7 +59,7 @@ class AnswerPath:
         on_memory_change: Callable[[str | None, MemoryCounts], None],
     ) -> None:
         self._embedder = embedder
-        self._retriever = retriever
+        self._search = search
         self._memory = memory
         self._spec = spec
         self._cache = cache
@@ -93,7 +94,7 @@ class AnswerPath:
             texts = [questions[i] for i in misses]
             sessions = [request.session] * len(misses)
             try:
-                tables = await self._retriever.retrieve(
+                tables = await self._search(
                     matrix, texts, k, request.filter, request.mode, sessions, request.weights
                 )
             except Exception as exc:

@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from .. import untrusted
 from ..embedders.base import TextEmbedder
@@ -57,6 +58,9 @@ from .protocol import (
     DeleteRequest,
     ForgetReply,
     ForgetRequest,
+    MemoryWeights,
+    Mode,
+    QueryFilter,
     QueryReply,
     QueryRequest,
     RememberReply,
@@ -91,6 +95,10 @@ class _Pending:
     client: bytes
     request: QueryRequest
     arrived: float
+    # An answer's question (``search_questions``): embedded already, its round's table goes to
+    # ``result`` instead of a reply, and the answer path does its own caching.
+    vector: npt.NDArray[np.float32] | None = None
+    result: asyncio.Future[pa.Table] | None = None
 
 
 def _no_rejections() -> dict[RejectReason, int]:
@@ -155,7 +163,7 @@ class Gateway:
         )
         self._answers = AnswerPath(
             embedder=embedder,
-            retriever=self._retriever,
+            search=self.search_questions,
             memory=memory,
             spec=self._answer_spec,
             cache=self.cache,
@@ -386,7 +394,7 @@ class Gateway:
         keys = [_cache_key(p.request) for p in batch]
         misses = []
         for i, p in enumerate(batch):
-            cached = self.cache.lookup(keys[i], matrix[i])
+            cached = None if p.result is not None else self.cache.lookup(keys[i], matrix[i])
             if cached is None:
                 misses.append(i)
                 continue
@@ -417,10 +425,17 @@ class Gateway:
             )
         except Exception as exc:  # a failed round answers its queries, then ends the actor
             for p in batch:
+                if p.result is not None:
+                    p.result.set_exception(RoundFailed(f"the search round failed: {exc!r}"))
+                    continue
                 await self._reject(p.client, _internal(p.request.id, exc, "search failed"))
             raise RoundFailed(f"a search round failed: {exc!r}") from exc
         done = time.perf_counter()
         for j, (p, table) in enumerate(zip(batch, tables, strict=True)):
+            if p.result is not None:
+                if not p.result.done():  # its answer may have been cancelled
+                    p.result.set_result(table)
+                continue
             timings = Timings(
                 embed_ms=(embedded - started) * 1e3,
                 retrieve_ms=(done - embedded) * 1e3,
@@ -442,9 +457,41 @@ class Gateway:
                 keys[j], matrix[j], hits, knowledge=knowledge, session=session, began=began
             )
 
+    async def search_questions(
+        self,
+        matrix: npt.NDArray[np.float32],
+        texts: Sequence[str | None],
+        k: int,
+        where: QueryFilter | None,
+        mode: Mode,
+        sessions: Sequence[str | None],
+        weights: MemoryWeights | None,
+    ) -> list[pa.Table]:
+        """An answer's questions, already embedded, through the same micro-batches as the
+        queries: concurrent answers (and queries) share rounds instead of taking one each."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        futures: list[asyncio.Future[pa.Table]] = []
+        for vector, text, session in zip(matrix, texts, sessions, strict=True):
+            request = QueryRequest(
+                id=0, text=text, k=k, mode=mode, session=session, filter=where, weights=weights
+            )
+            future: asyncio.Future[pa.Table] = loop.create_future()
+            self._pending.append(_Pending(b"", request, now, vector, future))
+            futures.append(future)
+        self._arrived.set()
+        return list(await asyncio.gather(*futures))
+
     def _embed(self, batch: list[_Pending]) -> npt.NDArray[np.float32]:
         matrix = np.empty((len(batch), self._dim), dtype=np.float32)
-        texts = [(i, p.request.text) for i, p in enumerate(batch) if p.request.text is not None]
+        for i, p in enumerate(batch):
+            if p.vector is not None:
+                matrix[i] = p.vector
+        texts = [
+            (i, p.request.text)
+            for i, p in enumerate(batch)
+            if p.request.text is not None and p.vector is None
+        ]
         if texts:
             matrix[[i for i, _ in texts]] = self._embedder.embed([t for _, t in texts])
         for i, p in enumerate(batch):

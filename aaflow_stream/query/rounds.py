@@ -31,6 +31,22 @@ class MemoryRounds(Protocol):
     async def census(self) -> npt.NDArray[np.int64]: ...
 
 
+# Retrieval for a batch of embedded questions (``Gateway.search_questions``): vectors, texts,
+# k, filter, mode, sessions, weights -> a table per question, in ``hits.layout_of(mode)``.
+Search = Callable[
+    [
+        npt.NDArray[np.float32],
+        Sequence[str | None],
+        int,
+        QueryFilter | None,
+        Mode,
+        Sequence[str | None],
+        MemoryWeights | None,
+    ],
+    Awaitable[list[pa.Table]],
+]
+
+
 class HybridRounds(Protocol):
     """The hybrid round (``shard.rank.ShardRank.hybrid``), where the shards keep keywords."""
 

@@ -32,7 +32,7 @@ def _topology(root: Path, generator: str = "{kind: extractive, sentences: 1}") -
         f"ingest: {{endpoint: 'ipc://{root}/in.sock'}}\n"
         f"query: {{endpoint: 'ipc://{root}/q.sock'}}\n"
         f"answer: {{generator: {generator}, k: 4, budget_chars: 400}}\n"
-        "cache: {threshold: 0.99, ttl_s: 600}\n"
+        "cache: {enabled: true, threshold: 0.99, ttl_s: 600}\n"
         "stages:\n"
         "  - {operator: load, batch_docs: 16}\n"
         "  - {operator: transform, chunk_size: 200, overlap: 0, chain: true}\n"

@@ -143,7 +143,7 @@ class Clock:
 
 
 def test_the_cache_hits_near_queries_of_the_same_key_and_misses_others() -> None:
-    cache = SemanticCache(CacheSpec(threshold=0.95))
+    cache = SemanticCache(CacheSpec(enabled=True, threshold=0.95))
     v = unit(1)
     assert cache.lookup("k", v) is None
     assert cache.store("k", v, "result", knowledge=True, session=None, began=cache.begin())
@@ -156,7 +156,7 @@ def test_the_cache_hits_near_queries_of_the_same_key_and_misses_others() -> None
 
 def test_the_cache_expires_by_ttl_and_evicts_the_least_recently_used() -> None:
     clock = Clock()
-    cache = SemanticCache(CacheSpec(capacity=2, ttl_s=10), clock)
+    cache = SemanticCache(CacheSpec(enabled=True, capacity=2, ttl_s=10), clock)
     a, b, c = unit(1), unit(2), unit(3)
     for name, v in (("a", a), ("b", b)):
         cache.store("k", v, name, knowledge=True, session=None, began=cache.begin())
@@ -170,7 +170,7 @@ def test_the_cache_expires_by_ttl_and_evicts_the_least_recently_used() -> None:
 def test_the_cache_drops_what_changed_knowledge_or_memory_touched_and_refuses_late_results() -> (
     None
 ):
-    cache = SemanticCache(CacheSpec())
+    cache = SemanticCache(CacheSpec(enabled=True))
     v, w, x = unit(1), unit(2), unit(3)
     cache.store("k", v, "knowledge", knowledge=True, session=None, began=cache.begin())
     cache.store("k", w, "memory of s", knowledge=False, session="s", began=cache.begin())
