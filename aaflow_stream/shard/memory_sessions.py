@@ -154,13 +154,11 @@ class Sessions:
         return group.entries[at]
 
     def get(self, memory_id: int) -> tuple[Entry, Vectors] | None:
-        name = self._session_of.get(memory_id)
-        if name is None:
+        """The entry of ``memory_id`` and a copy of its vector, if held."""
+        entry = self.entry(memory_id)
+        if entry is None:
             return None
-        group = self._groups[name]
-        at = group.position(memory_id)
-        assert at is not None
-        return group.entries[at], group.vector(memory_id)
+        return entry, self._groups[entry.group].vector(memory_id)
 
     def put(self, entry: Entry, vector: Vectors) -> None:
         name = entry.group

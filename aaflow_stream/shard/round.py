@@ -93,6 +93,18 @@ def _merge(tables: list[pa.Table], nq: int, k: int, metric: str) -> list[pa.Tabl
     return out
 
 
+def _broadcast_queries(
+    comm: Any, queries: npt.NDArray[np.float32] | None, nq: int, dim: int
+) -> npt.NDArray[np.float32]:
+    """The root's (nq, dim) query matrix, on every rank (``Ibcast``)."""
+    if comm.Get_rank() == ROOT and queries is not None:
+        matrix = np.ascontiguousarray(queries, dtype=np.float32)
+    else:
+        matrix = np.empty((nq, dim), dtype=np.float32)
+    wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
+    return matrix
+
+
 def _gather_tables(comm: Any, table: pa.Table) -> list[pa.Table] | None:
     """Every rank's ``table`` to the root, as Arrow streams (``Igather`` of sizes, then
     ``Igatherv`` of the bytes): the root gets them in rank order, the others None."""
@@ -150,12 +162,7 @@ def hybrid_round(
     and the gather of every rank's candidates."""
     rank = comm.Get_rank()
     nq, dim = shape
-    matrix = (
-        np.ascontiguousarray(queries, dtype=np.float32)
-        if rank == ROOT and queries is not None
-        else np.empty((nq, dim), dtype=np.float32)
-    )
-    wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
+    matrix = _broadcast_queries(comm, queries, nq, dim)
     raw = np.empty(plan.text_bytes, dtype=np.uint8)
     if rank == ROOT:
         assert texts is not None
@@ -261,12 +268,7 @@ def search_round(
         nq, k, dim = (int(v) for v in header)
     else:
         nq, dim = shape
-    matrix = (
-        np.ascontiguousarray(queries, dtype=np.float32)
-        if rank == ROOT and queries is not None
-        else np.empty((nq, dim), dtype=np.float32)
-    )
-    wait(comm.Ibcast(matrix, root=ROOT), ROUND_POLL_S)
+    matrix = _broadcast_queries(comm, queries, nq, dim)
     local = (
         _local_hits(store, matrix, k, rank, allowed)
         if dual is None
