@@ -48,10 +48,10 @@ from ..observe.events import SLOW_CONSUMER_S, event
 from ..observe.trace import Arrival, TraceRecorder
 from ..operators.base import OperatorContext, Output, Routed, build
 from ..plan import ActorSpec
-from ..procs import alive
 from ..protocol import ActorStats, Done, Failed, InputStats, Ready, Stats
 from . import imports
 from .chain import Chain, OperatorRun
+from .lifeline import Lifeline
 from .supervisor_link import SupervisorLink
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,17 @@ MPI_RANK_ENV: Final = "PMI_RANK"
 PROFILE_DIR_ENV: Final = "AAFLOW_PROFILE_DIR"
 # A failed MPI rank ends its whole job at most this long after its failure (mpi.abort).
 MPI_ABORT_GRACE_S: Final = 2.0
+# How long past its drain and EOS timeouts an actor whose supervisor died may take to stop.
+LIFELINE_MARGIN_S: Final = 30.0
 
 
 class Actor:
-    def __init__(self, spec: ActorSpec, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, spec: ActorSpec, ctx: zmq.asyncio.Context, lifeline: Lifeline | None = None
+    ) -> None:
         self.spec = spec
         self._ctx = ctx
+        self._lifeline = lifeline
         self._stop = asyncio.Event()
         self._start = asyncio.Event()
         self._on_stop: Callable[[], None] = lambda: None
@@ -100,6 +105,12 @@ class Actor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         self._chain = self._build_chain()
+        if self._lifeline is not None:
+            # From here the loop runs and can drain in order; while the operators were being
+            # built (a rank's MPI start-up, say) it could not, and the lifeline would just end
+            # the process. Grace: the drain, the EOS acks, a margin for a rank's snapshot.
+            grace_s = self.spec.drain_timeout_s + self.spec.eos_timeout_s + LIFELINE_MARGIN_S
+            self._lifeline.running(lambda: loop.call_soon_threadsafe(self.request_stop), grace_s)
         # Every port opened is closed as the run ends, on every path (``sockets.Port``).
         async with contextlib.AsyncExitStack() as ports:
             await self._open_ports(ports, self._chain)
@@ -414,13 +425,8 @@ class Actor:
         )
 
     async def _report_stats(self) -> None:
-        supervisor = _supervisor_pid()
         while True:
             await asyncio.sleep(self.spec.stats_interval_s)
-            if supervisor is not None and not alive(supervisor):
-                log.warning("supervisor %d is gone", supervisor)
-                self.request_stop()
-                supervisor = None
             await self._supervisor.send(Stats(stats=self.stats()))
             if self._trace is not None:
                 self._trace.flush()  # a crash loses at most one interval of trace rows
@@ -472,9 +478,9 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-async def run_actor(spec: ActorSpec) -> int:
+async def run_actor(spec: ActorSpec, lifeline: Lifeline | None = None) -> int:
     ctx = zmq.asyncio.Context()
-    actor = Actor(spec, ctx)
+    actor = Actor(spec, ctx, lifeline)
     code, linger = EXIT_OK, CLEAN_LINGER_MS
     abort: DeferredAbort | None = None
     try:
@@ -495,6 +501,8 @@ async def run_actor(spec: ActorSpec) -> int:
             # below), or after MPI_ABORT_GRACE_S should the close hang.
             abort = DeferredAbort(f"{spec.name} failed: {reason}", MPI_ABORT_GRACE_S, code)
     finally:
+        if lifeline is not None:
+            lifeline.stopped()
         _ignore_stop_signals()
         actor.close(linger)
         ctx.term()
@@ -503,24 +511,18 @@ async def run_actor(spec: ActorSpec) -> int:
     return code
 
 
-def _supervisor_pid() -> int | None:
-    value = os.environ.get(PARENT_PID_ENV)
-    return int(value) if value else None
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the supervisor dies, so no actor outlives it.
-
-    An MPI rank's parent is MPICH's process manager, not the supervisor: ranks rely on the
-    liveness check in ``Actor._report_stats`` instead.
-    """
+def _start_lifeline() -> Lifeline | None:
+    """Make sure this process ends when the supervisor does (``runtime.lifeline``); a stage
+    actor (the supervisor's child) is also sent SIGTERM by Linux the moment it dies."""
     parent = os.environ.get(PARENT_PID_ENV)
-    if not parent or not sys.platform.startswith("linux") or MPI_RANK_ENV in os.environ:
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if not parent:
+        return None
+    if sys.platform.startswith("linux") and MPI_RANK_ENV not in os.environ:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != int(parent):  # it died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return Lifeline(int(parent), exit_code=EXIT_FAILED).start()
 
 
 def configure_logging(name: str, level: str) -> None:
@@ -560,10 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_OPERATOR
     configure_logging(spec.name, spec.log_level)
     imports.block(spec.block_imports)
-    _die_with_parent()
+    lifeline = _start_lifeline()
     import uvloop
 
-    code = _profiled(spec.name, lambda: uvloop.run(run_actor(spec)))
+    code = _profiled(spec.name, lambda: uvloop.run(run_actor(spec, lifeline)))
     _ignore_stop_signals()  # closing the loop restored the default handlers
     return code
 

@@ -410,25 +410,17 @@ class Supervisor:
             share = (deadline - time.monotonic()) / max(1, len(groups) - index)
             await self._wait_exit(partial(_in_stages, stages), share)
         await self._wait_exit(lambda a: True, max(0.0, deadline - time.monotonic()))
-        jobs: dict[int, Launch] = {}
-        for a in self._actors.values():
-            if a.exit_code is not None:
-                continue
+        stragglers = [a for a in self._actors.values() if a.exit_code is None]
+        for a in stragglers:
             self._exited.add(a.spec.name)  # its job's exit code is ours, not a crash
-            rank_pid = a.pid if a.is_rank else None
-            if rank_pid is not None and not alive(rank_pid):
-                jobs[id(a.launch)] = a.launch  # the rank ended, its mpiexec did not (yet)
-                continue
+            if a.is_rank and a.pid is not None and not alive(a.pid):
+                continue  # the rank ended, its mpiexec did not (yet)
             log.warning("%s did not stop in time: SIGKILL", a.spec.name)
             self._event(logging.WARNING, "actor_kill", a, reason="did not stop in time")
-            if rank_pid is not None:  # the rank itself: a SIGKILLed mpiexec leaves it behind
-                launches.kill_pid(rank_pid)
-                jobs[id(a.launch)] = a.launch
-            else:
-                a.popen.kill()
-        for launch in jobs.values():
-            await launches.reap_mpiexec(launch.popen)
-        await self._wait_exit(lambda a: True, 5.0)
+        if stragglers:
+            # Ranks by their own pid, and what an MPI job still had below it: a rank that was
+            # not Ready yet has no known pid, and a SIGKILLed mpiexec leaves its ranks behind.
+            await launches.kill_all(stragglers, timeout_s=5.0)
 
     async def aclose(self) -> None:
         """Idempotent: stop what still runs, reap every process, remove the socket directory."""

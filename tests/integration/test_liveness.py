@@ -8,18 +8,23 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import msgspec
+import psutil
 import pytest
 
 from aaflow_stream.errors import ActorFailed
 from aaflow_stream.plan import StageSpec
 from aaflow_stream.protocol import ActorStats
+from aaflow_stream.runtime.failures import StartTimeout
 from aaflow_stream.runtime.supervisor import Supervisor
 from aaflow_stream.spec import RestartSpec
 
-from .graphs import BASIC, graph, sink, source, supervisor
+from .graphs import BASIC, TEST_ENV, graph, sink, source, supervisor
 from .ingest import up
 
 OPS = "tests.support.liveness_ops"
@@ -216,3 +221,80 @@ def test_up_fails_fast_with_exit_2_and_no_restart_given_an_operator_that_cannot_
     assert log.count("actor failed: OperatorError") == 1  # built once, never again
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and status["restarts"] == 0
+
+
+def _stuck_ranks(marker: Path, count: int, timeout_s: float = 30.0) -> list[psutil.Process]:
+    """The processes of the ``NeverStarts`` ranks, once ``count`` of them are in their
+    constructor."""
+    deadline = time.monotonic() + timeout_s
+    while len(list(marker.glob("*.pid"))) < count:
+        assert time.monotonic() < deadline, "the ranks did not start"
+        time.sleep(0.05)
+    return [psutil.Process(int(p.stem)) for p in marker.glob("*.pid")]
+
+
+def _still_running(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    # An exited process whose parent died stays a zombie until init reaps it: it is gone.
+    running = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in running:  # the test ends what it started, whatever it asserts
+        p.kill()
+    return running
+
+
+def _never_starting_ranks(marker: Path) -> StageSpec:
+    return StageSpec("stuck", f"{OPS}:NeverStarts", {"marker": str(marker)}, 2, launcher="mpi")
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_that_never_became_ready_are_gone_after_the_start_timeout(
+    run_dir: Path,
+) -> None:
+    marker = run_dir / "started"
+    marker.mkdir()
+    g = graph(source(batches=1, rows=1), _never_starting_ranks(marker))
+    seen: list[psutil.Process] = []
+
+    async def main() -> None:
+        sup = supervisor(g, run_dir / "run", start_timeout_s=5.0)
+        watching = asyncio.create_task(asyncio.to_thread(_stuck_ranks, marker, 2))
+        with pytest.raises(StartTimeout):
+            async with asyncio.timeout(60), sup:
+                pass
+        seen.extend(await watching)
+
+    asyncio.run(main())
+    assert _still_running(seen, timeout_s=10) == []
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_still_starting_die_with_a_killed_supervisor(run_dir: Path) -> None:
+    """Ranks are children of MPICH's process manager, not of the supervisor, and a rank in its
+    start-up runs no event loop: the lifeline thread ends it (runtime/lifeline.py)."""
+    marker = run_dir / "started"
+    marker.mkdir()
+    g = graph(source(batches=1, rows=1), _never_starting_ranks(marker))
+    spec = run_dir / "graph.json"
+    spec.write_bytes(msgspec.json.encode(g))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aaflow_stream.cli",
+            "run-graph",
+            str(spec),
+            "--run-dir",
+            str(run_dir / "run"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **TEST_ENV},
+    )
+    try:
+        ranks = _stuck_ranks(marker, 2)
+    finally:
+        proc.kill()
+        _out, err = proc.communicate(timeout=10)
+    started = time.monotonic()
+    assert _still_running(ranks, timeout_s=10) == [], err.decode()[-2000:]
+    assert time.monotonic() - started < 10

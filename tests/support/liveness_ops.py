@@ -1,8 +1,10 @@
-"""Operators only the liveness and start-up tests use: one that cannot be built, and one
-that fails differently in each launch of its graph (across restarts)."""
+"""Operators only the liveness and start-up tests use: one that cannot be built, one that
+fails differently in each launch of its graph (across restarts), one that never starts."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,3 +55,19 @@ class FailsByLaunch:
 
     def flush(self) -> Iterable[pa.RecordBatch]:
         return ()
+
+
+class NeverStarts:
+    """A stage whose constructor never returns (a rank stuck in its serving setup, say a
+    collective waiting for a peer that never comes): its actor never reports Ready."""
+
+    def __init__(self, context: OperatorContext, *, marker: str) -> None:
+        Path(marker, f"{os.getpid()}.pid").touch()  # the test learns the pid from here
+        while True:
+            time.sleep(3600)
+
+    def process(self, batch: pa.RecordBatch) -> Iterable[pa.RecordBatch]:
+        return (batch,)  # pragma: no cover - never built
+
+    def flush(self) -> Iterable[pa.RecordBatch]:
+        return ()  # pragma: no cover - never built
