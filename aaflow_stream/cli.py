@@ -14,6 +14,8 @@
   aaflow-stream delete DOC_ID...   remove documents from a serving topology; returns once durable
   aaflow-stream ingest FILES...    send documents (JSONL files, text files, - for stdin JSONL)
                                    to a running topology's ingest endpoint; returns once durable
+  aaflow-stream keys TOPOLOGY      create the CURVE keys of endpoints off loopback
+                 [--client NAME]  ... and a key pair for a remote client
   aaflow-stream validate TOPOLOGY  check a topology file; start nothing
   aaflow-stream schema             print the topology file's JSON Schema
   aaflow-stream run-graph FILE     run a raw actor graph (stages of module:callable operators)
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import daemon, pipeline, report, spec
+from . import access, daemon, pipeline, report, spec
 from .client import Client, GatewayUnavailable, RequestError
 from .errors import ActorFailed, SpecError
 from .observe.status import StatusUnavailable
@@ -176,6 +178,7 @@ def _up(args: argparse.Namespace) -> int:
                 args.log_level,
                 topology.timeouts.start_s + 60,
                 locks=owner.fds,
+                curve=access.keys_for_serving(topology),
             )
             log_path = run_dir / daemon.LOG_FILE
             print(f"serving on {topology.query.endpoint} (pid {pid}; log {log_path})")
@@ -264,12 +267,16 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
     }
 
 
-def _gateway_endpoint(args: argparse.Namespace) -> str:
-    if args.endpoint:
-        return str(args.endpoint)
-    if args.topology:
-        return spec.load(args.topology).query.endpoint
-    raise SpecError("give --endpoint or --topology")
+def _gateway_client(args: argparse.Namespace) -> Client:
+    """A client of the gateway the command names (``--endpoint`` or ``--topology``), with
+    the CURVE keys it needs (``access.client_keys``)."""
+    topology = spec.load(args.topology) if args.topology else None
+    bound_at = topology.query.endpoint if topology is not None else None
+    endpoint = args.endpoint or bound_at
+    if not endpoint:
+        raise SpecError("give --endpoint or --topology")
+    keys = access.client_keys(args, endpoint, topology, bound_at)
+    return Client(endpoint, timeout_s=args.timeout, curve=keys)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -278,21 +285,25 @@ def _ingest(args: argparse.Namespace) -> int:
     endpoint = args.endpoint
     # The topology's own request bound when it is known (the client's default otherwise).
     bound: dict[str, int] = {}
-    if not endpoint and args.topology:
-        ingest = spec.load(args.topology).ingest
+    topology = spec.load(args.topology) if args.topology else None
+    bound_at = None
+    if topology is not None:
+        ingest = topology.ingest
         if ingest is None:
             raise SpecError(f"{args.topology}: no ingest endpoint (add ingest: {{}})")
-        endpoint = ingest.endpoint
+        bound_at = ingest.endpoint
+        endpoint = endpoint or bound_at
         bound["max_request_bytes"] = int(ingest.max_request_mb * 2**20)
     if not endpoint:
         raise SpecError("give --endpoint or --topology")
+    keys = access.client_keys(args, endpoint, topology, bound_at)
     try:
         items = list(read_documents(args.files))
     except OSError as exc:
         raise SpecError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     docs = [d for d in items if not isinstance(d, LocalReject)]
     local = [d for d in items if isinstance(d, LocalReject)]
-    with Client(None, ingest_endpoint=endpoint, **bound) as client:
+    with Client(None, ingest_endpoint=endpoint, curve=keys, **bound) as client:
         result = client.ingest(docs, timeout_s=args.timeout)
     for reject in local:
         print(f"rejected {reject.where}: {reject.reason}")
@@ -303,18 +314,17 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+    with _gateway_client(args) as client:
         removed = client.delete(args.doc_ids)
     print(f"removed {removed} chunks of {len(args.doc_ids)} document(s)")
     return EXIT_OK
 
 
 def _query(args: argparse.Namespace) -> int:
-    endpoint = _gateway_endpoint(args)
     where = None
     if args.source or args.from_ms is not None or args.to_ms is not None:
         where = QueryFilter(sources=args.source, ts_from_ms=args.from_ms, ts_to_ms=args.to_ms)
-    with Client(endpoint, timeout_s=args.timeout) as client:
+    with _gateway_client(args) as client:
         reply = client.query_reply(
             args.text, k=args.k, where=where, mode=args.mode, session=args.session
         )
@@ -331,7 +341,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _remember(args: argparse.Namespace) -> int:
-    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+    with _gateway_client(args) as client:
         reply = client.remember(args.session, args.texts, kind=args.kind)
     print(
         f"session {args.session}: {reply.added} added, {reply.merged} merged into "
@@ -341,7 +351,7 @@ def _remember(args: argparse.Namespace) -> int:
 
 
 def _answer(args: argparse.Namespace) -> int:
-    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+    with _gateway_client(args) as client:
         reply = client.answer(
             args.texts, session=args.session, mode=args.mode, k=args.k, budget=args.budget
         )
@@ -361,7 +371,7 @@ def _answer(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    with Client(_gateway_endpoint(args), timeout_s=args.timeout) as client:
+    with _gateway_client(args) as client:
         removed = client.forget(args.sessions)
     print(f"removed {removed} memory entries of {len(args.sessions)} session(s)")
     return EXIT_OK
@@ -475,6 +485,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--topology", type=Path, help="take the endpoint from this topology")
     ingest.add_argument("--endpoint", help="the ingest endpoint, e.g. tcp://127.0.0.1:7071")
     ingest.add_argument("--timeout", type=float, default=60.0)
+    for client_command in (query, remember, forget, answer, delete, ingest):
+        access.add_key_options(client_command)
+    access.add_keys_command(commands)
     validate = commands.add_parser("validate", help="check a topology; start nothing")
     validate.add_argument("topology", type=Path)
     commands.add_parser("schema", help="print the topology JSON Schema")
@@ -524,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "keys":
+            access.keys_command(args)
+            return EXIT_OK
         if args.command == "soak":
             return _soak(args)
         return _run_graph(args)

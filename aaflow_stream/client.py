@@ -41,6 +41,7 @@ import zmq.asyncio
 
 from . import untrusted
 from .channels import sockets
+from .channels.curve import ClientKeys
 from .errors import (
     AaflowError,
     GatewayUnavailable,
@@ -391,7 +392,8 @@ class Client:
     """Blocking client. One request in flight at a time; use several clients for concurrency.
 
     ``endpoint``: the query gateway (None: ingest only); ``ingest_endpoint``: the topology's
-    ingest endpoint, for ``ingest``; ``max_request_bytes``: its ``ingest.max_request_mb``.
+    ingest endpoint, for ``ingest``; ``max_request_bytes``: its ``ingest.max_request_mb``;
+    ``curve``: the keys for endpoints off loopback (``ClientKeys.load``, docs/deployment.md).
     """
 
     def __init__(
@@ -401,13 +403,15 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ingest_endpoint: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._max_request_bytes = max_request_bytes
+        self._curve = curve
         self._ctx = zmq.Context()
-        self._sock = sockets.client_dealer(self._ctx, endpoint)
+        self._sock = sockets.client_dealer(self._ctx, endpoint, self._curve)
         self._ingest_sock: zmq.Socket[Any] | None = None
         self._ids = itertools.count(1)
 
@@ -436,7 +440,7 @@ class Client:
 
     def _reconnect(self) -> None:
         self._sock.close(linger=0)
-        self._sock = sockets.client_dealer(self._ctx, self.endpoint)
+        self._sock = sockets.client_dealer(self._ctx, self.endpoint, self._curve)
 
     def query(
         self,
@@ -577,7 +581,7 @@ class Client:
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
         if self._ingest_sock is None:
-            self._ingest_sock = sockets.client_dealer(self._ctx, self.ingest_endpoint)
+            self._ingest_sock = sockets.client_dealer(self._ctx, self.ingest_endpoint, self._curve)
         return self._ingest_sock
 
     def close(self) -> None:
@@ -603,13 +607,15 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ingest_endpoint: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ingest_endpoint = ingest_endpoint
         self._timeout_s = timeout_s
         self._max_request_bytes = max_request_bytes
+        self._curve = curve
         self._ctx = zmq.asyncio.Context()
-        self._sock = sockets.client_dealer(self._ctx, endpoint)
+        self._sock = sockets.client_dealer(self._ctx, endpoint, self._curve)
         self._ids = itertools.count(1)
         self._exchange = Exchange()
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
@@ -751,7 +757,7 @@ class AsyncClient:
         """See ``Client.ingest``. Each call uses a socket of its own, so calls may overlap."""
         if self.ingest_endpoint is None:
             raise ValueError("this client has no ingest_endpoint (the topology's ingest.endpoint)")
-        sock = sockets.client_dealer(self._ctx, self.ingest_endpoint)
+        sock = sockets.client_dealer(self._ctx, self.ingest_endpoint, self._curve)
         try:
             work = _IngestRound(docs, self._ids, self._max_request_bytes)
             while not work.done:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from .channels.curve import ClientKeys
 from .client import Client
 from .errors import DaemonError, GatewayUnavailable
 
@@ -55,11 +56,13 @@ def detach(
     timeout_s: float,
     *,
     locks: tuple[int, ...] = (),
+    curve: ClientKeys | None = None,
 ) -> int:
     """Start the serving topology in the background; return its pid once it answers.
 
     ``locks``: the directory locks the caller took, inherited by the child (which adopts
     them with ``--held-lock``); the caller's own copies may close once this returns.
+    ``curve``: the keys that reach the gateway when it is off loopback.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_FILE
@@ -88,7 +91,7 @@ def detach(
         )
     (run_dir / PID_FILE).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
-    with Client(endpoint, timeout_s=1.0) as client:
+    with Client(endpoint, timeout_s=1.0, curve=curve) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 (run_dir / PID_FILE).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from .channels import curve
 from .embedders import factory as embedders
 from .errors import EmbedderError, OperatorError, SpecError
 from .operators.base import resolve
@@ -87,7 +88,9 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
             }
             params: OperatorParams
             if topology.continuous:  # watched sources, the ingest endpoint: until stopped
-                params = FeedParams(**loader, ingest=topology.ingest)
+                params = FeedParams(
+                    **loader, ingest=topology.ingest, data_dir=str(data_dir(topology))
+                )
                 operator = f"{OPS}.feed:ContinuousLoader"
                 return _builtin(stage.name, operator, params, stage.replicas)
             params = LoadParams(**loader)
@@ -200,6 +203,7 @@ def preflight(topology: TopologySpec) -> None:
         *_problem(check_embedder, topology),
         *source_problems(topology),
         *_problem(check_data_dir, topology),
+        *key_problems(topology),
     ]
     if found:
         raise SpecError(f"{len(found)} problem(s):\n  " + "\n  ".join(found))
@@ -211,6 +215,21 @@ def _problem(check: Callable[[TopologySpec], None], topology: TopologySpec) -> l
     except SpecError as exc:
         return [str(exc)]
     return []
+
+
+def key_problems(topology: TopologySpec) -> list[str]:
+    """An endpoint bound off loopback needs the CURVE keys (``channels.curve``)."""
+    endpoints = [("$.query.endpoint", topology.query.endpoint)]
+    if topology.ingest is not None:
+        endpoints.append(("$.ingest.endpoint", topology.ingest.endpoint))
+    found = []
+    for where, endpoint in endpoints:
+        if curve.needs_curve(endpoint):
+            try:
+                curve.ServerKeys.load(curve.keys_dir(data_dir(topology)))
+            except SpecError as exc:
+                found.append(f"{where} ({endpoint}): {exc}")
+    return found
 
 
 def operator_problems(topology: TopologySpec) -> list[str]:

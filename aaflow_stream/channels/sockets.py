@@ -12,6 +12,7 @@ from typing import Any, Final, Self, TypeVar
 import zmq
 import zmq.asyncio
 
+from .curve import ClientKeys, Guard
 from .loopsocket import LoopSocket
 
 S = TypeVar("S", bound=zmq.Socket[Any])
@@ -140,24 +141,36 @@ def control_socket(
 # --- the operators' sockets: each caller passes the bounds it owns --------------------------
 
 
-def gateway_router(ctx: zmq.Context[Any], endpoint: str, *, max_frame_bytes: int) -> LoopSocket:
-    """The query gateway's ROUTER, bound where clients connect."""
+def gateway_router(
+    ctx: zmq.Context[Any], endpoint: str, *, max_frame_bytes: int, guard: Guard | None = None
+) -> LoopSocket:
+    """The query gateway's ROUTER, bound where clients connect (a CURVE server with a
+    ``guard``: ``channels.curve``)."""
     sock = _plain(ctx, zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     # ZeroMQ drops the connection of a peer sending a larger frame, before it is buffered.
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    if guard is not None:
+        guard.secure(sock)
     _attach(sock, endpoint, None)
     return LoopSocket(sock)
 
 
 def ingest_router(
-    ctx: zmq.Context[Any], endpoint: str, *, max_queued: int, max_frame_bytes: int
+    ctx: zmq.Context[Any],
+    endpoint: str,
+    *,
+    max_queued: int,
+    max_frame_bytes: int,
+    guard: Guard | None = None,
 ) -> LoopSocket:
     """The ingest endpoint's ROUTER: at most ``max_queued`` messages held per client."""
     sock = _plain(ctx, zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, max_queued)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     sock.setsockopt(zmq.LINGER, 0)
+    if guard is not None:
+        guard.secure(sock)
     _attach(sock, endpoint, None)
     return LoopSocket(sock)
 
@@ -191,10 +204,13 @@ def ack_push(ctx: zmq.Context[Any], endpoint: str, *, hwm: int, linger_ms: int) 
     return sock
 
 
-def client_dealer(ctx: zmq.Context[S], endpoint: str | None) -> S:
-    """A client's DEALER, of a plain or an asyncio context, that never lingers on close."""
+def client_dealer(ctx: zmq.Context[S], endpoint: str | None, curve: ClientKeys | None = None) -> S:
+    """A client's DEALER, of a plain or an asyncio context, that never lingers on close (a
+    CURVE client of the server with ``curve``)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
     if endpoint is not None:
         _attach(sock, None, endpoint)
     return sock

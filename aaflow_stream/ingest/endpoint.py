@@ -35,7 +35,7 @@ from typing import Any, Final
 import zmq
 
 from .. import untrusted
-from ..channels import sockets
+from ..channels import curve, sockets
 from . import protocol
 from .documents import (
     REJECT_REASONS,
@@ -237,24 +237,33 @@ class IngestEndpoint:
         max_queued: int = 4,
         max_request_bytes: int = 32 * 2**20,
         ctx: zmq.Context[Any] | None = None,
+        data_dir: str | None = None,
     ) -> None:
-        """``ctx``: the actor's ZeroMQ context; None: one of its own (``ContextHolder``)."""
+        """``ctx``: the actor's ZeroMQ context; None: one of its own (``ContextHolder``).
+        ``data_dir``: where the CURVE keys are, for an endpoint off loopback
+        (``channels.curve``)."""
         self.endpoint = endpoint
         self._wake_source = wake
         self._max_pending = max_pending
         self.desk = IngestDesk(limits, max_request_bytes=max_request_bytes)
         self._zmq = sockets.ContextHolder(ctx)
+        self.guard: curve.Guard | None = None
         try:
+            self.guard = curve.guard_for(self._zmq.ctx, endpoint, data_dir)
             self._sock = sockets.ingest_router(
                 self._zmq.ctx,
                 endpoint,
                 max_queued=max_queued,
                 # Past this ZeroMQ drops the connection unanswered; up to it the desk answers.
                 max_frame_bytes=max_request_bytes + max(2**16, max_request_bytes // 8),
+                guard=self.guard,
             )
         except zmq.ZMQError as exc:
-            self._zmq.release()
+            self._release()
             raise OSError(f"ingest endpoint {endpoint}: cannot bind: {exc}") from exc
+        except BaseException:
+            self._release()
+            raise
         self._room = asyncio.Event()
         self._replies: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=4 * max_pending)
 
@@ -314,7 +323,10 @@ class IngestEndpoint:
             await self._sock.send_multipart([routing_id, reply])
 
     def metrics(self) -> dict[str, float]:
-        return self.desk.metrics()
+        out = self.desk.metrics()
+        if self.guard is not None:
+            out["curve_refused"] = self.guard.refused
+        return out
 
     def close(self) -> None:
         """Tell every unanswered client to retry, then close (idempotent)."""
@@ -326,4 +338,10 @@ class IngestEndpoint:
             except zmq.ZMQError:
                 pass  # the client times out instead
         self._sock.close(linger=CLOSE_LINGER_MS)
+        self._release()
+
+    def _release(self) -> None:
+        if self.guard is not None:
+            self.guard.close()  # its ZAP socket is in our context: before the release
+            self.guard = None
         self._zmq.release()

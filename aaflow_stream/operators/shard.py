@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from ..channels import sockets
+from ..channels import curve, sockets
 from ..channels.loopsocket import LoopSocket
 from ..durability.ack_sender import AckSender
 from ..embedders import factory as embedders
@@ -93,6 +93,7 @@ class ShardWriter:
         self._persist_s = 0.0
         self._serving: ShardRank | None = None
         self._router: LoopSocket | None = None  # the gateway's, on the root
+        self._guard: curve.Guard | None = None  # its CURVE checks, when bound off loopback
         self._gateway: Gateway | None = None
         self._query_embedder: TextEmbedder | None = None
         if params.serve:
@@ -173,8 +174,9 @@ class ShardWriter:
             return
         assert self._query_embedder is not None
         params = self._params
+        self._guard = curve.guard_for(self._zmq.ctx, params.query_endpoint, params.data_dir)
         self._router = router = sockets.gateway_router(
-            self._zmq.ctx, params.query_endpoint, max_frame_bytes=MAX_FRAME_BYTES
+            self._zmq.ctx, params.query_endpoint, max_frame_bytes=MAX_FRAME_BYTES, guard=self._guard
         )
         self._gateway = Gateway(
             router,
@@ -230,6 +232,8 @@ class ShardWriter:
                 answers=stats.answers,
             )
             out.update({f"rejected_{reason}": n for reason, n in stats.rejected.items()})
+            if self._guard is not None:
+                out["curve_refused"] = self._guard.refused
         if self._serving is not None:
             out.update(self._serving.metrics())
         else:
@@ -251,4 +255,7 @@ class ShardWriter:
             self._serving.close()
         if self._router is not None:  # closed already unless ``serve`` never ended
             self._router.close(linger=0)
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         self._zmq.release()
