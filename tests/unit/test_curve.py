@@ -66,7 +66,7 @@ def _echo_once(server: zmq.Socket[bytes], timeout_ms: int) -> bool:
 def _asks(client: zmq.Socket[bytes], server: zmq.Socket[bytes], timeout_ms: int) -> bool:
     client.send(b"hello")
     served = _echo_once(server, timeout_ms)
-    return served and client.poll(timeout_ms) and client.recv() == b"re:hello"
+    return served and bool(client.poll(timeout_ms)) and client.recv() == b"re:hello"
 
 
 def _wait_refused(guard: Guard, at_least: int) -> int:
