@@ -201,7 +201,9 @@ def _up(args: argparse.Namespace) -> int:
                 owner.fds,
             )
         )
+    finished_at = time.time()  # every process `up` started is gone
     summary = report.summarize(stats.values(), order)
+    shutdown_s = max(0.0, finished_at - summary.last_applied_at) if summary.last_applied_at else 0.0
     timing = None
     if trace_dir is not None:
         from .observe import trace as tracing
@@ -210,12 +212,12 @@ def _up(args: argparse.Namespace) -> int:
         timing = tracing.summarize(table, order)
     if args.json:
         restarted = [dataclasses.asdict(r) for r in restarts]
-        out = {**_summary_json(summary, startup_s), "restarts": restarted}
+        out = {**_summary_json(summary, startup_s, shutdown_s), "restarts": restarted}
         if timing is not None:
             out["trace"] = {"file": str(args.trace), **timing.as_json()}
         print(json.dumps(out))
     else:
-        print(report.table(summary, startup_s))
+        print(report.table(summary, startup_s, shutdown_s))
         for restart in restarts:
             took = restart.ready_at - restart.detected_at
             print(f"restarted in {took:.2f}s after: {restart.reason}")
@@ -243,7 +245,9 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any]:
+def _summary_json(
+    summary: report.RunSummary, startup_s: float, shutdown_s: float
+) -> dict[str, Any]:
     return {
         "documents": summary.documents,
         "chunks": summary.chunks,
@@ -251,6 +255,7 @@ def _summary_json(summary: report.RunSummary, startup_s: float) -> dict[str, Any
         "dead_letters": summary.dead_letters,
         "total_s": summary.total_s,
         "startup_s": startup_s,
+        "shutdown_s": shutdown_s,
         "stages": {
             s.stage: {
                 "replicas": s.replicas,

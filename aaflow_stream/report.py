@@ -36,6 +36,7 @@ class RunSummary:
     vectors: int
     dead_letters: int
     total_s: float  # first document read → last vector applied
+    last_applied_at: float = 0.0  # wall clock of the last vector applied (0: none)
 
     @property
     def chunks_per_s(self) -> float:
@@ -124,6 +125,7 @@ def summarize(stats: Iterable[ActorStats], order: Sequence[str]) -> RunSummary:
         vectors=sum(int(o.extra.get("upserted", o.rows_in)) for o in last),
         dead_letters=int(sum(o.extra.get("dead_letters", 0) for o in first)),
         total_s=max(0.0, end - start) if start and end else 0.0,
+        last_applied_at=end,
     )
 
 
@@ -138,7 +140,7 @@ def progress_line(summary: RunSummary, elapsed_s: float) -> str:
     )
 
 
-def table(summary: RunSummary, startup_s: float) -> str:
+def table(summary: RunSummary, startup_s: float, shutdown_s: float = 0.0) -> str:
     lines = [
         f"{'stage':<12}{'replicas':>9}{'busy s':>10}{'cpu s':>9}{'span s':>10}"
         f"{'backpressured s':>17}{'rows in':>11}{'rows out':>11}",
@@ -156,6 +158,7 @@ def table(summary: RunSummary, startup_s: float) -> str:
         f"dead letters {summary.dead_letters}",
         f"total {summary.total_s:.3f}s (first document read → last vector applied; "
         f"sum of stage busy {busy:.3f}s: the difference is overlap)  "
-        f"{summary.chunks_per_s:,.0f} chunks/s  start-up {startup_s:.2f}s",
+        f"{summary.chunks_per_s:,.0f} chunks/s  start-up {startup_s:.2f}s  "
+        f"shutdown {shutdown_s:.2f}s (last vector applied → every process gone)",
     ]
     return "\n".join(lines)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 
 from .errors import SpecError
 
@@ -442,6 +441,10 @@ def problems(topology: TopologySpec) -> list[str]:
 
 def decode(raw: str, origin: str = "<topology>") -> TopologySpec:
     """Decode and check a topology; SpecError lists every problem found."""
+    # Here, not at the top: every actor and rank imports this module for the parameter
+    # types, and only the commands read YAML (~10 ms of start-up a process).
+    import yaml
+
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

@@ -11,7 +11,11 @@ Used instead of ``load.FileLoader`` when a source has ``watch: true`` or the top
   again (its documents replace their old chunks: a new ``doc_version`` and the upsert's
   tombstones); with ``deletes: follow`` a deleted file's documents, and documents a changed
   JSONL file no longer holds, are deleted: a row with no text, which the transform and upsert
-  turn into a ``DELETE_ALL`` tombstone for every shard.
+  turn into a ``DELETE_ALL`` tombstone for every shard. The watched sources are scanned once
+  more when the watcher first reports (its start may come after the initial scan).
+- A file changed while its previous reading is in flight waits for that reading to complete
+  before it is read again, and with ``deletes: follow`` a batch leaves only once the manifest
+  durably names every document it sends (``FileManifest``: why both).
 - Replica 0 serves the ingest endpoint (``ingest/endpoint.py``); its documents join the same
   stream, and a request is answered once all its documents are durable.
 
@@ -25,7 +29,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,6 +47,10 @@ from .load import SUFFIXES, DeadLetters, document_batch, read_items
 from .params import FeedParams
 
 log = logging.getLogger(__name__)
+
+# The watcher answers at least this often, changes or not; its first answer starts the rescan
+# that catches what changed before it ran.
+WATCH_ANSWER_MS = 1000
 
 
 class _Source:
@@ -94,6 +102,7 @@ class ContinuousLoader:
         self._owners: dict[int, Emission | PendingRequest] = {}
         self._wake = asyncio.Event()
         self._changed: dict[str, None] = {}  # files to look at, in order (an ordered set)
+        self._waiting: set[str] = set()  # changed while a reading of theirs is in flight
         self._reading: Iterator[tuple[Doc, Emission]] | None = None
         self._documents = 0
         self._deletes = 0
@@ -181,32 +190,52 @@ class ContinuousLoader:
                 return source, root
         return None
 
-    def _initial_files(self) -> list[str]:
-        found = {str(p.resolve()) for s in self._sources for p in s.files()}
-        known = set(self._manifest.acked)  # gone since the last run: deletes to follow
+    def _initial_files(self, *, watched_only: bool = False) -> list[str]:
+        sources = [s for s in self._sources if s.watch or not watched_only]
+        found = {str(p.resolve()) for s in sources for p in s.files()}
+        known = self._manifest.known()  # gone since the last run: deletes to follow
         keys = sorted(k for k in found | known if self._mine(k))
-        return [k for k in keys if self._source_of(Path(k)) is not None]
+        return [k for k in keys if (f := self._source_of(Path(k))) is not None and f[0] in sources]
 
     async def _watch(self) -> None:
         import watchfiles  # the one module that watches files
 
         roots = [str(r) for s in self._sources if s.watch for r in s.roots]
-        async for changes in watchfiles.awatch(*roots, step=50, ignore_permission_denied=True):
-            for _change, name in changes:
-                self._mark(Path(name))
+        watching = False
+        # yield_on_timeout: the first answer, changes or not, says the watcher is running.
+        async for changes in watchfiles.awatch(
+            *roots,
+            step=50,
+            ignore_permission_denied=True,
+            rust_timeout=WATCH_ANSWER_MS,
+            yield_on_timeout=True,
+        ):
+            if not watching:  # what changed between the initial scan and now was not seen
+                watching = True
+                self._changed.update(dict.fromkeys(self._initial_files(watched_only=True)))
+                self._wake.set()
+            self.changed(Path(name) for _change, name in changes)
+
+    def changed(self, paths: Iterable[Path]) -> None:
+        """Files (or directories) that were added, changed or deleted: look at them again."""
+        marked = False
+        for path in paths:
+            marked = self._mark(path) or marked
+        if marked:
             self._wake.set()
 
-    def _mark(self, path: Path) -> None:
+    def _mark(self, path: Path) -> bool:
         if path.is_dir():  # a directory moved in: its files
-            for file in path.rglob("*"):
-                self._mark(file)
-            return
+            return any([self._mark(file) for file in path.rglob("*")])
         key = str(path)
         prefix = key.rstrip("/") + "/"
-        gone = [k for k in self._manifest.acked if k.startswith(prefix)]  # a directory removed
+        gone = [k for k in self._manifest.known() if k.startswith(prefix)]  # a directory removed
+        marked = False
         for k in [key, *gone]:
             if self._mine(k) and self._source_of(Path(k)) is not None:
                 self._changed[k] = None
+                marked = True
+        return marked
 
     def _read(self, key: str) -> Iterator[tuple[Doc, Emission]]:
         """The documents (and deletes) of one file that differs from what is known of it."""
@@ -215,13 +244,14 @@ class ContinuousLoader:
         if found is None:
             return
         source, root = found
-        stat, latest = stat_of(path), self._manifest.latest(key)
-        if latest is not None and latest[0] == stat:
-            return  # unchanged since it was read
-        if stat is None and latest is None:
+        if self._manifest.busy(key):  # read again once the reading in flight completed
+            self._waiting.add(key)
+            return
+        stat = stat_of(path)
+        if self._manifest.unchanged(key, stat):
             return
         emission = self._manifest.begin(key, stat)
-        old_docs = set(latest[1]) if latest is not None else set()
+        old_docs = set(emission.stored)
         now_ms = int(time.time() * 1000)
         if stat is not None:
             for item in read_items(root, path, self._limits):
@@ -229,6 +259,8 @@ class ContinuousLoader:
                     emission.docs.append(item.doc_id)
                     old_docs.discard(item.doc_id)
                     emission.remaining += 1  # counted now: it is emitted before any await
+                    if source.follow:  # saved before its batch leaves (_next_batch)
+                        self._manifest.intend(emission, item.doc_id)
                     yield item, emission
                 else:
                     self._dead.write(item)
@@ -236,7 +268,8 @@ class ContinuousLoader:
             for doc_id in sorted(old_docs):
                 emission.remaining += 1
                 yield Doc(doc_id, None, key, now_ms), emission
-        self._manifest.seal(emission)
+        if self._manifest.seal(emission):
+            self._read_again(key)
 
     # --- batches -------------------------------------------------------------------------------
 
@@ -264,6 +297,7 @@ class ContinuousLoader:
                 break
         if not docs:
             return None
+        self._manifest.save_intents()  # before any of these rows can reach a shard
         rows: list[tuple[Doc, int]] = []
         for doc, owner in docs:
             offset = self._progress.emit(chunks=0 if doc.text is None else -1)
@@ -278,9 +312,17 @@ class ContinuousLoader:
     def _completed(self, offset: int) -> None:
         owner = self._owners.pop(offset, None)
         if isinstance(owner, Emission):
-            self._manifest.done(owner)
+            if self._manifest.done(owner):
+                self._read_again(owner.key)
         elif isinstance(owner, PendingRequest) and self._endpoint is not None:
             self._endpoint.done(owner)
+
+    def _read_again(self, key: str) -> None:
+        """The reading of ``key`` in flight completed: a change it made wait comes now."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            self._changed[key] = None
+            self._wake.set()
 
     async def _save_manifest(self) -> None:
         while True:

@@ -52,6 +52,13 @@ class Launch:
     log_file: IO[bytes]
     mpi: bool = False
     ended_at: float | None = None  # monotonic time its exit was first seen
+    # An MPI job whose every rank sent Done and ended: finished with 0, whether or not its
+    # mpiexec noticed yet (gforker takes up to ~2 s to see its children gone, measured);
+    # the supervisor reaps it without waiting for that (``release_finished``).
+    released: bool = False
+
+    def exit_code(self) -> int | None:
+        return 0 if self.released else self.popen.poll()
 
 
 @dataclass
@@ -81,7 +88,7 @@ class ActorProcess:
 
     @property
     def exit_code(self) -> int | None:
-        return self.launch.popen.poll()
+        return self.launch.exit_code()
 
     @property
     def is_rank(self) -> bool:
@@ -193,6 +200,18 @@ def running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def release_finished(launch: Launch, members: list[ActorProcess]) -> bool:
+    """Release an MPI job whose ranks all sent Done and ended (``Launch.released``); its
+    mpiexec, with nothing left to run, is sent SIGKILL (reaped at the supervisor's close)."""
+    if not launch.mpi or launch.released or launch.popen.poll() is not None:
+        return False
+    if not members or not all(a.done and a.pid is not None and not alive(a.pid) for a in members):
+        return False
+    launch.released = True
+    launch.popen.kill()
+    return True
 
 
 def kill_leftovers(processes: list[psutil.Process]) -> None:

@@ -465,6 +465,8 @@ class Supervisor:
         """Handle every actor message that arrives within ``timeout_s``."""
         assert self._router is not None
         self._observe()
+        for launch in self._launches():
+            launches.release_finished(launch, self._members(launch))
         if not await self._router.poll(int(timeout_s * 1000)):
             return
         while await self._router.poll(0):

@@ -45,7 +45,7 @@ def find(groups: list[Group], heartbeat_s: float, now: float, final: bool) -> Fi
     """The first failure among ``groups`` (each launch with its actors), or None.
     ``final``: every process ended and its last messages were read: no grace is left."""
     for launch, members in groups:
-        code = launch.popen.poll()
+        code = launch.exit_code()
         if code is not None and launch.ended_at is None:
             launch.ended_at = now
         if code is not None and code != 0:
@@ -69,7 +69,7 @@ def awaiting_done(groups: list[Group], now: float) -> bool:
         and now - launch.ended_at <= MPIEXEC_GRACE_S
         and not all(a.done for a in members)
         for launch, members in groups
-        if launch.mpi and launch.popen.poll() == 0
+        if launch.mpi and launch.exit_code() == 0
     )
 
 

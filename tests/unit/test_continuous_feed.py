@@ -58,23 +58,25 @@ def test_each_document_of_a_request_is_checked_on_its_own() -> None:
     assert "colour" in reasons[(5, "extra")]
 
 
-def test_a_file_is_recorded_only_once_its_newest_reading_is_complete(tmp_path: Path) -> None:
+def test_a_file_is_recorded_only_once_its_reading_is_complete(tmp_path: Path) -> None:
     manifest = FileManifest(tmp_path / "m.json", save_every_s=0)
-    old = manifest.begin("/d/a.txt", (10, 1))
-    old.docs, old.remaining = ["a.txt"], 1
-    manifest.seal(old)
-    new = manifest.begin("/d/a.txt", (12, 2))  # changed again while the first was in flight
-    new.docs, new.remaining = ["a.txt"], 1
-    manifest.seal(new)
-    manifest.done(old)
-    assert manifest.acked == {}  # the superseded reading does not count
-    manifest.done(new)
-    assert manifest.acked == {"/d/a.txt": ((12, 2), ["a.txt"])}
+    reading = manifest.begin("/d/a.txt", (10, 1))
+    reading.docs, reading.remaining = ["a.txt"], 1
+    manifest.intend(reading, "a.txt")
+    manifest.save_intents()  # before the row leaves: a restart knows it may be stored
+    assert FileManifest(tmp_path / "m.json", 0).pending == {"/d/a.txt": {"a.txt"}}
+    assert not manifest.seal(reading) and manifest.busy("/d/a.txt")
+    with pytest.raises(RuntimeError, match="already being emitted"):
+        manifest.begin("/d/a.txt", (12, 2))  # a change waits for the reading in flight
+    assert manifest.done(reading)
+    assert manifest.acked == {"/d/a.txt": ((10, 1), ["a.txt"])} and manifest.pending == {}
+    assert manifest.unchanged("/d/a.txt", (10, 1)) and not manifest.unchanged("/d/a.txt", None)
     manifest.save()
-    assert FileManifest(tmp_path / "m.json", 0).acked == manifest.acked
+    saved = FileManifest(tmp_path / "m.json", 0)
+    assert saved.acked == manifest.acked and saved.pending == {}
     gone = manifest.begin("/d/a.txt", None)  # deleted: forgotten once its deletes complete
-    manifest.seal(gone)
-    assert manifest.acked == {}
+    assert gone.stored == {"a.txt"}
+    assert manifest.seal(gone) and manifest.acked == {}
 
 
 def test_a_delete_row_becomes_a_tombstone_keeping_nothing_on_every_shard() -> None:

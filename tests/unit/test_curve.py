@@ -39,7 +39,7 @@ def test_only_endpoints_off_loopback_need_curve(endpoint: str, needed: bool) -> 
 
 def test_keys_are_private_files_and_missing_keys_are_named(tmp_path: Path) -> None:
     directory = curve.keys_dir(tmp_path)
-    with pytest.raises(SpecError, match="server.key_secret is missing.*aaflow-stream keys"):
+    with pytest.raises(SpecError, match=r"server\.key_secret is missing.*aaflow-stream keys"):
         ServerKeys.load(directory)
     public, created = curve.create_server_keys(directory)
     assert created and public.exists()

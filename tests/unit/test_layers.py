@@ -23,7 +23,7 @@ SOURCE_ROOT: Final = Path(aaflow_stream.__file__).parent
 # Top to bottom; each layer is a list of modules or packages, named under aaflow_stream.
 LAYERS: Final[list[list[str]]] = [
     # entry points and whole-run tools; client.py is narrowed further below (CLIENT_USES)
-    ["cli", "soak", "daemon", "pipeline", "ownership", "client"],
+    ["cli", "access", "soak", "daemon", "pipeline", "ownership", "client"],
     ["runtime"],  # actors, supervisor, launchers, liveness watch
     ["operators"],  # stage operators, the shard job (operators/shard*.py)
     ["ingest", "query"],  # client-facing endpoints: wire protocols, admission, gateway
