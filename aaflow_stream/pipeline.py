@@ -88,9 +88,8 @@ def _stage(topology: TopologySpec, stage: Stage) -> StageSpec:
             }
             params: OperatorParams
             if topology.continuous:  # watched sources, the ingest endpoint: until stopped
-                params = FeedParams(
-                    **loader, ingest=topology.ingest, data_dir=str(data_dir(topology))
-                )
+                keys = str(curve.keys_dir(data_dir(topology)))
+                params = FeedParams(**loader, ingest=topology.ingest, keys_dir=keys)
                 operator = f"{OPS}.feed:ContinuousLoader"
                 return _builtin(stage.name, operator, params, stage.replicas)
             params = LoadParams(**loader)

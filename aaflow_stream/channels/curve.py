@@ -207,13 +207,14 @@ class Guard:
         self._auth.stop()
 
 
-def guard_for(ctx: zmq.Context[Any], endpoint: str, data_dir: Path | str | None) -> Guard | None:
-    """A Guard for a server socket at ``endpoint`` when it needs one (``needs_curve``)."""
+def guard_for(ctx: zmq.Context[Any], endpoint: str, directory: Path | str | None) -> Guard | None:
+    """A Guard for a server socket at ``endpoint`` when it needs one (``needs_curve``), with
+    the keys of ``directory`` (``keys_dir``)."""
     if not needs_curve(endpoint):
         return None
-    if data_dir is None:
+    if directory is None:
         raise SpecError(f"{endpoint} is off loopback and no keys directory is known")
-    return Guard(ctx, ServerKeys.load(keys_dir(data_dir)))
+    return Guard(ctx, ServerKeys.load(Path(directory)))
 
 
 # --- key files ---------------------------------------------------------------------------------

@@ -237,10 +237,10 @@ class IngestEndpoint:
         max_queued: int = 4,
         max_request_bytes: int = 32 * 2**20,
         ctx: zmq.Context[Any] | None = None,
-        data_dir: str | None = None,
+        keys_dir: str | None = None,
     ) -> None:
         """``ctx``: the actor's ZeroMQ context; None: one of its own (``ContextHolder``).
-        ``data_dir``: where the CURVE keys are, for an endpoint off loopback
+        ``keys_dir``: where the CURVE keys are, for an endpoint off loopback
         (``channels.curve``)."""
         self.endpoint = endpoint
         self._wake_source = wake
@@ -249,7 +249,7 @@ class IngestEndpoint:
         self._zmq = sockets.ContextHolder(ctx)
         self.guard: curve.Guard | None = None
         try:
-            self.guard = curve.guard_for(self._zmq.ctx, endpoint, data_dir)
+            self.guard = curve.guard_for(self._zmq.ctx, endpoint, keys_dir)
             self._sock = sockets.ingest_router(
                 self._zmq.ctx,
                 endpoint,

@@ -117,7 +117,7 @@ class ContinuousLoader:
                 max_queued=ingest.max_queued,
                 max_request_bytes=int(ingest.max_request_mb * 2**20),
                 ctx=context.zmq_context,
-                data_dir=params.data_dir,
+                keys_dir=params.keys_dir,
             )
 
     # --- hooks ---------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class FeedParams(OperatorParams, frozen=True):
     batch_docs: Positive = spec_field(LoadStage, "batch_docs")
     limits: LimitSpec = spec_field(TopologySpec, "limits")
     ingest: IngestSpec | None = spec_field(TopologySpec, "ingest")
-    data_dir: str | None = None  # the topology's: its CURVE keys (channels/curve.py)
+    keys_dir: str | None = None  # the CURVE keys of an ingest endpoint off loopback
 
 
 class ChunkerParams(OperatorParams, frozen=True):

@@ -174,7 +174,8 @@ class ShardWriter:
             return
         assert self._query_embedder is not None
         params = self._params
-        self._guard = curve.guard_for(self._zmq.ctx, params.query_endpoint, params.data_dir)
+        keys = curve.keys_dir(params.data_dir)
+        self._guard = curve.guard_for(self._zmq.ctx, params.query_endpoint, keys)
         self._router = router = sockets.gateway_router(
             self._zmq.ctx, params.query_endpoint, max_frame_bytes=MAX_FRAME_BYTES, guard=self._guard
         )
