@@ -38,6 +38,7 @@ PARAMS_ONLY = {
     (params.LoadParams, "checkpoint"),  # a FileLoader used alone keeps no checkpoint
     (params.ShardParams, "embedder"),  # None: a hash embedder of the shards' dim
     (params.ShardParams, "serve"),  # the command's flag, not the topology's
+    (params.FeedParams, "keys_dir"),  # resolved by the planner: <data_dir>/keys
 }
 
 TOPOLOGY = """
