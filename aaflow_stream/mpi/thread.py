@@ -41,6 +41,12 @@ POLL_S: Final = 0.0005
 STOP_TIMEOUT_S: Final = 300.0
 STOP_POLL_S: Final = 0.005
 FINALIZE_TIMEOUT_S: Final = 30.0
+# What a round under way when its rank stops may still take. A round takes milliseconds; one
+# that waits longer waits for a peer that stopped first and will never join it (its wake-up
+# came after it stopped reading them): the job is aborted (its data is in the logs) instead
+# of waiting out the round timeout (30 s by default, which a killed supervisor's restart
+# used to wait for).
+STOPPING_CALL_S: Final = 2.0
 
 
 def wait(request: Any, poll_s: float = POLL_S) -> Any:
@@ -95,6 +101,8 @@ class MpiThread:
             fn, future, timeout_s, what = item
             if not future.set_running_or_notify_cancel():
                 continue
+            if self._stopping and fn is not _every_rank_stopping and timeout_s is not None:
+                timeout_s = min(timeout_s, STOPPING_CALL_S)  # queued before the stop
             try:
                 with self._watchdog.watch(timeout_s, what):
                     result = fn(comm)
@@ -121,6 +129,7 @@ class MpiThread:
         if self._stopping or not self._thread.is_alive():
             return
         self._stopping = True
+        self._watchdog.hurry(STOPPING_CALL_S)
         self.submit(_every_rank_stopping, timeout_s=timeout_s, what="the stop of every rank")
         self._queue.put(_STOP, timeout=60)
         self._thread.join()  # the barrier and MPI_Finalize are both watched

@@ -48,6 +48,17 @@ class Watchdog:
         finally:
             self._slot = None
 
+    def hurry(self, max_left_s: float) -> None:
+        """The call watched now (if any) gets at most ``max_left_s`` more."""
+        slot = self._slot
+        if slot is None:
+            return
+        deadline = time.monotonic() + max_left_s
+        if deadline < slot[0]:
+            hurried = (deadline, f"{slot[1]} (hurried: this rank is stopping)")
+            if self._slot is slot:
+                self._slot = hurried
+
     def _run(self) -> None:
         while not self._closed.wait(self._check_s):
             slot = self._slot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import msgspec
 import pytest
@@ -158,3 +159,30 @@ def test_the_watchdog_reports_a_call_that_runs_past_its_deadline() -> None:
     finally:
         watchdog.close()
     assert reported == ["a stuck round did not complete within 0.05s"]
+
+
+def test_a_hurried_call_is_reported_at_its_shorter_deadline() -> None:
+    reported: list[str] = []
+    fired = threading.Event()
+
+    def overdue(what: str) -> None:
+        reported.append(what)
+        fired.set()
+
+    watchdog = Watchdog(overdue, check_s=0.01)
+    watchdog.start()
+    try:
+        watchdog.hurry(0.01)  # nothing watched: nothing to hurry
+        with watchdog.watch(60.0, "a round a stopped peer never joins"):
+            started = time.monotonic()
+            watchdog.hurry(0.05)
+            watchdog.hurry(10.0)  # never later than it already is
+            assert fired.wait(WAIT_S)
+            took = time.monotonic() - started
+    finally:
+        watchdog.close()
+    assert reported == [
+        "a round a stopped peer never joins did not complete within 60.0s "
+        "(hurried: this rank is stopping)"
+    ]
+    assert took < 5.0
