@@ -59,6 +59,7 @@ from aaflow_stream.errors import StorageError
 from aaflow_stream.synthetic import PRESETS, expected_chunk_ids, generate
 from tests.support.shards import read_shards
 
+from . import w1_targets
 from .baselines import SYSTEMS as BASELINES
 from .baselines import run_isolated
 from .kit import cli
@@ -541,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         label = "" if best.ok else ", UNVERIFIED: " + best.failure
         lines += ["", f"aaflow engine (the median run{label}):", *engine_table(best.detail)]
     cmp = compare(summaries)
-    lines += ["", "targets:", *target_lines(cmp, args.preset, summaries)]
+    engine_details = [r.detail for r in runs.get(ENGINE, []) if r.ok]
+    efficiency = w1_targets.measure(summaries, engine_details)
+    lines += ["", "targets (against the floors, this run):"]
+    lines += list(w1_targets.lines(efficiency, args.preset))
+    lines += ["", "earlier targets (against sequential):"]
+    lines += list(target_lines(cmp, args.preset, summaries))
     lines += [
         *unverified_note(summaries),
         "",
@@ -549,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     detail = best.detail if best else None
     doc = to_json(args.preset, summaries, detail, cmp, [load_start, load_end])
+    doc.update(efficiency.as_json())  # raw_zmq_ratio, fastest_simple_ratio, cpu_ratio, ...
     cli.report(lines, doc, args.json)
     return 0 if all(s.verified for s in summaries.values() if not s.skipped) else 1
 
