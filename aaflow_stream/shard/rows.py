@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ChunkNotStored
-from ..schemas import DELETE_ALL, METADATA
+from ..schemas import DELETE_ALL, METADATA, empty_table
 from .filters import QueryFilter
 
 
@@ -148,7 +148,7 @@ class ChunkRows:
     def live_table(self) -> pa.Table:
         """One row per live chunk id (the latest version of a replaced row)."""
         if not self._meta:
-            return METADATA.empty_table()
+            return empty_table(METADATA)
         table, live = self.table(), self.live_positions()
         return table if live is None else table.take(pa.array(live))
 
