@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..embedders.base import TextEmbedder
-from ..shard.memory import memory_id, rows_to_table
+from ..shard.memory import entries_table, memory_id
 from ..shard.memory_sessions import Entry
 from .protocol import MemoryEntry
 
@@ -26,13 +26,20 @@ def memory_table(
     if to_embed:
         vectors[to_embed] = embedder.embed([entries[i].text for i in to_embed])
     now = time.time()
-    rows = []
     for i, e in enumerate(entries):
         if e.vector is not None:
             vectors[i] = e.vector
-        ts = now if e.ts is None else e.ts
-        entry = Entry(
-            memory_id(name, e.text), name, e.kind, e.text, e.source, ts, e.weight, e.ephemeral
+    rows = [
+        Entry(
+            memory_id(name, e.text),
+            name,
+            e.kind,
+            e.text,
+            e.source,
+            now if e.ts is None else e.ts,
+            e.weight,
+            e.ephemeral,
         )
-        rows.append((entry, vectors[i]))
-    return rows_to_table(rows, dim)
+        for e in entries
+    ]
+    return entries_table(rows, vectors)

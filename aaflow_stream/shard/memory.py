@@ -23,13 +23,15 @@ import hashlib
 import logging
 import threading
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..durability.fsio import make_dir
 from ..errors import StorageError
@@ -94,38 +96,65 @@ class MemoryCounts:
         self.forgotten += other.forgotten
 
 
-def rows_to_table(entries: list[tuple[Entry, Vectors]], dim: int) -> pa.Table:
+def rows_to_table(entries: Sequence[tuple[Entry, Vectors]], dim: int) -> pa.Table:
     vectors = np.stack([v for _, v in entries]) if entries else np.empty((0, dim), np.float32)
+    return entries_table([e for e, _ in entries], vectors)
+
+
+def entries_table(entries: Sequence[Entry], vectors: Vectors) -> pa.Table:
+    """``memory_row`` rows of ``entries`` and their (n, dim) ``vectors``."""
+    dim = vectors.shape[1]
     flat = pa.array(vectors.reshape(-1).astype(np.float32, copy=False))
-    return pa.table(
-        {
-            "memory_id": pa.array([e.memory_id for e, _ in entries], pa.int64()),
-            "session": pa.array([e.session for e, _ in entries], pa.string()),
-            "kind": pa.array([e.kind for e, _ in entries], pa.string()),
-            "text": pa.array([e.text for e, _ in entries], pa.large_string()),
-            "source": pa.array([e.source for e, _ in entries], pa.string()),
-            "ts": pa.array([e.ts for e, _ in entries], pa.float64()),
-            "weight": pa.array([e.weight for e, _ in entries], pa.float64()),
-            "ephemeral": pa.array([e.ephemeral for e, _ in entries], pa.bool_()),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-        },
-        schema=memory_row(dim),
+    columns = list(zip(*entries, strict=True)) if entries else [()] * len(Entry._fields)
+    schema = memory_row(dim)
+    return pa.Table.from_arrays(
+        [
+            *(pa.array(c, f.type) for c, f in zip(columns, list(schema)[:-1], strict=True)),
+            pa.FixedSizeListArray.from_arrays(flat, dim),
+        ],
+        schema=schema,
     )
 
 
-def table_to_rows(table: pa.Table | pa.RecordBatch) -> list[tuple[Entry, Vectors]]:
-    columns = {
-        name: table.column(name).to_pylist()
-        for name in ("memory_id", "session", "kind", "text", "source", "ts", "weight", "ephemeral")
-    }
+def read_entries(table: pa.Table | pa.RecordBatch) -> tuple[list[Entry], Vectors, list[int]]:
+    """``memory_row`` rows as entries, their (n, dim) vectors and their texts' bytes."""
+    columns = [table.column(name).to_pylist() for name in Entry._fields]
     vector_column = table.column("vector")
     if isinstance(vector_column, pa.ChunkedArray):
         vector_column = vector_column.combine_chunks()
     dim = vector_column.type.list_size
     vectors = vector_column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    entries = [Entry(*row) for row in zip(*columns.values(), strict=True)]
-    return list(zip(entries, vectors, strict=True))
+    sizes = pc.binary_length(table.column("text")).to_pylist()
+    return list(map(Entry._make, zip(*columns, strict=True))), vectors, sizes
+
+
+@dataclass
+class _Batch:
+    """The entries of one ``remember``, in table order, and what became of them."""
+
+    entries: list[Entry]
+    vectors: Vectors
+    sizes: list[int]  # text bytes
+    ids: npt.NDArray[np.int64]
+    lasting: npt.NDArray[np.bool_]
+    groups: dict[str, list[int]]  # group -> positions
+    appended: list[int] = field(default_factory=list)  # positions added as they came
+    changed: dict[int, Entry] = field(default_factory=dict)  # by id: other rows written
+
+    @classmethod
+    def read(cls, table: pa.Table) -> _Batch:
+        entries, vectors, sizes = read_entries(table)
+        sessions = table.column("session").unique().to_pylist()
+        if len(sessions) == 1:  # the usual case: one request, one session
+            groups = {entries[0].group: list(range(len(entries)))} if entries else {}
+        else:
+            groups = {}
+            for i, entry in enumerate(entries):
+                groups.setdefault(entry.group, []).append(i)
+        ephemeral = table.column("ephemeral").to_numpy(zero_copy_only=False)
+        ids = table.column("memory_id").to_numpy()
+        return cls(entries, vectors, sizes, ids, ~ephemeral, groups)
 
 
 class MemoryStore:
@@ -144,8 +173,7 @@ class MemoryStore:
             found = snap.recover(self.directory)
             if found is not None:
                 table = snap.load_table(self.directory / snap.SNAPSHOT_DIR, found.vectors)
-                for entry, vector in table_to_rows(table):
-                    self._sessions.put(entry, vector)
+                self._put_all(table)
             info = found or snap.EMPTY
             self._wal = WriteAheadLog.open(
                 self.directory / WAL_DIR,
@@ -166,8 +194,12 @@ class MemoryStore:
             for removed in batch.column("removed_id").to_pylist():
                 self._sessions.remove(removed)
         else:
-            for entry, vector in table_to_rows(batch):
-                self._sessions.put(entry, vector)
+            self._put_all(batch)
+
+    def _put_all(self, table: pa.Table | pa.RecordBatch) -> None:
+        entries, vectors, sizes = read_entries(table)
+        for entry, vector, size in zip(entries, vectors, sizes, strict=True):
+            self._sessions.put(entry, vector, size)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -193,55 +225,135 @@ class MemoryStore:
     def remember(self, incoming: pa.Table) -> MemoryCounts:
         """Merge, add, bound, then log and sync (module docstring); what happened."""
         counts = MemoryCounts()
-        puts: dict[int, tuple[Entry, Vectors]] = {}
+        batch = _Batch.read(incoming)
         removed: list[Entry] = []
-        rows = table_to_rows(incoming)
         with self._lock:
-            by_group: dict[str, list[int]] = {}
-            for i, (entry, _) in enumerate(rows):
-                by_group.setdefault(entry.group, []).append(i)
-            for name, positions in by_group.items():
-                self._remember_group(name, [rows[i] for i in positions], puts, counts)
+            for name, positions in batch.groups.items():
+                self._remember_group(name, batch, positions, counts)
                 removed += self._bound(name, counts)
-        self._log(
-            [p for p in puts.values() if not p[0].ephemeral],
-            [e.memory_id for e in removed if not e.ephemeral],
-        )
+            gone = {e.memory_id for e in removed}
+            changed = [
+                held
+                for i, e in batch.changed.items()
+                if i not in gone and not e.ephemeral and (held := self._sessions.get(i))
+            ]
+        # Rows added as they came are logged as they came (a take, not a rebuild); entries
+        # evicted by this very batch are not logged at all, their removal is.
+        as_received = np.zeros(len(batch.entries), dtype=np.bool_)
+        as_received[batch.appended] = True
+        as_received &= batch.lasting
+        if gone or batch.changed:
+            as_received &= ~np.isin(batch.ids, [*gone, *batch.changed])
+        schema = memory_row(self.dim)
+        if not incoming.schema.equals(schema):
+            incoming = incoming.select(schema.names).cast(schema)
+        puts = incoming if as_received.all() else incoming.filter(as_received)
+        if changed:
+            puts = pa.concat_tables([puts, rows_to_table(changed, self.dim)])
+        self._log(puts, [e.memory_id for e in removed if not e.ephemeral])
         self.counts.add(counts)
         return counts
 
-    def _near(self, sims: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    def _near_pairs(self, a: Vectors, b: Vectors) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+        """The similarity of every (a, b) pair, and which pairs are near-duplicates.
+
+        With ``ip``, the float32 products compared with the threshold rounded up to float32:
+        the same pairs as comparing them in float64 (a float32 is >= t exactly when it is >=
+        the least float32 >= t), without a float64 copy of the matrix. With ``l2``, in
+        float64 (``similarity_matrix``): near-duplicates' squared distances are differences
+        of nearly equal norms, which float32 would round away."""
         threshold = self.spec.near_duplicate
-        return sims >= threshold if self.metric == "ip" else sims >= -threshold
+        if self.metric != "ip":
+            sims = similarity_matrix(a, b, self.metric)
+            return sims, sims >= -threshold
+        floor = np.float32(threshold)
+        if float(floor) < threshold:
+            floor = np.nextafter(floor, np.float32(np.inf))
+        dots = a @ b.T
+        return dots, dots >= floor
+
+    def _nearest_held(
+        self, name: str, incoming: Vectors, lasting: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Per incoming entry, the id and similarity of its closest near-duplicate held in
+        group ``name`` (of the same lastingness), or -1 and -inf: one matrix product, then a
+        closer look only at the entries that have one."""
+        m = len(incoming)
+        best_id = np.full(m, -1, dtype=np.int64)
+        best_sim = np.full(m, -np.inf)
+        group = self._sessions.group(name)
+        if group is None or not len(group):
+            return best_id, best_sim
+        sims, near = self._near_pairs(incoming, group.vectors)
+        some = np.flatnonzero(near.any(axis=1))
+        if len(some):
+            held_lasting = np.array([not e.ephemeral for e in group.entries])
+            mergeable = near[some] & (lasting[some, None] == held_lasting[None, :])
+            masked = np.where(mergeable, sims[some], -np.inf)
+            best = masked.argmax(axis=1)
+            best_sim[some] = masked[np.arange(len(some)), best]
+            best_id[some] = [group.entries[i].memory_id for i in best.tolist()]
+        return best_id, best_sim
 
     def _remember_group(
-        self,
-        name: str,
-        rows: list[tuple[Entry, Vectors]],
-        puts: dict[int, tuple[Entry, Vectors]],
-        counts: MemoryCounts,
+        self, name: str, batch: _Batch, positions: list[int], counts: MemoryCounts
     ) -> None:
-        group = self._sessions.group(name)
-        existing = list(group.entries) if group is not None else []
-        incoming = np.stack([v for _, v in rows])
-        lasting = np.array([not e.ephemeral for e, _ in rows])
+        """One group's share of a batch, in batch order: each entry merges into the entry of
+        its id, or else into its closest near-duplicate (held, or new earlier in the batch),
+        or becomes a new row. Rows that can do nothing but the last, the usual case, are
+        found with matrix operations and added in one step; the others go one by one."""
+        if len(positions) == len(batch.entries):
+            rows, incoming, ids, lasting = batch.entries, batch.vectors, batch.ids, batch.lasting
+        else:
+            rows = [batch.entries[p] for p in positions]
+            incoming, ids = batch.vectors[positions], batch.ids[positions]
+            lasting = batch.lasting[positions]
+        mixed = not (lasting.all() or not lasting.any())  # lasting and ephemeral entries
         m = len(rows)
-        # The closest near-duplicate already held (of the same lastingness), per entry.
-        best_held = np.full(m, -1)
-        best_held_sim = np.full(m, -np.inf)
-        if group is not None and existing:
-            held_lasting = np.array([not e.ephemeral for e in existing])
-            sims = similarity_matrix(incoming, group.vectors, self.metric)
-            mergeable = self._near(sims) & (lasting[:, None] == held_lasting[None, :])
-            masked = np.where(mergeable, sims, -np.inf)
-            best_held = masked.argmax(axis=1)
-            best_held_sim = masked[np.arange(m), best_held]
-        among = similarity_matrix(incoming, incoming, self.metric)
-        mergeable_among = self._near(among) & (lasting[:, None] == lasting[None, :])
-        # Only entries with a near-duplicate earlier in this batch need the sequential check.
-        has_earlier = np.tril(mergeable_among, -1).any(axis=1)
-        fresh = np.zeros(m, dtype=bool)  # entries of this batch that became new rows
-        for j, (entry, vector) in enumerate(rows):
+        best_held_id, best_held_sim = self._nearest_held(name, incoming, lasting)
+        among, mergeable_among = self._near_pairs(incoming, incoming)
+        if mixed:
+            np.logical_and(mergeable_among, np.equal.outer(lasting, lasting), out=mergeable_among)
+        # Only entries with a near-duplicate earlier in this batch need the sequential check;
+        # usually no two are near (only the diagonal is), which one count tells.
+        off_diagonal = np.count_nonzero(mergeable_among) - np.count_nonzero(
+            np.diagonal(mergeable_among)
+        )
+        has_earlier = (
+            np.asarray(np.tril(mergeable_among, -1).any(axis=1))
+            if off_diagonal
+            else np.zeros(m, dtype=np.bool_)
+        )
+        id_list = ids.tolist()
+        held_id = np.array(self._sessions.holds(id_list), dtype=np.bool_)
+        repeated = np.zeros(m, dtype=np.bool_)  # an earlier entry has the same id
+        if len(set(id_list)) < m:
+            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+            repeated = first[inverse] < np.arange(m)
+        plain: npt.NDArray[np.bool_] = np.isneginf(best_held_sim)
+        plain &= ~(has_earlier | repeated | held_id)
+        fresh = plain.copy()  # entries of this batch that became new rows
+        if plain.all():  # the usual case: no copies of the rows to pick the plain ones
+            sizes = (
+                batch.sizes
+                if len(rows) == len(batch.sizes)
+                else [batch.sizes[p] for p in positions]
+            )
+            self._sessions.extend(name, rows, incoming, sizes)
+            batch.appended += positions
+            counts.added += m
+        elif plain.any():
+            at = np.flatnonzero(plain).tolist()
+            self._sessions.extend(
+                name,
+                [rows[j] for j in at],
+                incoming[at],
+                [batch.sizes[positions[j]] for j in at],
+            )
+            batch.appended += [positions[j] for j in at]
+            counts.added += len(at)
+        for j in np.flatnonzero(~plain).tolist():
+            entry, vector = rows[j], incoming[j]
             best_id: int | None = None
             same_id = self._sessions.entry(entry.memory_id)
             if same_id is not None and same_id.ephemeral == entry.ephemeral:
@@ -249,44 +361,38 @@ class MemoryStore:
             else:
                 best_sim = best_held_sim[j]
                 if best_sim > -np.inf:
-                    best_id = existing[best_held[j]].memory_id
+                    best_id = int(best_held_id[j])
                 if has_earlier[j]:
                     row = np.where(mergeable_among[j, :j] & fresh[:j], among[j, :j], -np.inf)
                     f = int(row.argmax())
                     if row[f] > best_sim:
-                        best_id = rows[f][0].memory_id
+                        best_id = rows[f].memory_id
             if best_id is None:
                 fresh[j] = True
-                self._sessions.put(entry, vector)
-                puts[entry.memory_id] = (entry, vector)
+                self._sessions.put(entry, vector, batch.sizes[positions[j]])
+                batch.changed[entry.memory_id] = entry
                 counts.added += 1
                 continue
-            current = self._sessions.get(best_id)
-            assert current is not None
-            kept, kept_vector = current
-            merged = Entry(
-                kept.memory_id,
-                kept.session,
-                kept.kind,
-                kept.text,
-                kept.source,
-                max(kept.ts, entry.ts),
-                kept.weight + entry.weight,
-                kept.ephemeral,
-            )
-            self._sessions.put(merged, kept_vector)
-            puts[merged.memory_id] = (merged, kept_vector)
+            kept = self._sessions.entry(best_id)
+            assert kept is not None
+            merged = kept._replace(ts=max(kept.ts, entry.ts), weight=kept.weight + entry.weight)
+            self._sessions.update(merged)
+            batch.changed[merged.memory_id] = merged
             counts.merged += 1
 
     def _bound(self, name: str, counts: MemoryCounts) -> list[Entry]:
         """Evict the least weighty (then oldest, then smallest id) entries of a group over its
         bound of entries or text bytes."""
         group = self._sessions.group(name)
-        if group is None:
-            return []
         spec = self.spec
-        over_count = len(group) - spec.max_session_entries
-        if over_count <= 0 and group.text_bytes <= spec.max_session_bytes:
+
+        def within() -> bool:
+            assert group is not None
+            return len(group) <= spec.max_session_entries and (
+                group.text_bytes <= spec.max_session_bytes
+            )
+
+        if group is None or within():
             return []
         entries = list(group.entries)
         order = np.lexsort(
@@ -297,15 +403,11 @@ class MemoryStore:
             )
         )
         gone: list[Entry] = []
-        remaining_bytes = group.text_bytes
-        for i in order:
-            if len(entries) - len(gone) <= spec.max_session_entries and (
-                remaining_bytes <= spec.max_session_bytes
-            ):
+        for i in order.tolist():
+            if within():
                 break
             victim = entries[i]
             self._sessions.remove(victim.memory_id)
-            remaining_bytes -= victim.nbytes
             gone.append(victim)
         counts.evicted += len(gone)
         return gone
@@ -319,16 +421,17 @@ class MemoryStore:
                 for i in self._sessions.ids_of(s)
                 if (e := self._sessions.remove(i)) is not None
             ]
-        self._log([], [e.memory_id for e in gone if not e.ephemeral])
+        self._log(None, [e.memory_id for e in gone if not e.ephemeral])
         self.counts.forgotten += len(gone)
         return len(gone)
 
-    def _log(self, puts: list[tuple[Entry, Vectors]], removed: list[int]) -> None:
-        if puts:
-            self._wal.append(rows_to_table(puts, self.dim).combine_chunks().to_batches()[0])
+    def _log(self, puts: pa.Table | None, removed: list[int]) -> None:
+        """One record of the rows put (whole rows), one of the ids removed, one sync."""
+        if puts is not None and puts.num_rows:
+            self._wal.append(puts.combine_chunks().to_batches()[0])
         if removed:
             self._wal.append(pa.record_batch([pa.array(removed, pa.int64())], schema=REMOVED))
-        if puts or removed:
+        if (puts is not None and puts.num_rows) or removed:
             self._wal.sync()
             if self._wal.logged_bytes - self._snapshot_logged >= SNAPSHOT_WAL_BYTES:
                 self.snapshot("log size")

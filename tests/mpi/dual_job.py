@@ -35,6 +35,9 @@ WEIGHTINGS = [
     MemoryWeights(sim=1.0, kind={}, recency=0.0),
     MemoryWeights(sim=1.0, kind={"knowledge": 0.0, "summary": 0.2, "state": -0.1}, recency=0.3),
     MemoryWeights(sim=0.5, kind={"knowledge": 0.1}, recency=1.0, half_life_s=DAY / 2),
+    # A recency weight, but every time thousands of half-lives old: no credit is left (it
+    # underflows to 0.0), so the knowledge path takes FAISS's top-k as it is.
+    MemoryWeights(sim=1.0, kind={"knowledge": 0.05, "state": 0.2}, recency=2.0, half_life_s=1e-3),
 ]
 
 

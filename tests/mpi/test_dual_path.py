@@ -17,6 +17,6 @@ def test_dual_path_merge_equals_brute_force_over_both_indexes(ranks: int, tmp_pa
     result = run_job(ranks, "dual_job.py", report, str(report))
     assert result["problems"] == []
     assert result["mismatches"] == 0
-    assert result["checked"] == 2 * 2 * 3 * 3 * 21  # metrics x modes x weightings x k x queries
+    assert result["checked"] == 2 * 2 * 4 * 3 * 21  # metrics x modes x weightings x k x queries
     if ranks > 1:
         assert result["owned_elsewhere"] > 0  # entries owned by ranks other than 0 were found

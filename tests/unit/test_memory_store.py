@@ -143,3 +143,60 @@ def test_memory_search_ranks_by_the_documented_score(tmp_path: Path) -> None:
     assert hits[1]["recency_score"] == pytest.approx(5.0 * 2 ** (-10))
     assert new["score"] == pytest.approx(new["sim"] + new["kind_score"] + new["recency_score"])
     assert s.search(q, ["zzz"], 2, w, 1000.0, 0).num_rows == 0  # another session sees nothing
+
+
+def _state(s: MemoryStore) -> list[tuple[object, ...]]:
+    return sorted(
+        (e.memory_id, e.kind, e.text, e.source, e.ts, e.weight, tuple(v.tolist()))
+        for e, v in s.entries()
+        if not e.ephemeral
+    )
+
+
+def test_a_mixed_batch_recovers_after_a_crash_exactly_as_it_was_acknowledged(
+    tmp_path: Path,
+) -> None:
+    # New rows (logged as received), merges into held and into earlier new rows, a repeated
+    # text, ephemeral rows and evictions of rows of the same batch, all in one remember.
+    rng = np.random.default_rng(7)
+    s = store(tmp_path, max_session_entries=12, near_duplicate=0.98)
+    held = unit(rng, 6)
+    s.remember(entries("a", [f"held {i}" for i in range(6)], held, ts=5.0))  # type: ignore[arg-type]
+    fresh = unit(rng, 10)
+    near_held = held[:2] + 0.001 * unit(rng, 2)
+    vectors = np.concatenate([fresh, near_held, fresh[:1], fresh[3:4]])
+    texts = [f"new {i}" for i in range(10)] + ["near 0", "near 1", "new 0", "again 3"]
+    weights = rng.uniform(0.1, 2.0, len(texts))
+    rows = [
+        (Entry(memory_id("a", t), "a", "summary", t, "user", 10.0 + i, float(w), False), v)
+        for i, (t, w, v) in enumerate(zip(texts, weights, vectors, strict=True))
+    ]
+    rows.append(
+        (
+            Entry(memory_id("a", "scratch"), "a", "state", "scratch", "tool", 9.0, 1.0, True),
+            fresh[5],
+        )
+    )
+    counts = s.remember(rows_to_table(rows, DIM))
+    assert counts.merged == 4  # two into held rows, a repeated text, a near-duplicate in the batch
+    assert counts.evicted > 0 and s.count <= 12
+    before = _state(s)
+    s._wal.close()  # a crash: recovery replays the log alone
+    again = store(tmp_path)
+    assert _state(again) == before
+    again.close()
+
+
+def test_the_near_duplicate_threshold_is_met_as_in_float64(tmp_path: Path) -> None:
+    # 0.95 is not a float32: the largest float32 below it is not near, the next one is.
+    below = np.float32(0.95)
+    assert float(below) < 0.95
+    above = np.nextafter(below, np.float32(1.0))
+    base = np.zeros(DIM, dtype=np.float32)
+    base[0] = 1.0
+    s = store(tmp_path, near_duplicate=0.95)
+    s.remember(entries("a", ["base"], base[None, :]))  # type: ignore[arg-type]
+    for text, value, merges in (("below", below, 0), ("above", above, 1)):
+        v = np.zeros(DIM, dtype=np.float32)
+        v[0] = value  # its inner product with base is exactly ``value``
+        assert s.remember(entries("a", [text], v[None, :])).merged == merges  # type: ignore[arg-type]
