@@ -10,7 +10,9 @@ run, from `--clients` (64) concurrent clients over `--queries` (2048) queries ea
 - HR (hybrid retrieval): `query(text, mode="hybrid")`: vector and BM25 keyword search in one
   round, fused by reciprocal rank;
 - SCL (semantic cache lookup): queries already answered once, served by the gateway's cache;
-  also from one client alone;
+  also from one client alone. Measured right after knowledge, whose queries it repeats: the
+  scenarios after it store ~14,000 more entries, which would push those out of a cache of
+  8,192 (the hit ratio is reported);
 - knowledge: a plain `query(text)`, the retrieval round the others build on.
 
 The thin baseline, in the same run: four processes each hold one shard (the engine's own
@@ -23,6 +25,13 @@ Reported per scenario: per-query milliseconds at the client (p50, p99) and the e
 per-step figures (retrieve, memory, generate) from its replies. Targets (the issue): each
 scenario's p50 at most 0.5x the thin baseline's; SCL from one client under 0.2 ms; HR at most
 1.5x a knowledge-only round.
+
+Floors, in the same run, bound what a target can reach: `zmq rtt` is the bare ZeroMQ round
+trip of a request and a reply of a cached hit's sizes to a process that only echoes (one
+client, and as many as SCL's), which any SCL answered by a server pays and the thin
+baseline's in-process cache does not; `keywords in-process` is one BM25 query (statistics
+and search) over every chunk in one index, in-process, warm, one thread: the keyword half
+of HR without a round.
 
     python -m bench.scenarios --quick
     python -m bench.scenarios --json
@@ -46,11 +55,11 @@ import numpy.typing as npt
 import pyarrow as pa
 import zmq
 
-from aaflow_stream.client import Client
+from aaflow_stream.client import Client, encode_request
 from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.query.cache import SemanticCache
 from aaflow_stream.query.generate import ExtractiveGenerator
-from aaflow_stream.query.protocol import Hit
+from aaflow_stream.query.protocol import Hit, QueryRequest, encode
 from aaflow_stream.query.reason import assemble
 from aaflow_stream.shard.keywords import KeywordIndex, query_terms
 from aaflow_stream.spec import CacheSpec
@@ -71,6 +80,7 @@ TARGET_VS_THIN = 0.5
 TARGET_SCL_ONE_MS = 0.2
 TARGET_HR_VS_KNOWLEDGE = 1.5
 SCENARIOS = ("llmg", "nccq", "hr", "scl", "knowledge")
+FLOOR_ROUND_TRIPS = 512
 
 F32 = npt.NDArray[np.float32]
 
@@ -120,6 +130,44 @@ def thin_shard(shard_dir: str, endpoint: str) -> None:
     finally:
         sock.close()
         ctx.term()
+
+
+def echo_server(endpoint: str, reply: bytes) -> None:
+    """The SCL floor's server: a ROUTER that answers every request with ``reply`` until it
+    gets an empty frame."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    try:
+        while True:
+            peer, raw = sock.recv_multipart()
+            sock.send_multipart([peer, reply if raw else b""])
+            if not raw:
+                return
+    finally:
+        sock.close()
+        ctx.term()
+
+
+class EchoClient:
+    """A DEALER that sends, polls and receives as ``Client`` does, nothing else."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+
+    def call(self, request: bytes) -> bytes:
+        self._sock.send(request)
+        if not self._sock.poll(10_000):
+            raise TimeoutError("the echo server did not answer")
+        return self._sock.recv()
+
+    def close(self) -> None:
+        self._sock.close()
+        self._ctx.term()
 
 
 class ThinClient:
@@ -219,7 +267,10 @@ def stop_thin(endpoints: list[str]) -> None:
 # ---------------------------------------------------------------- the engine
 
 
-def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path, endpoint: str) -> str:
+def topology_yaml(corpus: Path, data_dir: Path, run_dir: Path, endpoint: str, clients: int) -> str:
+    """The engine under test. ``answer.max_concurrent`` is one slot per client: each client has
+    one answer in flight, as in the thin baseline, and fewer slots would cap every answer
+    round at that many questions (16 slots: rounds of 16 where queries get 64)."""
     return f"""\
 name: table3
 data_dir: {data_dir}
@@ -235,7 +286,7 @@ embedder: {{kind: hash, dim: {DIM}}}
 shards: {{count: {N_SHARDS}, index: Flat, metric: ip, keywords: true}}
 query: {{endpoint: "{endpoint}", max_batch: 64}}
 answer: {{generator: {{kind: extractive, sentences: 3}}, k: {K}, budget_chars: {BUDGET},
-         max_concurrent: 16}}
+         max_concurrent: {clients}}}
 cache: {{enabled: true, capacity: 8192, ttl_s: 3600, threshold: 0.999}}
 """
 
@@ -308,6 +359,14 @@ def measure_engine(
     res: dict[str, dict[str, Any]] = {}
     lat, _ = concurrently(clients, texts, client, lambda c, t: c.query(t, k=K))
     res["knowledge"] = summary(lat)
+    # SCL: every text was just queried (knowledge), so the cache holds it.
+    lat, replies = concurrently(clients, texts, client, lambda c, t: c.query_reply(t, k=K))
+    res["scl"] = summary(lat)
+    res["scl"]["hit_ratio"] = sum(r.timings.cached for r in replies) / len(replies)
+    one = texts[: min(512, len(texts))]
+    lat, replies = concurrently(1, one, client, lambda c, t: c.query_reply(t, k=K))
+    res["scl_one"] = summary(lat)
+    res["scl_one"]["hit_ratio"] = sum(r.timings.cached for r in replies) / len(replies)
     lat, replies = concurrently(
         clients, [f"{t} ?" for t in texts], client, lambda c, t: c.answer(t, k=K, promote=False)
     )
@@ -323,13 +382,57 @@ def measure_engine(
     if hybrid:
         lat, _ = concurrently(clients, texts, client, lambda c, t: c.query(t, k=K, mode="hybrid"))
         res["hr"] = summary(lat)
-    # SCL: every text was queried above (knowledge), so the cache holds it.
-    lat, replies = concurrently(clients, texts, client, lambda c, t: c.query_reply(t, k=K))
-    res["scl"] = summary(lat)
-    res["scl"]["hit_ratio"] = sum(r.timings.cached for r in replies) / len(replies)
-    one = texts[: min(512, len(texts))]
-    lat, _ = concurrently(1, one, client, lambda c, t: c.query(t, k=K))
-    res["scl_one"] = summary(lat)
+    return res
+
+
+def cached_sizes(endpoint: str, text: str) -> tuple[bytes, bytes]:
+    """A query's request and its cached reply, encoded: what an SCL round trip carries."""
+    with Client(endpoint) as client:
+        reply = client.query_reply(text, k=K)
+    return encode_request(QueryRequest(id=1, text=text, k=K)), encode(reply)
+
+
+def measure_floors(
+    work: Path,
+    request: bytes,
+    reply: bytes,
+    clients: int,
+    n: int,
+    keywords: Any | None,
+    texts: list[str],
+) -> dict[str, dict[str, Any]]:
+    """The floors in the module docstring."""
+    endpoint = f"ipc://{work}/echo.sock"
+    server = multiprocessing.get_context("spawn").Process(
+        target=echo_server, args=(endpoint, reply)
+    )
+    server.start()
+    res: dict[str, dict[str, Any]] = {}
+    try:
+        lat, _ = concurrently(
+            1, [request] * FLOOR_ROUND_TRIPS, lambda: EchoClient(endpoint), lambda c, r: c.call(r)
+        )
+        res["zmq_rtt_one"] = summary(lat)
+        lat, _ = concurrently(
+            clients, [request] * n, lambda: EchoClient(endpoint), lambda c, r: c.call(r)
+        )
+        res["zmq_rtt"] = summary(lat)
+        stop = EchoClient(endpoint)
+        stop.call(b"")
+        stop.close()
+    finally:
+        server.join(timeout=10)
+        if server.is_alive():
+            server.kill()
+    if keywords is not None:
+        for text in texts:  # warm: what a long-running index has read before
+            keywords.search(text, K, keywords.local_stats(query_terms(text)))
+        lat = []
+        for text in texts:
+            t0 = time.perf_counter()
+            keywords.search(text, K, keywords.local_stats(query_terms(text)))
+            lat.append((time.perf_counter() - t0) * 1e3)
+        res["keywords_inproc"] = summary(lat)
     return res
 
 
@@ -356,6 +459,12 @@ def measure_thin(
     res: dict[str, dict[str, Any]] = {}
     lat, _ = concurrently(clients, texts, client, lambda c, t: c.query(t))
     res["knowledge"] = summary(lat)
+    concurrently(clients, texts, client, cached)  # fill
+    lat, _ = concurrently(clients, texts, client, cached)
+    res["scl"] = summary(lat)
+    one = texts[: min(512, len(texts))]
+    lat, _ = concurrently(1, one, client, cached)
+    res["scl_one"] = summary(lat)
     lat, _ = concurrently(clients, [f"{t} ?" for t in texts], client, lambda c, t: c.answer([t]))
     res["llmg"] = summary(lat)
     groups = [
@@ -367,12 +476,6 @@ def measure_thin(
     if keywords is not None:
         lat, _ = concurrently(clients, texts, client, lambda c, t: c.hybrid(t))
         res["hr"] = summary(lat)
-    concurrently(clients, texts, client, cached)  # fill
-    lat, _ = concurrently(clients, texts, client, cached)
-    res["scl"] = summary(lat)
-    one = texts[: min(512, len(texts))]
-    lat, _ = concurrently(1, one, client, cached)
-    res["scl_one"] = summary(lat)
     return res
 
 
@@ -391,7 +494,7 @@ def table(res: dict[str, Any]) -> list[str]:
         Column("memory", 7, ".3f"),
         Column("generate", 9, ".3f"),
     ]
-    rows = []
+    rows: list[list[Any] | str] = []
     for name in (*SCENARIOS, "scl_one"):
         a, t = res["aaflow"].get(name), res["thin"].get(name)
         if a is None:
@@ -410,11 +513,23 @@ def table(res: dict[str, Any]) -> list[str]:
                 a.get("generate_p50_ms"),
             ]
         )
+    floors = res["floors"]
+    for name, label in (
+        ("zmq_rtt_one", "floor: zmq rtt, 1 client (scl_one)"),
+        ("zmq_rtt", f"floor: zmq rtt, {res['clients']} clients (scl)"),
+        ("keywords_inproc", "floor: keywords in-process, warm (hr)"),
+    ):
+        if name in floors:
+            f = floors[name]
+            rows.append(f"{label}: p50 {f['p50_ms']:.3f} ms, p99 {f['p99_ms']:.3f} ms")
+    a = res["aaflow"]
+    hit_ratios = ", ".join(f"{s} {a[s]['hit_ratio']:.2f}" for s in ("scl", "scl_one"))
     lines = [
         f"Table III: {res['vectors']:,} vectors on {N_SHARDS} shards, {res['queries']} queries "
         f"from {res['clients']} clients, k={K}; ms per query at the client",
         "",
         *render(cols, rows),
+        f"cache hit ratio: {hit_ratios}",
         "",
     ]
     for line in res["verdicts"]:
@@ -453,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = work / "corpus"
     generate(corpus, "tiny" if args.quick else "small")
     texts = query_texts(corpus_files(corpus), n_queries, seed=0)
-    topo.write_text(topology_yaml(corpus, data_dir, run_dir, endpoint))
+    topo.write_text(topology_yaml(corpus, data_dir, run_dir, endpoint, clients))
 
     from .kit.engine import Served
 
@@ -471,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                 hybrid = _serves_hybrid(probe)
             cli.progress(f"{vectors:,} vectors; engine scenarios from {clients} clients")
             engine = measure_engine(endpoint, texts, clients, hybrid)
+            request, reply = cached_sizes(endpoint, texts[0])
         for r in range(N_SHARDS):
             server = spawn.Process(
                 target=thin_shard, args=(str(data_dir / f"shard-{r}"), thin_endpoints[r])
@@ -480,9 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.progress("thin baseline")
         keywords = thin_keywords(data_dir, work / "thin-keywords") if hybrid else None
         thin = measure_thin(thin_endpoints, texts, clients, keywords)
+        stop_thin(thin_endpoints)
+        cli.progress("floors")
+        floors = measure_floors(work, request, reply, clients, n_queries, keywords, texts)
         if keywords is not None:
             keywords.close()
-        stop_thin(thin_endpoints)
     finally:
         for server in servers:
             server.join(timeout=10)
@@ -495,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": clients,
         "aaflow": engine,
         "thin": thin,
+        "floors": floors,
         "load_avg_start": load_start,
         "load_avg_end": cli.load_avg(),
     }
@@ -505,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         "scl_one_p50_ms": engine["scl_one"]["p50_ms"],
         "hr_p50_ms": engine["hr"]["p50_ms"] if "hr" in engine else None,
         "hr_thin_p50_ms": thin["hr"]["p50_ms"] if "hr" in thin else None,
+        "scl_one_floor_p50_ms": floors["zmq_rtt_one"]["p50_ms"],
+        "scl_floor_p50_ms": floors["zmq_rtt"]["p50_ms"],
+        "hr_keyword_floor_p50_ms": (
+            floors["keywords_inproc"]["p50_ms"] if "keywords_inproc" in floors else None
+        ),
         **res,
     }
     cli.report(table(res), doc, args.json)

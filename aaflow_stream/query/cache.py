@@ -2,11 +2,18 @@
 
 An entry is a query's vector (unit-normalised), the result it got and what that result
 depends on: the knowledge shards (any query but a memory-only one) and the memory session it
-read. A lookup finds, among
-the live entries of the same *key* (mode, filter, k, session, weights, and for an answer its
-budget), the one whose vector is most similar to the query's; at a cosine similarity of at
-least ``threshold`` it is a hit. Bounded: at most ``capacity`` entries, the least recently
-used go first; an entry older than ``ttl_s`` is never served.
+read. A lookup finds, among the live entries of the same *key* (mode, filter, k, session,
+weights, and for an answer its budget), the one whose vector is most similar to the query's;
+at a cosine similarity of at least ``threshold`` it is a hit. Bounded: at most ``capacity``
+entries, the least recently used go first; an entry older than ``ttl_s`` is never served.
+
+Two shortcuts, same answers. ``lookup_text``: an entry also remembers the texts that found it
+(the query that stored it, and up to ``MAX_TEXTS`` others that hit it), so a repeated text is
+found by a dictionary lookup, before it is embedded (the same text embeds to the same
+vector, whose most similar entry is then at least as similar as the one it found before).
+``lookup_many``: a batch's queries of one key compared with the key's entries in one pass,
+as if looked up one after the other. A lookup reads a few dimensions of every entry and all
+of those of the entries that may reach the threshold (``_KeyIndex``).
 
 Never stale. Every entry that read knowledge is dropped when any document is added, changed
 or deleted: the gateway's rank sees every document's tombstone (the transform sends one per
@@ -25,9 +32,10 @@ Single-threaded: the gateway's event loop is its only user.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +48,15 @@ from ..spec import CacheSpec
 # before it); past this many, they are forgotten at once and every round begun before is
 # refused instead.
 MAX_TRACKED = 100_000
+# Texts an entry is found by without embedding (``lookup_text``): the one that stored it and
+# the first others that hit it.
+MAX_TEXTS = 4
+# A lookup reads the first 1/HEAD_SHARE of the dimensions (at least HEAD_MIN) of every entry,
+# the rest only of entries that may be similar enough (``_KeyIndex``); the bound is widened by
+# BOUND_SLACK against float32 rounding.
+HEAD_SHARE = 8
+HEAD_MIN = 16
+BOUND_SLACK = 1e-4
 
 
 @dataclass
@@ -60,35 +77,77 @@ class _Entry:
     knowledge: bool  # it read the knowledge shards
     session: str | None
     stored_at: float
+    texts: list[str]  # found by these texts too (``lookup_text``)
 
 
 class _KeyIndex:
-    """The entries of one key, as rows of a matrix for one product per lookup: grown by
-    doubling, a dropped row filled by the last one (no copy of the whole matrix per store)."""
+    """The entries of one key, as rows of a matrix: grown by doubling, a dropped row filled
+    by the last one (no copy of the whole matrix per store or drop).
+
+    A lookup wants the most similar entry only if its similarity reaches the threshold, and
+    reading every entry's whole vector per query dominated a miss (~1 ms per 8,000 entries of
+    384 dimensions, much more where numpy's BLAS runs threads on a busy machine). So the
+    first ``head`` dimensions are kept apart and read first: with the norm of each row's
+    rest, Cauchy-Schwarz bounds each similarity (``head . head + |rest| |rest|``), and only
+    rows whose bound reaches the threshold are compared in full. Exact: every row that could
+    reach it is compared. ``einsum``, not ``@``: one thread, whatever BLAS would start."""
 
     def __init__(self, dim: int) -> None:
         self.ids: list[int] = []
+        self._at: dict[int, int] = {}  # entry id -> its row
+        self._head = min(dim, max(HEAD_MIN, dim // HEAD_SHARE))
         self._rows: npt.NDArray[np.float32] = np.empty((8, dim), dtype=np.float32)
-
-    @property
-    def matrix(self) -> npt.NDArray[np.float32]:
-        return self._rows[: len(self.ids)]
+        self._heads: npt.NDArray[np.float32] = np.empty((8, self._head), dtype=np.float32)
+        self._rests: npt.NDArray[np.float64] = np.empty(8, dtype=np.float64)
 
     def add(self, entry_id: int, vector: npt.NDArray[np.float32]) -> None:
         at = len(self.ids)
         if at == len(self._rows):
-            grown = np.empty((2 * at, self._rows.shape[1]), dtype=np.float32)
-            grown[:at] = self._rows
-            self._rows = grown
+            self._rows = _grown(self._rows)
+            self._heads = _grown(self._heads)
+            self._rests = _grown(self._rests)
         self._rows[at] = vector
+        self._heads[at] = vector[: self._head]
+        self._rests[at] = _norm(vector[self._head :])
         self.ids.append(entry_id)
+        self._at[entry_id] = at
 
     def remove(self, entry_id: int) -> None:
-        at = self.ids.index(entry_id)
+        at = self._at.pop(entry_id)
         last = len(self.ids) - 1
-        self._rows[at] = self._rows[last]
-        self.ids[at] = self.ids[last]
+        if at != last:
+            moved = self.ids[last]
+            self._rows[at], self._heads[at] = self._rows[last], self._heads[last]
+            self._rests[at] = self._rests[last]
+            self.ids[at] = moved
+            self._at[moved] = at
         self.ids.pop()
+
+    def nearest(
+        self, queries: npt.NDArray[np.float32], threshold: float
+    ) -> list[tuple[int, float] | None]:
+        """Per unit query: (row, similarity) of its most similar row if that reaches
+        ``threshold`` (the first such row on a tie), else None."""
+        n, h = len(self.ids), self._head
+        heads, rests = self._heads[:n], self._rests[:n]
+        found: list[tuple[int, float] | None] = []
+        for query in queries:  # one product per query: einsum's fast loop, not BLAS's
+            rest = _norm(query[h:])
+            bounds = np.einsum("ij,j->i", heads, query[:h]) + (rest * rests + BOUND_SLACK)
+            rows = np.flatnonzero(bounds >= threshold)
+            if not rows.size:
+                found.append(None)
+                continue
+            sims = np.einsum("ij,j->i", self._rows[rows], query)
+            best = int(np.argmax(sims))
+            found.append((int(rows[best]), float(sims[best])) if sims[best] >= threshold else None)
+        return found
+
+
+def _grown(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    grown = np.empty((2 * len(array), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 class SemanticCache:
@@ -97,6 +156,7 @@ class SemanticCache:
         self._clock = clock
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # LRU order, oldest first
         self._by_key: dict[Hashable, _KeyIndex] = {}
+        self._by_text: dict[tuple[Hashable, str], int] = {}
         self._knowledge_readers: set[int] = set()
         self._by_session: dict[str, set[int]] = {}
         self._next_id = 0
@@ -116,29 +176,76 @@ class SemanticCache:
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def lookup(self, key: Hashable, vector: npt.NDArray[np.float32]) -> Any | None:
-        """The cached value of the most similar live query of ``key``, or None (a miss)."""
+    def lookup(
+        self, key: Hashable, vector: npt.NDArray[np.float32], text: str | None = None
+    ) -> Any | None:
+        """The cached value of the most similar live query of ``key``, or None (a miss). With
+        ``text``, a hit is also found by that text from now on (``lookup_text``)."""
+        return self.lookup_many(key, np.asarray(vector)[None, :], [text])[0]
+
+    def lookup_text(self, key: Hashable, text: str) -> Any | None:
+        """The cached value of ``key`` found by this very text before, or None; no vector
+        needed. Counts hits only: a None is no verdict (``lookup`` gives it)."""
         if not self._spec.enabled:
             return None
+        entry_id = self._by_text.get((key, text))
+        if entry_id is None or not self._live(entry_id):
+            return None
+        self.stats.hits += 1
+        return self._entries[entry_id].value
+
+    def lookup_many(
+        self,
+        key: Hashable,
+        vectors: npt.NDArray[np.float32],
+        texts: Sequence[str | None] | None = None,
+    ) -> list[Any | None]:
+        """``lookup`` of each row of ``vectors`` (with its text), in order, with one pass
+        over the key's entries for all of them."""
+        n = len(vectors)
+        if not self._spec.enabled:
+            return [None] * n
         index = self._by_key.get(key)
         if index is None or not index.ids:
-            self.stats.misses += 1
-            return None
-        sims = index.matrix @ _unit(vector)
-        best = int(np.argmax(sims))
-        if sims[best] < self._spec.threshold:
-            self.stats.misses += 1
-            return None
-        entry_id = index.ids[best]
+            self.stats.misses += n
+            return [None] * n
+        nearest = index.nearest(_units(vectors), self._spec.threshold)
+        # Entry ids now, before a query below drops an entry (and moves another's row).
+        entries = [None if n is None else index.ids[n[0]] for n in nearest]
+        found: list[Any | None] = []
+        for q, entry_id in enumerate(entries):
+            text = None if texts is None else texts[q]
+            if entry_id is None:
+                self.stats.misses += 1
+                found.append(None)
+                continue
+            if entry_id not in self._entries:  # an earlier query dropped it (expired)
+                found.append(self.lookup(key, vectors[q], text))  # as if looked up alone
+            elif not self._live(entry_id):
+                self.stats.misses += 1
+                found.append(None)
+            else:
+                self.stats.hits += 1
+                found.append(self._hit(key, entry_id, text))
+        return found
+
+    def _hit(self, key: Hashable, entry_id: int, text: str | None) -> Any:
+        entry = self._entries[entry_id]
+        if text is not None and len(entry.texts) < MAX_TEXTS and (key, text) not in self._by_text:
+            self._by_text[(key, text)] = entry_id
+            entry.texts.append(text)
+        return entry.value
+
+    def _live(self, entry_id: int) -> bool:
+        """Whether the entry is within its TTL (then it becomes the most recently used); one
+        past it is dropped."""
         entry = self._entries[entry_id]
         if self._clock() - entry.stored_at > self._spec.ttl_s:
             self._drop(entry_id)
             self.stats.expired += 1
-            self.stats.misses += 1
-            return None
+            return False
         self._entries.move_to_end(entry_id)
-        self.stats.hits += 1
-        return entry.value
+        return True
 
     # --- stores ------------------------------------------------------------------------------
 
@@ -155,9 +262,11 @@ class SemanticCache:
         knowledge: bool,
         session: str | None,
         began: int,
+        text: str | None = None,
     ) -> bool:
         """Keep ``value`` (which read the knowledge shards, or ``session``'s memory, or
-        both); False when an invalidation since ``began`` may have touched it."""
+        both), computed for ``vector`` (the embedding of ``text``, if given); False when an
+        invalidation since ``began`` may have touched it."""
         if not self._spec.enabled:
             return False
         touched = [self._knowledge_epoch] if knowledge else []
@@ -168,8 +277,11 @@ class SemanticCache:
             return False
         entry_id = self._next_id
         self._next_id += 1
-        entry = _Entry(key, _unit(vector), value, knowledge, session, self._clock())
+        entry = _Entry(key, _unit(vector), value, knowledge, session, self._clock(), [])
         self._entries[entry_id] = entry
+        if text is not None:
+            self._by_text[(key, text)] = entry_id  # the newest result for this text
+            entry.texts.append(text)
         index = self._by_key.get(key)
         if index is None:
             index = self._by_key[key] = _KeyIndex(len(entry.vector))
@@ -222,6 +334,9 @@ class SemanticCache:
         index.remove(entry_id)
         if not index.ids:
             del self._by_key[entry.key]
+        for text in entry.texts:
+            if self._by_text.get((entry.key, text)) == entry_id:
+                del self._by_text[(entry.key, text)]
         self._knowledge_readers.discard(entry_id)
         if entry.session is not None:
             self._by_session[entry.session].discard(entry_id)
@@ -232,5 +347,17 @@ class SemanticCache:
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     v = np.asarray(vector, dtype=np.float64)  # float32 squares of large values overflow
-    norm = float(np.linalg.norm(v))
+    norm = math.sqrt(float(np.dot(v, v)))
     return (v / norm if norm > 0 else v).astype(np.float32)
+
+
+def _units(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Each row scaled to unit length (a zero row stays zero)."""
+    v = np.asarray(vectors, dtype=np.float64)  # float32 squares of large values overflow
+    norms = np.sqrt(np.einsum("ij,ij->i", v, v))[:, None]
+    return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0).astype(np.float32)
+
+
+def _norm(vector: npt.NDArray[np.float32]) -> float:
+    v = vector.astype(np.float64)
+    return math.sqrt(float(np.einsum("i,i->", v, v)))

@@ -16,11 +16,14 @@ as one exchange to the entries' owning ranks; ``forget`` is one round; a query i
 session, the request's weights (or the topology's) and the gateway's clock.
 
 The semantic cache (``query.cache``) answers a query near a cached one of the same key with
-no round; deletes, new and updated documents (``documents_changed``: the shard operator
-calls it for every tombstone its rank applies, and the transform sends one per document to
-every shard) and memory changes invalidate it. ``answer`` requests (``query.answering``) run
-as tasks of their own, at most ``answer.max_concurrent`` at once (eight times as many may
-wait), so a slow generator never holds up the queries behind it.
+no round: on arrival, before any batch, when the query is a vector or a text the cache was
+found by before (``lookup_text``: no embedding); else once its batch is embedded (one pass
+over the cached entries per key for the batch). Deletes, new and updated documents
+(``documents_changed``: the shard operator calls it for every tombstone its rank applies,
+and the transform sends one per document to every shard) and memory changes invalidate
+it. ``answer`` requests (``query.answering``) run as tasks of their own, at most
+``answer.max_concurrent`` at once (eight times as many may wait), so a slow generator never
+holds up the queries behind it.
 
 Only a failed round ends the gateway (``RoundFailed``): its queries get ``internal`` first,
 then the error propagates, because the shard ranks can no longer be trusted to be in step.
@@ -58,6 +61,7 @@ from .protocol import (
     DeleteRequest,
     ForgetReply,
     ForgetRequest,
+    Hit,
     MemoryWeights,
     Mode,
     QueryFilter,
@@ -99,6 +103,7 @@ class _Pending:
     # ``result`` instead of a reply, and the answer path does its own caching.
     vector: npt.NDArray[np.float32] | None = None
     result: asyncio.Future[pa.Table] | None = None
+    looked_up: bool = False  # the cache missed it on arrival (a vector query)
 
 
 def _no_rejections() -> dict[RejectReason, int]:
@@ -238,12 +243,35 @@ class Gateway:
         if not self._retriever.serves(request.mode):
             await self._reject(client, _unsupported(request.id, request.mode))
             return
+        arrived = time.perf_counter()
+        looked_up = False
+        if self.cache.enabled:
+            key = _cache_key(request)
+            if request.text is not None:
+                hits = self.cache.lookup_text(key, request.text)
+            else:
+                assert request.vector is not None
+                hits = self.cache.lookup(key, np.asarray(request.vector, dtype=np.float32))
+                looked_up = True
+            if hits is not None:
+                await self._reply_cached(client, request.id, hits, arrived, 0.0)
+                return
         if len(self._pending) >= MAX_PENDING:
             busy = Rejection(request.id, "busy", "too many queries waiting", "unavailable")
             await self._reject(client, busy)
             return
-        self._pending.append(_Pending(client, request, time.perf_counter()))
+        self._pending.append(_Pending(client, request, arrived, looked_up=looked_up))
         self._arrived.set()
+
+    async def _reply_cached(
+        self, client: bytes, request_id: int, hits: list[Hit], arrived: float, embed_ms: float
+    ) -> None:
+        total_ms = (time.perf_counter() - arrived) * 1e3
+        timings = Timings(
+            embed_ms=embed_ms, retrieve_ms=0.0, total_ms=total_ms, batch=0, cached=True
+        )
+        await self._reply(client, QueryReply(id=request_id, hits=hits, timings=timings))
+        self.stats.record(total_ms)
 
     async def _round(self, client: bytes, request_id: int, call: Awaitable[T]) -> T:
         """A count or delete round for one request: a failure answers it, then ends us."""
@@ -392,22 +420,15 @@ class Gateway:
             return
         embedded = time.perf_counter()
         keys = [_cache_key(p.request) for p in batch]
+        cached = self._lookup(batch, keys, matrix)
         misses = []
         for i, p in enumerate(batch):
-            cached = None if p.result is not None else self.cache.lookup(keys[i], matrix[i])
-            if cached is None:
+            hits = cached[i]
+            if hits is None:
                 misses.append(i)
                 continue
-            now = time.perf_counter()
-            timings = Timings(
-                embed_ms=(embedded - started) * 1e3,
-                retrieve_ms=0.0,
-                total_ms=(now - p.arrived) * 1e3,
-                batch=0,
-                cached=True,
-            )
-            await self._reply(p.client, QueryReply(id=p.request.id, hits=cached, timings=timings))
-            self.stats.record(timings.total_ms)
+            embed_ms = (embedded - started) * 1e3
+            await self._reply_cached(p.client, p.request.id, hits, p.arrived, embed_ms)
         if not misses:
             return
         if len(misses) < len(batch):
@@ -454,8 +475,33 @@ class Gateway:
             session = (p.request.session or "") if layout == "dual" else None
             knowledge = p.request.mode != "memory"
             self.cache.store(
-                keys[j], matrix[j], hits, knowledge=knowledge, session=session, began=began
+                keys[j],
+                matrix[j],
+                hits,
+                knowledge=knowledge,
+                session=session,
+                began=began,
+                text=p.request.text,
             )
+
+    def _lookup(
+        self, batch: list[_Pending], keys: list[tuple[object, ...]], matrix: npt.NDArray[np.float32]
+    ) -> list[list[Hit] | None]:
+        """The cached hits of each query of the batch (None: to search), looked up per key in
+        one pass. Not those of answers (their path caches answers) nor those the cache missed
+        on arrival."""
+        found: list[list[Hit] | None] = [None] * len(batch)
+        if not self.cache.enabled:
+            return found
+        by_key: dict[tuple[object, ...], list[int]] = {}
+        for i, p in enumerate(batch):
+            if p.result is None and not p.looked_up:
+                by_key.setdefault(keys[i], []).append(i)
+        for key, rows in by_key.items():
+            texts = [batch[i].request.text for i in rows]
+            for i, hits in zip(rows, self.cache.lookup_many(key, matrix[rows], texts), strict=True):
+                found[i] = hits
+        return found
 
     async def search_questions(
         self,

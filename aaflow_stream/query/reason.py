@@ -16,6 +16,11 @@ Steps:
    a piece that does not fit is skipped, so a smaller later one may still fit; only when not
    even the first piece fits is it cut, at a word boundary, so a context is never empty
    while there is evidence.
+
+A hit is dropped when it is a near-duplicate or when it does not fit; the fit is checked
+first, so that the shingles (most of the cost) are made only of hits that could be packed:
+a hit that is both is counted as over budget (``dropped_budget``), not as a duplicate. The
+pieces are the same either way.
 """
 
 from __future__ import annotations
@@ -53,20 +58,26 @@ def _key(hit: Hit) -> tuple[float, int, int]:
     return (-hit.score, hit.path != "knowledge", ident)
 
 
-def shingles(text: str) -> frozenset[str]:
-    """Lower-cased word 3-shingles (a text of fewer words: its words joined)."""
-    words = [w.lower() for w in _WORD.findall(text)]
+Shingle = tuple[str, ...]
+
+
+def shingles(text: str) -> frozenset[Shingle]:
+    """Lower-cased word 3-shingles (a text of fewer words: its words, as one shingle). Tuples,
+    not joined strings: the same sets up to naming (words hold no space), built ~2x faster."""
+    if text.isascii():  # lower-casing first changes no word boundary there, and is cheaper
+        words = _WORD.findall(text.lower())
+    else:
+        words = [w.lower() for w in _WORD.findall(text)]
     if len(words) < SHINGLE_WORDS:
-        return frozenset([" ".join(words)]) if words else frozenset()
-    return frozenset(
-        " ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)
-    )
+        return frozenset([tuple(words)]) if words else frozenset()
+    return frozenset(zip(words, words[1:], words[2:], strict=False))
 
 
-def _similar(a: frozenset[str], b: frozenset[str], threshold: float) -> bool:
+def _similar(a: frozenset[Shingle], b: frozenset[Shingle], threshold: float) -> bool:
     if not a or not b:
         return a == b
-    return len(a & b) / len(a | b) >= threshold
+    common = len(a & b)
+    return common / (len(a) + len(b) - common) >= threshold  # |a & b| / |a | b|
 
 
 def _cut(text: str, limit: int) -> str:
@@ -91,18 +102,18 @@ def citation(hit: Hit) -> Citation:
 def assemble(hits: Sequence[Hit], budget_chars: int, dedup: float = 0.8) -> Context:
     """The context of one query's hits (see the module docstring)."""
     kept: list[Piece] = []
-    kept_shingles: list[frozenset[str]] = []
+    kept_shingles: list[frozenset[Shingle]] = []
     used = duplicates = over = 0
     for hit in sorted(hits, key=_key):
-        sh = shingles(hit.text)
+        text = hit.text
+        if used + len(text) > budget_chars and kept:
+            over += 1
+            continue
+        sh = shingles(text)
         if any(_similar(sh, other, dedup) for other in kept_shingles):
             duplicates += 1
             continue
-        text = hit.text
-        if used + len(text) > budget_chars:
-            if kept:
-                over += 1
-                continue
+        if used + len(text) > budget_chars:  # the first piece: cut, not dropped
             text = _cut(text, budget_chars)
         kept.append(Piece(text, citation(hit)))
         kept_shingles.append(sh)

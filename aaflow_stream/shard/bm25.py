@@ -17,11 +17,15 @@ does not depend on the shard layout, bit for bit.
 
 ``LocalWeight`` mirrors tantivy's own f32 arithmetic for one term of one index: it recovers
 the integer term frequency from the score tantivy returned (tantivy-py exposes no postings),
-and checks the recovery by recomputing that score bit for bit.
+and checks the recovery by recomputing that score bit for bit. ``local_idf`` is tantivy's f32
+idf; its ``ln`` is rounded here from f64, where tantivy calls the platform's ``logf``: they
+may differ in the last bit, which the recomputation then reveals (the caller asks
+``explain``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,24 +98,43 @@ def combine(parts: Sequence[KeywordStats]) -> KeywordStats:
     )
 
 
-def term_scores(tf: F64, lengths: I64, idf: float, avgdl: float) -> F64:
+def term_scores(tf: F64, norms: F64, idf: float, avgdl: float) -> F64:
     """One term's BM25 contribution to documents with term frequency ``tf`` and token counts
-    ``lengths`` (quantized here, as tantivy does), in f64. Only elementwise + * / (no
-    transcendental on arrays), so a value never depends on the array it sits in."""
-    norm = K1 * ((1.0 - B) + B * quantized(lengths).astype(np.float64) / avgdl)
+    ``norms`` quantized as tantivy does (``quantized``, as f64), in f64. Only elementwise
+    + * / (no transcendental on arrays), so a value never depends on the array it sits in."""
+    norm = K1 * ((1.0 - B) + B * norms / avgdl)
     return (idf * (1.0 + K1)) * (tf / (tf + norm))
+
+
+def local_idf(doc_freq: int, doc_count: int) -> float:
+    """tantivy's f32 ``idf`` (``bm25.rs``) of a term in ``doc_freq`` of an index's
+    ``doc_count`` documents (deleted ones included, as tantivy counts them)."""
+    f32 = np.float32
+    x = (f32(doc_count - doc_freq) + f32(0.5)) / (f32(doc_freq) + f32(0.5))
+    return float(f32(math.log(float(f32(1.0) + x))))
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_cache(avgdl: float) -> npt.NDArray[np.float32]:
+    """tantivy's per-fieldnorm f32 cache for an index's ``avgdl`` (the same for every term
+    of that index: computed once)."""
+    f32 = np.float32
+    norms = FIELD_NORMS.astype(np.float32)
+    # Rust evaluates K1 * (1.0 - B + B * fieldnorm / avgdl) left to right, all in f32.
+    cache = f32(K1) * ((f32(1.0) - f32(B)) + f32(B) * norms / f32(avgdl))
+    cache.flags.writeable = False
+    return cache
 
 
 class LocalWeight:
     """tantivy's f32 BM25 weight for one term of one index, as its ``explain`` reports it
-    (``idf`` and ``avgdl`` of that index, deleted documents included)."""
+    (``idf`` and ``avgdl`` of that index, deleted documents included); with an array of
+    ``idf``, one per document, the weights of several terms' documents at once."""
 
-    def __init__(self, idf: float, avgdl: float) -> None:
+    def __init__(self, idf: float | F64, avgdl: float) -> None:
         f32 = np.float32
-        self._weight = f32(idf) * (f32(1.0) + f32(K1))
-        norms = FIELD_NORMS.astype(np.float32)
-        # Rust evaluates K1 * (1.0 - B + B * fieldnorm / avgdl) left to right, all in f32.
-        self._cache = f32(K1) * ((f32(1.0) - f32(B)) + f32(B) * norms / f32(avgdl))
+        self._weight = np.asarray(idf, dtype=np.float32) * (f32(1.0) + f32(K1))
+        self._cache = _norm_cache(avgdl)
 
     def score(self, tf: npt.NDArray[np.float32], fieldnorm_id: I64) -> npt.NDArray[np.float32]:
         """What tantivy computes: ``weight * (tf / (tf + cache[fieldnorm id]))`` in f32."""
@@ -123,7 +146,7 @@ class LocalWeight:
         asks tantivy's ``explain``)."""
         ids = fieldnorm_ids(lengths)
         cache = self._cache[ids].astype(np.float64)
-        weight = float(self._weight)
+        weight = self._weight.astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             guess = np.rint(scores * cache / (weight - scores))
         tf = np.where(np.isfinite(guess), np.maximum(guess, 1.0), 1.0).astype(np.int64)

@@ -12,6 +12,11 @@ Every rank sends its local top ``depth`` of each list; the root merges each list
 (ranks from 1; ``rrf_k`` 60 by default, the usual constant), then keeps the top k by
 (rrf descending, smaller chunk id). A chunk found by only one list still counts; a keyword
 match that the embedding misses (an identifier, a code) enters through its BM25 rank.
+
+Costs that grow with the round, not the corpus, are paid once per round: a rank looks up the
+rows of every query's keyword hits in one call, and the root fuses every query with array
+operations over the merged candidates, taking their rows once (a table of several chunks
+would be concatenated by each ``take``).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import topk
-from .bm25 import KeywordStats, combine
+from ..errors import ChunkNotStored
+from ..schemas import empty_table
+from .bm25 import KeywordStats
 from .filters import QueryFilter
 from .keywords import query_terms
 from .store import ShardStore
@@ -34,6 +40,9 @@ from .store import ShardStore
 VECTOR: Final = "vector"
 KEYWORD: Final = "keyword"
 ROW_COLUMNS: Final = ("doc_id", "seq", "chunk_id", "text", "source")
+# Keyword searches of a round tried again when a chunk they found was removed before its row
+# was read (a tombstone applied meanwhile, on the rank's other thread).
+ROW_ATTEMPTS: Final = 3
 
 # One candidate of either list, as ranks send them to the root.
 CANDIDATE = pa.schema(
@@ -68,7 +77,6 @@ HYBRID_HIT = pa.schema(
 )
 
 _texts = msgspec.msgpack.Decoder(list[str])
-_stats_decoder = msgspec.msgpack.Decoder(KeywordStats)
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -80,43 +88,65 @@ def decode_texts(raw: bytes) -> list[str]:
     return _texts.decode(raw)
 
 
-def local_stats(store: ShardStore, texts: Sequence[str]) -> bytes:
-    """This rank's statistics for every term of the round's queries, encoded."""
-    terms = sorted({t for text in texts for t in query_terms(text)})
-    return _encoder.encode(store.keyword_stats(terms))
+def round_terms(texts: Sequence[str]) -> list[str]:
+    """Every term of the round's queries, sorted: every rank lists the same."""
+    return sorted({t for text in texts for t in query_terms(text)})
 
 
-def global_stats(parts: Sequence[bytes]) -> KeywordStats:
-    """Every rank's statistics, summed (the same on every rank: same parts, same order)."""
-    return combine([_stats_decoder.decode(p) for p in parts])
+def local_counts(store: ShardStore, terms: Sequence[str]) -> npt.NDArray[np.int64]:
+    """This rank's statistics for ``terms`` as fixed-size integers (live chunks, their
+    tokens, chunks per term): the same shape on every rank, so one ``Allreduce`` sums them."""
+    stats = store.keyword_stats(terms)
+    return np.array([stats.docs, stats.tokens, *(stats.doc_freq[t] for t in terms)], np.int64)
 
 
-def local_candidates(
+def summed_stats(terms: Sequence[str], counts: npt.NDArray[np.int64]) -> KeywordStats:
+    """The corpus-wide statistics from ``local_counts`` summed over every rank (integer
+    sums: the same on every rank, whatever the layout)."""
+    docs, tokens, *freq = counts.tolist()
+    return KeywordStats(docs, tokens, dict(zip(terms, freq, strict=True)))
+
+
+def vector_candidates(
     store: ShardStore,
     queries: npt.NDArray[np.float32],
+    depth: int,
+    allowed: QueryFilter | None,
+    rank: int,
+) -> pa.Table:
+    """This rank's top ``depth`` per query by vector, with the rows' metadata."""
+    scores, ids, rows = store.search_rows(queries, depth, allowed)
+    found = ids >= 0
+    if not found.any():
+        return empty_table(CANDIDATE)
+    return _candidates(np.nonzero(found)[0], VECTOR, scores[found].astype(np.float64), rows, rank)
+
+
+def keyword_candidates(
+    store: ShardStore,
     texts: Sequence[str],
     depth: int,
     stats: KeywordStats,
     allowed: QueryFilter | None,
     rank: int,
 ) -> pa.Table:
-    """This rank's top ``depth`` per query of both lists, with the rows' metadata."""
-    parts = []
-    scores, ids, rows = store.search_rows(queries, depth, allowed)
-    found = ids >= 0
-    if found.any():
-        parts.append(
-            _candidates(np.nonzero(found)[0], VECTOR, scores[found].astype(np.float64), rows, rank)
-        )
-    for q, text in enumerate(texts):
-        chunk_ids, bm25 = store.keyword_search(text, depth, stats, allowed)
-        if len(chunk_ids):
-            kw_rows = store.rows(chunk_ids.tolist())
-            queries_of = np.full(len(chunk_ids), q)
-            parts.append(_candidates(queries_of, KEYWORD, bm25.astype(np.float64), kw_rows, rank))
-    if not parts:
-        return CANDIDATE.empty_table()
-    return pa.concat_tables(parts)
+    """This rank's top ``depth`` per query by BM25 under the corpus-wide ``stats``, with the
+    rows' metadata (looked up once for the whole round)."""
+    for attempt in range(ROW_ATTEMPTS):
+        found = [store.keyword_search(text, depth, stats, allowed) for text in texts]
+        chunk_ids = np.concatenate([np.zeros(0, np.int64), *(ids for ids, _ in found)])
+        if not chunk_ids.size:
+            return empty_table(CANDIDATE)
+        try:
+            rows = store.rows(chunk_ids.tolist())
+        except ChunkNotStored:
+            if attempt + 1 == ROW_ATTEMPTS:
+                raise
+            continue
+        query_of = np.repeat(np.arange(len(texts)), [len(ids) for ids, _ in found])
+        bm25 = np.concatenate([scores for _, scores in found]).astype(np.float64)
+        return _candidates(query_of, KEYWORD, bm25, rows, rank)
+    raise AssertionError("unreachable")
 
 
 def _candidates(
@@ -141,39 +171,61 @@ def fuse(
     tables: list[pa.Table], nq: int, k: int, depth: int, rrf_k: int, metric: str
 ) -> list[pa.Table]:
     """Each query's top k by reciprocal-rank fusion of the two global lists."""
-    merged = pa.concat_tables(tables)
-    queries = merged.column("query").to_numpy()
-    is_vector = pc.equal(merged.column("list"), VECTOR).to_numpy(zero_copy_only=False)
+    merged = pa.concat_tables(tables) if tables else empty_table(CANDIDATE)
+    if not merged.num_rows:
+        return [empty_table(HYBRID_HIT) for _ in range(nq)]
+    query = merged.column("query").to_numpy().astype(np.int64)
+    keyword = pc.equal(merged.column("list"), KEYWORD).to_numpy(zero_copy_only=False)
     scores = merged.column("score").to_numpy()
     ids = merged.column("chunk_id").to_numpy().view(np.int64)
-    out = []
-    for q in range(nq):
-        mine = queries == q
-        v = np.flatnonzero(mine & is_vector)
-        kw = np.flatnonzero(mine & ~is_vector)
-        v = v[topk.order(scores[v].astype(np.float32), ids[v], metric)[:depth]]  # type: ignore[arg-type]
-        kw = kw[topk.order(scores[kw].astype(np.float32), ids[kw], "ip")[:depth]]
-        fused: dict[int, list[float]] = {}  # chunk id -> [rrf, row, vscore, bm25, vrank, krank]
-        for ranked, is_v in ((v, True), (kw, False)):
-            for position, row in enumerate(ranked.tolist(), start=1):
-                entry = fused.setdefault(int(ids[row]), [0.0, row, np.nan, np.nan, 0, 0])
-                entry[0] += 1.0 / (rrf_k + position)
-                entry[2 if is_v else 3] = float(scores[row])
-                entry[4 if is_v else 5] = position
-        best = sorted(fused.items(), key=lambda item: (-item[1][0], item[0]))[:k]
-        rows = merged.take(pa.array([int(e[1]) for _, e in best], pa.int64()))
-        out.append(
-            pa.table(
-                {
-                    **{name: rows.column(name) for name in ROW_COLUMNS},
-                    "shard": rows.column("shard"),
-                    "score": pa.array([e[0] for _, e in best], pa.float64()),
-                    "vector_score": pa.array([e[2] for _, e in best], pa.float64()),
-                    "bm25": pa.array([e[3] for _, e in best], pa.float64()),
-                    "vector_rank": pa.array([int(e[4]) for _, e in best], pa.int32()),
-                    "keyword_rank": pa.array([int(e[5]) for _, e in best], pa.int32()),
-                },
-                schema=HYBRID_HIT,
-            )
-        )
-    return out
+    # Each global list in ``shard.topk`` order (f32 scores, as the ranks cut their lists;
+    # then the smaller id): keyword scores and inner products descending, L2 ascending.
+    f32 = scores.astype(np.float32).astype(np.float64)
+    primary = np.where(keyword | (metric == "ip"), -f32, f32)
+    ranked = np.lexsort((ids, primary, keyword, query))
+    group = query[ranked] * 2 + keyword[ranked]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    position = np.arange(len(ranked)) - np.repeat(starts, np.diff(np.r_[starts, len(ranked)]))
+    cut = position < depth
+    rows, position = ranked[cut], position[cut] + 1  # ranks from 1
+    if not len(rows):
+        return [empty_table(HYBRID_HIT) for _ in range(nq)]
+    # Each chunk of a query once: its vector entry first (the row the hit is read from).
+    by_chunk = np.lexsort((keyword[rows], ids[rows], query[rows]))
+    rows, position = rows[by_chunk], position[by_chunk]
+    first = np.r_[True, (ids[rows][1:] != ids[rows][:-1]) | (query[rows][1:] != query[rows][:-1])]
+    heads = np.flatnonzero(first)
+    share = 1.0 / (rrf_k + position)
+    rrf = np.add.reduceat(share, heads)  # one or two terms each: the same sum in any order
+    vector_score = np.full(len(heads), np.nan)
+    bm25 = np.full(len(heads), np.nan)
+    vector_rank = np.zeros(len(heads), np.int32)
+    keyword_rank = np.zeros(len(heads), np.int32)
+    entry = np.cumsum(first) - 1  # which chunk each listed row belongs to
+    is_kw = keyword[rows]
+    vector_score[entry[~is_kw]] = scores[rows[~is_kw]]
+    vector_rank[entry[~is_kw]] = position[~is_kw]
+    bm25[entry[is_kw]] = scores[rows[is_kw]]
+    keyword_rank[entry[is_kw]] = position[is_kw]
+    hit_rows, hit_query, hit_ids = rows[heads], query[rows[heads]], ids[rows[heads]]
+    # Per query, the best k by (rrf descending, smaller chunk id).
+    best = np.lexsort((hit_ids, -rrf, hit_query))
+    starts = np.searchsorted(hit_query[best], np.arange(nq + 1))
+    place = np.arange(len(best)) - np.repeat(starts[:-1], np.diff(starts))
+    best = best[place < k]
+    picked = merged.take(pa.array(hit_rows[best], pa.int64()))
+    table = pa.table(
+        {
+            **{name: picked.column(name) for name in ROW_COLUMNS},
+            "shard": picked.column("shard"),
+            "score": pa.array(rrf[best], pa.float64()),
+            "vector_score": pa.array(vector_score[best], pa.float64()),
+            "bm25": pa.array(bm25[best], pa.float64()),
+            "vector_rank": pa.array(vector_rank[best], pa.int32()),
+            "keyword_rank": pa.array(keyword_rank[best], pa.int32()),
+        },
+        schema=HYBRID_HIT,
+    )
+    counts = np.bincount(hit_query[best], minlength=nq)
+    offsets = np.r_[0, np.cumsum(counts)]
+    return [table.slice(int(offsets[q]), int(counts[q])) for q in range(nq)]

@@ -63,14 +63,16 @@ def _dual_hits(
 ) -> pa.Table:
     """This rank's exact candidates of a dual-path round: knowledge (the filter applies to it)
     and memory, scored alike (``shard.scoring``)."""
-    parts = [scoring.DUAL_HIT.empty_table()]
+    parts = []
     if dual.mode == "both":
         parts.append(
             scoring.knowledge_hits(store, queries, k, allowed, dual.weights, dual.now, rank)
         )
     if memory is not None:
         parts.append(memory.search(queries, dual.sessions, k, dual.weights, dual.now, rank))
-    return pa.concat_tables(parts)
+    # Empty parts add nothing but record batches to the stream the root reads.
+    parts = [p for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if len(parts) > 1 else (parts or [scoring.NO_HITS])[0]
 
 
 def _to_bytes(table: pa.Table) -> npt.NDArray[np.uint8]:
@@ -128,24 +130,6 @@ def _gather_tables(comm: Any, table: pa.Table) -> list[pa.Table] | None:
     ]
 
 
-def _allgather_bytes(comm: Any, payload: bytes) -> list[bytes]:
-    """Every rank's ``payload``, on every rank, in rank order (``Iallgather`` of sizes, then
-    ``Iallgatherv``)."""
-    from mpi4py import MPI
-
-    size = comm.Get_size()
-    mine = np.frombuffer(payload, dtype=np.uint8)
-    sizes = np.zeros(size, dtype=np.int64)
-    wait(comm.Iallgather(np.array([mine.size], dtype=np.int64), sizes), ROUND_POLL_S)
-    displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    received = np.empty(int(sizes.sum()), dtype=np.uint8)
-    wait(comm.Iallgatherv(mine, [received, sizes, displacements, MPI.BYTE]), ROUND_POLL_S)
-    return [
-        received[start : start + length].tobytes()
-        for start, length in zip(displacements.tolist(), sizes.tolist(), strict=True)
-    ]
-
-
 def hybrid_round(
     comm: Any,
     store: ShardStore,
@@ -158,8 +142,10 @@ def hybrid_round(
 ) -> list[pa.Table] | None:
     """Every rank calls this (``shard.hybrid``); the root passes the queries' vectors and
     texts and gets each query's fused top-k. Collectives: ``Ibcast`` of the vectors and of
-    the texts, an all-gather of the ranks' keyword statistics (each rank sums them alike),
-    and the gather of every rank's candidates."""
+    the texts, an ``Iallreduce`` summing the ranks' keyword statistics (integers, in flight
+    while the rank searches its vectors), and the gather of every rank's candidates."""
+    from mpi4py import MPI
+
     rank = comm.Get_rank()
     nq, dim = shape
     matrix = _broadcast_queries(comm, queries, nq, dim)
@@ -169,9 +155,14 @@ def hybrid_round(
         raw[:] = np.frombuffer(hybrid.encode_texts(texts), dtype=np.uint8)
     wait(comm.Ibcast(raw, root=ROOT), ROUND_POLL_S)
     round_texts = hybrid.decode_texts(raw.tobytes())
-    stats = hybrid.global_stats(_allgather_bytes(comm, hybrid.local_stats(store, round_texts)))
-    local = hybrid.local_candidates(store, matrix, round_texts, plan.depth, stats, allowed, rank)
-    tables = _gather_tables(comm, local)
+    terms = hybrid.round_terms(round_texts)
+    counts = hybrid.local_counts(store, terms)
+    summing = comm.Iallreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
+    vector = hybrid.vector_candidates(store, matrix, plan.depth, allowed, rank)
+    wait(summing, ROUND_POLL_S)
+    stats = hybrid.summed_stats(terms, counts)
+    keyword = hybrid.keyword_candidates(store, round_texts, plan.depth, stats, allowed, rank)
+    tables = _gather_tables(comm, pa.concat_tables([vector, keyword]))
     if tables is None:
         return None
     return hybrid.fuse(tables, nq, k, plan.depth, plan.rrf_k, store.metric)

@@ -66,6 +66,9 @@ def test_an_answer_cites_its_evidence_and_a_repeat_comes_from_the_cache(running:
     again = running.answer("when does the vault open", promote=False)
     assert again.answers[0].cached and again.answers[0].text == answer.text
     assert again.timings.retrieve_ms == 0.0
+    # Found by its text: not even embedded; the answer to another question is not.
+    mixed = running.answer(["when does the vault open", "who changes at noon"], promote=False)
+    assert [a.cached for a in mixed.answers] == [True, False]
 
 
 def test_sub_questions_share_one_round(running: Client) -> None:
@@ -85,6 +88,14 @@ def test_the_cache_never_serves_a_stale_result_after_an_update_or_a_delete(
     assert not first.timings.cached and first.hits[0].doc_id == "otter"
     cached = running.query_reply("sea otters hold hands", k=2)
     assert cached.timings.cached and cached.hits == first.hits
+    # A repeated text is answered on arrival: no batch, no embedding.
+    assert cached.timings.batch == 0 and cached.timings.embed_ms == 0.0
+    # Another text, the same embedding (punctuation is no token): found by its vector once,
+    # then by its text.
+    near = running.query_reply("Sea otters, hold hands!", k=2)
+    assert near.timings.cached and near.hits == first.hits and near.timings.embed_ms > 0
+    again = running.query_reply("Sea otters, hold hands!", k=2)
+    assert again.timings.cached and again.timings.embed_ms == 0.0
     # An update (a new version, acknowledged once durable) drops the entries citing it.
     new_text = "Sea otters hold hands while they sleep so they do not drift apart."
     assert running.ingest([{"doc_id": "otter", "text": new_text, "source": "test"}]).accepted == 1
@@ -98,6 +109,19 @@ def test_the_cache_never_serves_a_stale_result_after_an_update_or_a_delete(
     assert not after.timings.cached and all(h.doc_id != "otter" for h in after.hits)
     stats = running.stats()
     assert stats.cache_hits >= 2 and stats.cache_misses >= 3
+
+
+def test_a_vector_query_is_looked_up_once_on_arrival(running: Client) -> None:
+    vector = [0.0] * 384
+    vector[7] = 1.0
+    before = running.stats()
+    first = running.query_reply(vector, k=2)
+    after_first = running.stats()
+    assert not first.timings.cached and first.timings.batch >= 1
+    assert after_first.cache_misses == before.cache_misses + 1  # not once more in its batch
+    again = running.query_reply(vector, k=2)
+    assert again.timings.cached and again.timings.batch == 0 and again.hits == first.hits
+    assert running.stats().cache_hits == after_first.cache_hits + 1
 
 
 def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:

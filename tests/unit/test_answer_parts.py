@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from aaflow_stream.embedders.hash_embedder import HashEmbedder
 from aaflow_stream.errors import GenerationFailed
+from aaflow_stream.query.answering import AnswerPath
 from aaflow_stream.query.cache import SemanticCache
 from aaflow_stream.query.generate import ExtractiveGenerator, OpenAIChatGenerator
-from aaflow_stream.query.protocol import Hit
+from aaflow_stream.query.protocol import AnswerReply, AnswerRequest, Hit
 from aaflow_stream.query.reason import assemble
-from aaflow_stream.spec import CacheSpec, OpenAIChatSpec
+from aaflow_stream.spec import AnswerSpec, CacheSpec, OpenAIChatSpec
 
 
 def hit(chunk: int, score: float, text: str, path: str = "knowledge") -> Hit:
@@ -189,3 +193,112 @@ def test_the_cache_drops_what_changed_knowledge_or_memory_touched_and_refuses_la
     cache.invalidate_session(None)  # the shared entries: every memory reader
     assert not cache.store("k", w, "stale", knowledge=False, session="t", began=began)
     assert cache.stats.refused == 2
+
+
+def test_a_text_that_found_an_entry_finds_it_again_without_a_vector_until_it_goes() -> None:
+    clock = Clock()
+    cache = SemanticCache(CacheSpec(enabled=True, threshold=0.95, ttl_s=10), clock)
+    v = unit(1)
+    assert cache.lookup_text("k", "stored") is None  # nothing yet, and no verdict counted
+    cache.store("k", v, "result", knowledge=True, session=None, began=cache.begin(), text="stored")
+    assert cache.lookup_text("k", "stored") == "result"
+    assert cache.lookup_text("other key", "stored") is None
+    assert cache.lookup_text("k", "near") is None  # unknown text: the vector decides
+    assert cache.lookup("k", v + 0.01 * unit(2), "near") == "result"
+    assert cache.lookup_text("k", "near") == "result"  # found by that text from now on
+    assert (cache.stats.hits, cache.stats.misses) == (3, 0)
+    cache.invalidate_knowledge()
+    assert cache.lookup_text("k", "stored") is None and cache.lookup_text("k", "near") is None
+    cache.store("k", v, "again", knowledge=False, session="s", began=cache.begin(), text="t")
+    clock.now = 11
+    assert cache.lookup_text("k", "t") is None and cache.stats.expired == 1
+    assert len(cache) == 0
+
+
+def test_a_batch_looked_up_at_once_is_answered_as_one_by_one() -> None:
+    entries = [unit(i) for i in range(20)]
+    queries = np.stack(
+        [entries[3] + 0.01 * unit(50), unit(60), entries[7], entries[3], -entries[4]]
+    ).astype(np.float32)
+
+    def filled() -> SemanticCache:
+        cache = SemanticCache(CacheSpec(enabled=True, threshold=0.95))
+        for i, v in enumerate(entries):
+            cache.store("k", v, f"e{i}", knowledge=True, session=None, began=cache.begin())
+        return cache
+
+    one_by_one, batched = filled(), filled()
+    want = [one_by_one.lookup("k", q) for q in queries]
+    assert batched.lookup_many("k", queries) == want == ["e3", None, "e7", "e3", None]
+    assert batched.stats == one_by_one.stats
+    assert batched.lookup_many("missing", queries) == [None] * len(queries)
+
+
+def test_a_batch_sees_an_entry_an_earlier_query_of_it_dropped_as_gone() -> None:
+    old, new = unit(1), unit(1) + 0.05 * unit(2)
+
+    def filled() -> SemanticCache:
+        clock = Clock()
+        cache = SemanticCache(CacheSpec(enabled=True, threshold=0.95, ttl_s=10), clock)
+        cache.store("k", old, "old", knowledge=True, session=None, began=cache.begin())
+        clock.now = 5
+        cache.store("k", new, "new", knowledge=True, session=None, began=cache.begin())
+        clock.now = 12  # "old" has expired, "new" has not
+        return cache
+
+    one_by_one, batched = filled(), filled()
+    queries = np.stack([old, old]).astype(np.float32)
+    want = [one_by_one.lookup("k", q) for q in queries]
+    assert batched.lookup_many("k", queries) == want == [None, "new"]
+    assert batched.stats == one_by_one.stats
+
+
+def test_answers_asking_in_one_turn_share_one_embedding_and_a_repeat_needs_none() -> None:
+    embedded: list[int] = []
+
+    class Counting:
+        dim = 16
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            embedded.append(len(texts))
+            return HashEmbedder(16).embed(texts)
+
+    async def search(matrix: np.ndarray, texts: Sequence[str | None], *_: object) -> list[pa.Table]:
+        return [
+            pa.table(
+                {
+                    "chunk_id": pa.array([i], pa.uint64()),
+                    "doc_id": [f"d{i}"],
+                    "seq": pa.array([0], pa.int32()),
+                    "score": pa.array([1.0], pa.float32()),
+                    "text": [f"Evidence for {text}."],
+                    "source": ["s"],
+                    "shard": pa.array([0], pa.int32()),
+                }
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    path = AnswerPath(
+        embedder=Counting(),
+        search=search,
+        memory=None,
+        spec=AnswerSpec(),
+        cache=SemanticCache(CacheSpec(enabled=True)),
+        generator=ExtractiveGenerator(),
+        on_memory_change=lambda *_: None,
+    )
+
+    async def ask() -> list[AnswerReply]:
+        requests = [
+            AnswerRequest(id=i, questions=[f"alpha {i}", f"beta {i}"], promote=False)
+            for i in range(5)
+        ]
+        return await asyncio.wait_for(asyncio.gather(*(path.answer(r) for r in requests)), 10)
+
+    first = asyncio.run(ask())
+    assert embedded == [10]  # one call for the five answers' ten questions
+    assert [a.text for a in first[3].answers] == ["Evidence for alpha 3.", "Evidence for beta 3."]
+    again = asyncio.run(ask())
+    assert embedded == [10]  # every question found by its text
+    assert all(a.cached for reply in again for a in reply.answers)

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 import tantivy
 
+from aaflow_stream.errors import ChunkNotStored
 from aaflow_stream.schemas import DELETE_ALL, stored
-from aaflow_stream.shard import bm25
+from aaflow_stream.shard import bm25, hybrid
 from aaflow_stream.shard.bm25 import KeywordStats, combine
 from aaflow_stream.shard.keywords import KeywordIndex, analyze, query_terms
 from aaflow_stream.shard.store import KEYWORDS_DIR, ShardStore
@@ -443,4 +444,165 @@ def test_a_keyword_query_sees_every_durable_record_without_waiting_for_a_commit(
     store = _open(tmp_path / "s", keyword_commit_s=3600.0)
     store.append(_batch("a", ["alpha beta"]))  # durable (batch sync), staged, no commit due
     assert _store_query(store, "alpha")[0] == [chunk_id("a", 0)]  # the stats round commits
+    store.close()
+
+
+# --- the postings cache ----------------------------------------------------------------------
+
+
+def test_cached_postings_give_the_same_answers_and_a_commit_empties_the_cache(
+    tmp_path: Path,
+) -> None:
+    ids, texts = _corpus(8, 400)
+    index = _index(tmp_path / "k", ids, texts)
+    fresh = _index(tmp_path / "fresh", ids, texts)
+    queries = _queries(texts, 9)
+    first = [_query([index], q, 10) for q in queries]
+    read = index.cache_stats().misses
+    assert read > 0 and index.cache_stats().terms > 0
+    again = [_query([index], q, 10) for q in queries]
+    assert index.cache_stats().misses == read  # every term served from the cache
+    for (a_ids, a_scores), (b_ids, b_scores) in zip(first, again, strict=True):
+        assert a_ids.tolist() == b_ids.tolist() and a_scores.tolist() == b_scores.tolist()
+    index.remove(2, ids[:50])
+    index.commit()
+    assert index.cache_stats().terms == 0  # a new generation: nothing cached
+    keep = ~np.isin(ids, ids[:50])
+    smaller = _index(
+        tmp_path / "smaller", ids[keep], [t for t, k in zip(texts, keep, strict=True) if k]
+    )
+    for query in queries:
+        got, want = _query([index], query, 10), _query([smaller], query, 10)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    del fresh
+
+
+def test_a_cache_of_a_few_bytes_evicts_and_answers_the_same(tmp_path: Path) -> None:
+    ids, texts = _corpus(10, 300)
+    roomy = _index(tmp_path / "roomy", ids, texts)
+    tight = KeywordIndex(tmp_path / "tight", cache_bytes=4096)
+    tight.upsert(1, ids, pa.array(texts, pa.large_string()))
+    tight.commit()
+    for query in _queries(texts, 11):
+        want, got = _query([roomy], query, 10), _query([tight], query, 10)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        assert tight.cache_stats().bytes <= 4096 or tight.cache_stats().terms == 1
+
+
+def test_keep_sees_the_best_candidates_until_k_pass(tmp_path: Path) -> None:
+    """Filtering after the cut, widening while too few pass, equals filtering everything."""
+    ids, texts = _corpus(12, 300)
+    index = _index(tmp_path / "k", ids, texts)
+    text = "w0 w1 w2 w3"
+    stats = index.local_stats(query_terms(text))
+    every, every_scores = index.search(text, len(ids), stats)
+    asked: list[int] = []
+
+    def keep(candidates: np.ndarray) -> np.ndarray:
+        asked.append(len(candidates))
+        return candidates % 5 == 0  # ~1 in 5 passes
+
+    got, got_scores = index.search(text, 10, stats, keep)
+    passing = every % 5 == 0
+    assert got.tolist() == every[passing][:10].tolist()
+    assert got_scores.tolist() == every_scores[passing][:10].tolist()
+    assert asked[0] == 10 and max(asked) < len(every)  # the best first, not everything
+
+
+# --- fusion ----------------------------------------------------------------------------------
+
+
+def _fused_by_definition(
+    merged: pa.Table, nq: int, k: int, depth: int, rrf_k: int, metric: str
+) -> list[list[tuple[int, float, float, float, int, int]]]:
+    """Reciprocal-rank fusion written out query by query (the reference)."""
+    rows = merged.to_pylist()
+    out = []
+    for q in range(nq):
+        lists = {}
+        for which in (hybrid.VECTOR, hybrid.KEYWORD):
+            mine = [r for r in rows if r["query"] == q and r["list"] == which]
+            sign = -1.0 if which == hybrid.KEYWORD or metric == "ip" else 1.0
+            mine.sort(key=lambda r: (sign * float(np.float32(r["score"])), r["chunk_id"]))
+            lists[which] = mine[:depth]
+        fused: dict[int, list[float]] = {}  # chunk -> [rrf, vector score, bm25, vrank, krank]
+        for which, ranked in lists.items():
+            for position, r in enumerate(ranked, start=1):
+                entry = fused.setdefault(r["chunk_id"], [0.0, np.nan, np.nan, 0, 0])
+                entry[0] += 1.0 / (rrf_k + position)
+                is_v = which == hybrid.VECTOR
+                entry[1 if is_v else 2] = r["score"]
+                entry[3 if is_v else 4] = position
+        best = sorted(fused.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+        out.append([(c, e[0], e[1], e[2], int(e[3]), int(e[4])) for c, e in best])
+    return out
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_fusion_equals_its_definition(metric: str) -> None:
+    rng = np.random.default_rng(21)
+    nq, k, depth, rrf_k = 6, 5, 8, 60
+    tables = []
+    for rank in range(3):
+        pool = rng.choice(2**40, size=40, replace=False) * 3 + rank  # disjoint across ranks
+        rows = []
+        for q in range(nq - 1):  # the last query finds nothing
+            for which in (hybrid.VECTOR, hybrid.KEYWORD):
+                for chunk in rng.choice(pool, size=int(rng.integers(0, depth + 1)), replace=False):
+                    score = float(rng.integers(0, 6)) / 4  # ties
+                    rows.append((q, which, score, rank, int(chunk)))
+        tables.append(
+            pa.table(
+                {
+                    "query": pa.array([r[0] for r in rows], pa.int32()),
+                    "list": pa.array([r[1] for r in rows], pa.string()),
+                    "score": pa.array([r[2] for r in rows], pa.float64()),
+                    "shard": pa.array([r[3] for r in rows], pa.int32()),
+                    "doc_id": pa.array([f"d{r[4]}" for r in rows], pa.string()),
+                    "seq": pa.array([0] * len(rows), pa.int32()),
+                    "chunk_id": pa.array([r[4] for r in rows], pa.uint64()),
+                    "text": pa.array([f"t{r[4]}" for r in rows], pa.large_string()),
+                    "source": pa.array(["s"] * len(rows), pa.string()),
+                },
+                schema=hybrid.CANDIDATE,
+            )
+        )
+    got = hybrid.fuse(tables, nq, k, depth, rrf_k, metric)
+    want = _fused_by_definition(pa.concat_tables(tables), nq, k, depth, rrf_k, metric)
+    assert len(got) == nq and got[-1].num_rows == 0
+    for table, expected in zip(got, want, strict=True):
+        columns = ["chunk_id", "score", "vector_score", "bm25", "vector_rank", "keyword_rank"]
+        rows = list(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
+        assert len(rows) == len(expected)
+        for row, ref in zip(rows, expected, strict=True):
+            assert row[0] == ref[0] and row[1] == ref[1] and row[4:] == ref[4:]
+            for a, b in zip(row[2:4], ref[2:4], strict=True):
+                assert (np.isnan(a) and np.isnan(b)) or a == b
+        assert table.column("text").to_pylist() == [f"t{r[0]}" for r in expected]
+    assert [t.num_rows for t in hybrid.fuse([], 2, k, depth, rrf_k, metric)] == [0, 0]
+
+
+def test_a_round_searches_its_keywords_again_when_a_hit_lost_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tombstone applied between a rank's keyword search and its row lookup (another
+    thread) costs a second search, not the round."""
+    store = _open(tmp_path / "s")
+    store.append(_batch("a", ["alpha beta", "beta gamma"]))
+    texts = ["alpha", "gamma"]
+    stats = store.keyword_stats(["alpha", "gamma"])  # one rank: its statistics are all
+    rows = store.rows
+    calls: list[int] = []
+
+    def lost_once(ids: Sequence[int]) -> pa.Table:
+        calls.append(len(ids))
+        if len(calls) == 1:
+            raise ChunkNotStored("gone meanwhile")
+        return rows(ids)
+
+    monkeypatch.setattr(store, "rows", lost_once)
+    keyword = hybrid.keyword_candidates(store, texts, 5, stats, None, 0)
+    assert set(keyword.column("list").to_pylist()) == {hybrid.KEYWORD}
+    assert keyword.column("chunk_id").to_pylist() == [chunk_id("a", 0), chunk_id("a", 1)]
+    assert keyword.column("query").to_pylist() == [0, 1] and len(calls) == 2
     store.close()
