@@ -3,6 +3,9 @@
 # make test:    install, then lint, type check, the whole test suite and soak-ci
 # make up:      run the main job on the bundled default topology
 # make bench:   install the benchmark extras and run every benchmark in bench/ (quick mode)
+# make bench-report: the same extras, then W1, T1, Q1 and M1 with their baselines, a W1
+#               scaling sweep and its fitted model, written into docs/benchmarks.md and
+#               docs/img/ (~30 minutes; BENCH_REPORT_ARGS=--quick for a few)
 # make soak-ci: a one-minute soak with faults on topology/soak.yaml
 # make soak:    the same for 30 minutes, a fault a minute (docs/soak.md)
 PYTHON ?= python3
@@ -10,7 +13,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck up bench soak soak-ci clean
+.PHONY: install test lint typecheck up bench bench-report soak soak-ci clean
 
 install: $(STAMP)
 
@@ -58,6 +61,10 @@ bench: $(BENCH_STAMP)
 	@set -e; for name in transport ingest query memory embed chaos wal fuzz; do \
 		echo "== bench.$$name"; $(PY) -m bench.$$name --quick; done
 	@echo "== bench.topk_reduce"; $(VENV)/bin/mpiexec -n 4 $(PY) -m bench.topk_reduce
+
+BENCH_REPORT_ARGS ?=
+bench-report: $(BENCH_STAMP)
+	$(PY) -m bench.report $(BENCH_REPORT_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

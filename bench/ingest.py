@@ -107,6 +107,8 @@ class EngineKnobs:
     # synced by group commit), "batch", or "none" (no log: durable at snapshots, the
     # end-of-run one here; the baselines persist nothing at all).
     wal_sync: str = "interval"
+    # Shard ranks (W1: 4); a chunk goes to shard `chunk_id % shards` (the report's sweep).
+    shards: int = N_SHARDS
 
 
 @dataclass
@@ -160,7 +162,7 @@ stages:
   - {{operator: upsert, replicas: {upsert_replicas}, batch_size: {k.upsert_batch}\
 {chained(k.chain >= 1)}}}
 embedder: {{kind: hash, dim: 384}}
-shards: {{count: {N_SHARDS}, index: Flat, metric: ip}}
+shards: {{count: {k.shards}, index: Flat, metric: ip}}
 flow: {{window: {k.window}}}
 durability: {{wal_sync: {k.wal_sync}}}
 """

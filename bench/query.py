@@ -174,6 +174,7 @@ def engine_single(endpoint: str, texts: list[str], k: int, warmup: int) -> dict[
         "server_embed_p50_ms": percentile(embed, 50),
         "server_retrieve_p50_ms": percentile(retrieve, 50),
         "server_total_p50_ms": percentile(total, 50),
+        "latencies_ms": lat,
         "hits": hits,
         "vectors": vectors,
     }
@@ -255,7 +256,7 @@ def measure_inprocess(
     k: int,
     warmup: int,
     batch: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Single-query latency (embed + search one query) and qps with batches of `batch`."""
     emb = HashEmbedder(DIM)
     for i in range(warmup):
@@ -274,6 +275,7 @@ def measure_inprocess(
         "p50_ms": percentile(lat, 50),
         "p99_ms": percentile(lat, 99),
         "qps": len(texts) / elapsed,
+        "latencies_ms": lat,
     }
 
 
@@ -465,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--concurrency", type=cli.positive, default=64)
     parser.add_argument("--exact-sample", type=cli.positive, default=100)
+    parser.add_argument(
+        "--samples", action="store_true", help="--json adds every single query's latency"
+    )
     args = parser.parse_args(argv)
     n_queries = args.queries or (256 if args.quick else 2048)
     load_start = cli.load_avg()
@@ -517,7 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_start": load_start,
         "load_avg_end": cli.load_avg(),
     }
-    cli.report(table(res), to_json(res), args.json)
+    doc = to_json(res)
+    if args.samples:  # the latency distribution (bench/report.py charts it)
+        doc["latencies_ms"] = {
+            name: [round(x, 4) for x in res[name]["latencies_ms"]] for name in SYSTEMS
+        }
+    cli.report(table(res), doc, args.json)
     return 0
 
 

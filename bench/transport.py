@@ -763,6 +763,15 @@ def to_json(
         },
         "repeats": repeats,
         "load_avg": load,
+        # every system's median and its rounds, for charts (bench/report.py)
+        "systems": {
+            system: {
+                "batches_per_s": round(figures["batches_per_s"], 1),
+                "gbps": round(figures["gbps"], 3),
+                "gbps_rounds": [round(o.gbps, 3) for o in results[system]],
+            }
+            for system, figures in summary.items()
+        },
     }
 
 
