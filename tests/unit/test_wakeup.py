@@ -139,7 +139,8 @@ def test_a_search_wake_up_out_of_bounds_is_dropped_as_invalid(fields: dict[str, 
     assert set(gate.stats.dropped) == set(DROP_REASONS)
 
 
-def test_the_watchdog_reports_a_call_that_runs_past_its_deadline() -> None:
+def _recording_watchdog() -> tuple[Watchdog, list[str], threading.Event]:
+    """A started watchdog that records what it reports and sets the event when it does."""
     reported: list[str] = []
     fired = threading.Event()
 
@@ -149,6 +150,11 @@ def test_the_watchdog_reports_a_call_that_runs_past_its_deadline() -> None:
 
     watchdog = Watchdog(overdue, check_s=0.01)
     watchdog.start()
+    return watchdog, reported, fired
+
+
+def test_the_watchdog_reports_a_call_that_runs_past_its_deadline() -> None:
+    watchdog, reported, fired = _recording_watchdog()
     try:
         with watchdog.watch(0.02, "a quick round"):
             pass
@@ -162,15 +168,7 @@ def test_the_watchdog_reports_a_call_that_runs_past_its_deadline() -> None:
 
 
 def test_a_hurried_call_is_reported_at_its_shorter_deadline() -> None:
-    reported: list[str] = []
-    fired = threading.Event()
-
-    def overdue(what: str) -> None:
-        reported.append(what)
-        fired.set()
-
-    watchdog = Watchdog(overdue, check_s=0.01)
-    watchdog.start()
+    watchdog, reported, fired = _recording_watchdog()
     try:
         watchdog.hurry(0.01)  # nothing watched: nothing to hurry
         with watchdog.watch(60.0, "a round a stopped peer never joins"):
