@@ -302,3 +302,27 @@ def test_answers_asking_in_one_turn_share_one_embedding_and_a_repeat_needs_none(
     again = asyncio.run(ask())
     assert embedded == [10]  # every question found by its text
     assert all(a.cached for reply in again for a in reply.answers)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.99])
+def test_the_bounded_lookup_finds_what_comparing_every_entry_finds(threshold: float) -> None:
+    """A lookup reads every entry's first dimensions and the rest only where the bound says
+    it may reach the threshold: it hits the most similar entry exactly when a full product
+    says that one reaches it."""
+    rng = np.random.default_rng(4)
+    dim = 256  # a head of 32 dimensions, a rest of 224
+    entries = rng.standard_normal((600, dim)).astype(np.float32)
+    cache = SemanticCache(CacheSpec(enabled=True, capacity=1000, threshold=threshold))
+    for i, v in enumerate(entries):
+        cache.store("k", v, i, knowledge=True, session=None, began=cache.begin())
+    picks = rng.integers(0, len(entries), 300)
+    noise = rng.choice([0.0, 0.02, 0.1, 0.5, 2.0], (300, 1))
+    queries = (entries[picks] + noise * rng.standard_normal((300, dim))).astype(np.float32)
+    units = entries / np.linalg.norm(entries, axis=1, keepdims=True)
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ units.T
+    best, top = sims.argmax(axis=1), sims.max(axis=1)
+    decided = np.flatnonzero(np.abs(top - threshold) > 1e-4)  # not decided by rounding
+    want = [int(best[q]) if top[q] >= threshold else None for q in decided]
+    got = cache.lookup_many("k", queries)
+    assert [got[q] for q in decided] == want
+    assert 0 < sum(g is not None for g in got) < len(got)
